@@ -1,0 +1,294 @@
+"""The ``veil`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from veil.config import NodeSettings
+
+app = typer.Typer(
+    help="Veil: confidential AI inference.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+node_app = typer.Typer(
+    help="Run a confidential node, or manage its keys.", invoke_without_command=True
+)
+app.add_typer(node_app, name="node")
+
+
+def _mount_subcommands() -> None:
+    from veil.gateway.cli import stacks_app, users_app
+
+    from veil.attestation.cli import attest_app
+
+    app.add_typer(users_app, name="users")
+    app.add_typer(stacks_app, name="stacks")
+    app.add_typer(attest_app, name="attest")
+
+
+_mount_subcommands()
+
+err = Console(stderr=True)
+
+# `veil serve` is a local demo: on first start the admin gets this many units on every model.
+DEMO_STACK_UNITS = 1_000_000
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Keys and prepared models live here [env: VEIL_DATA_DIR]."),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+def _settings(**overrides: object) -> NodeSettings:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return NodeSettings(**given)  # type: ignore[arg-type]
+
+
+def _check_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise fail(f"data directory {path} is not writable ({exc.strerror})") from None
+
+
+@node_app.callback()
+def node(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    data_dir: DataDir = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(help="Prepared embedded models (default DATA_DIR/models; may be shared)."),
+    ] = None,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Serve MODEL from an OpenAI-compatible server: [chat:|embeddings:|images:]MODEL=URL"
+            " (repeatable; plain MODEL=URL is chat).",
+        ),
+    ] = None,
+    embedded: Annotated[
+        bool, typer.Option("--embedded/--no-embedded", help="Serve the embedded models.")
+    ] = True,
+    gateway_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Base64 Ed25519 key of a gateway whose tickets to honour (repeatable); with one "
+            "or more, requests without a valid ticket are refused.",
+        ),
+    ] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest accepted body.")] = None,
+    key_grace_seconds: Annotated[
+        float | None, typer.Option(help="How long the previous key stays valid after rotation.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Start a node (confidential + plain OpenAI routes) on the embedded models and/or upstreams."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from veil.node.boot import BootError, build_engines
+    from veil.node.keyring import Keyring
+
+    settings = _settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        models_dir=models_dir,
+        upstreams=upstream or None,
+        embedded=embedded,
+        gateway_keys=gateway_key or None,
+        max_body_bytes=max_body_bytes,
+        key_grace_seconds=key_grace_seconds,
+        log_level=log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _check_data_dir(settings.data_dir)
+    try:
+        engines = build_engines(settings, progress=True)
+        keyring = Keyring(settings.data_dir, settings.key_grace_seconds)
+    except BootError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot use data directory {settings.data_dir}: {exc.strerror}") from None
+
+    from veil.node.app import create_app
+
+    err.print(
+        f"Veil node on http://{settings.host}:{settings.port}  key {keyring.current.key_id}  "
+        f"models: {', '.join(engines.model_ids()) or 'none'}",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings, engines, keyring),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@node_app.command("rotate-key")
+def rotate_key(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Make a new current X25519 key; the old one stays accepted for the grace window."""
+    from veil.node.keyring import Keyring
+
+    settings = _settings(data_dir=data_dir)
+    _check_data_dir(settings.data_dir)
+    keyring = Keyring(settings.data_dir, settings.key_grace_seconds)
+    old = keyring.current.key_id
+    new = keyring.rotate()
+    result = {"previous_key_id": old, "current_key_id": new.key_id}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"rotated: {old} -> {new.key_id} (a running node picks this up at once)")
+
+
+@node_app.command("keys")
+def show_keys(data_dir: DataDir = None) -> None:
+    """Print the node's public keys and key ids as JSON."""
+    from veil.node.keyring import Keyring
+
+    settings = _settings(data_dir=data_dir)
+    _check_data_dir(settings.data_dir)
+    typer.echo(
+        json.dumps(Keyring(settings.data_dir, settings.key_grace_seconds).describe(), indent=2)
+    )
+
+
+@app.command("gateway")
+def gateway(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    data_dir: DataDir = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="sqlite+aiosqlite:///PATH (default DATA_DIR/ledger.db) or "
+            "postgresql+asyncpg://USER@HOST:PORT/DB"
+        ),
+    ] = None,
+    node_url: Annotated[
+        list[str] | None, typer.Option("--node", help="URL of a node to route to (repeatable).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run the gateway alone, in front of nodes started with `veil node`."""
+    from veil.gateway.cli import gateway_settings, run_gateway
+
+    settings = gateway_settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        nodes=node_url or None,
+        log_level=log_level,
+    )
+    if not settings.nodes:
+        raise fail("give at least one --node URL (or use `veil serve` for gateway + node)")
+    _check_data_dir(settings.data_dir)
+    err.print(
+        f"Veil gateway on http://{settings.host}:{settings.port}  nodes: {', '.join(settings.nodes)}\n"
+        f"Nodes must trust its ticket key: veil node --gateway-key {_gateway_public_key(settings)}",
+        highlight=False,
+    )
+    run_gateway(settings)
+
+
+def _gateway_public_key(settings: Any) -> str:
+    from veil.gateway.identity import load_or_create_gateway_key, public_b64
+
+    return public_b64(load_or_create_gateway_key(settings.data_dir))
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface the gateway listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8080,
+    node_port: Annotated[int, typer.Option(help="Port of the embedded node (loopback).")] = 8081,
+    data_dir: DataDir = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Gateway + one embedded node on the embedded models: Veil with no configuration."""
+    import subprocess
+
+    from veil.gateway.cli import gateway_settings, run_gateway
+
+    settings = gateway_settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        log_level=log_level,
+        nodes=[f"http://127.0.0.1:{node_port}"],
+    )
+    _check_data_dir(settings.data_dir)
+    node_dir = settings.data_dir / "node"
+    command = [
+        sys.executable,
+        "-m",
+        "veil.cli",
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(node_port),
+        "--data-dir",
+        str(node_dir),
+        "--gateway-key",
+        _gateway_public_key(settings),
+        "--log-level",
+        log_level,
+    ]
+    child = subprocess.Popen(command)  # noqa: S603 - our own interpreter and arguments
+    try:
+        if not _wait_for(f"http://127.0.0.1:{node_port}/health", child):
+            raise fail("the embedded node did not start; see its output above")
+        run_gateway(settings, bootstrap_units=DEMO_STACK_UNITS)
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _wait_for(url: str, child: Any) -> bool:
+    """Wait for the node to answer; bounded by the child process being alive (model load)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,181 @@
+"""``veil chat``, ``veil embed`` and ``veil models``: the SDK from a shell.
+
+``register(app)`` adds the commands to the ``veil`` Typer app. Every command takes ``--base-url``
+(env ``VEIL_BASE_URL``, default ``http://127.0.0.1:8080``) and ``--api-key`` (env ``VEIL_API_KEY``).
+Answers go to stdout; the receipt line, ``--show-wire`` and errors go to stderr. An error is one
+line, ``error: CODE: message``, and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from veil.client.errors import APIError, VeilClientError
+from veil.client.sdk import DEFAULT_BASE_URL, Client, chat_body
+
+DEFAULT_CHAT_MODEL = "gemma-3-270m"
+DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
+SHOWN_CIPHERTEXT = 24  # base64 characters of ciphertext --show-wire prints
+
+# No markup: JSON and server messages are printed as they are; soft wrap: an error is one line.
+err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+
+BaseUrl = Annotated[
+    str, typer.Option("--base-url", envvar="VEIL_BASE_URL", help="The Veil gateway.")
+]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="VEIL_API_KEY", help="Your API key.")
+]
+
+
+def _fail(code: str, message: str) -> NoReturn:
+    err.print(Text.assemble(("error:", "bold red"), f" {code}: {message}"))
+    raise typer.Exit(1)
+
+
+def _describe(exc: VeilClientError) -> tuple[str, str]:
+    if isinstance(exc, APIError):
+        code, _, message = str(exc).partition(": ")
+        return code, message
+    return exc.code, exc.message
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Turn the client's exceptions into the one-line error and exit status."""
+    try:
+        yield
+    except VeilClientError as exc:
+        _fail(*_describe(exc))
+    except ValueError as exc:
+        _fail("INVALID_REQUEST", str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _require(api_key: str | None) -> str:
+    if not api_key:
+        _fail("AUTH_ERROR", "no API key: pass --api-key or set VEIL_API_KEY")
+    return api_key
+
+
+def _wire_view(body: bytes) -> str:
+    """The JSON a request carried, ciphertext shortened (it is long, and opaque anyway)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return f"<{len(body)} bytes>"
+    if isinstance(document, dict) and isinstance(document.get("ciphertext"), str):
+        text = document["ciphertext"]
+        if len(text) > SHOWN_CIPHERTEXT:
+            document["ciphertext"] = f"{text[:SHOWN_CIPHERTEXT]}... ({len(text)} base64 chars)"
+    return json.dumps(document, indent=2)
+
+
+def _wire_hook(request: httpx.Request) -> None:
+    err.print(f"--- the gateway saw: {request.method} {request.url.path}")
+    if request.method != "GET":
+        err.print(_wire_view(request.content))
+
+
+@contextmanager
+def _client(base_url: str, api_key: str | None, show_wire: bool) -> Iterator[Client]:
+    hooks: dict[str, list[Callable[..., Any]]] = {"request": [_wire_hook]} if show_wire else {}
+    with httpx.Client(event_hooks=hooks, timeout=600) as http:
+        yield Client(base_url, api_key, http_client=http)
+
+
+def chat(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Chat model.")] = DEFAULT_CHAT_MODEL,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print as it comes.")] = True,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
+    show_wire: Annotated[
+        bool, typer.Option("--show-wire", help="Show what the gateway sees next to what you sent.")
+    ] = False,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Ask a chat model, end-to-end encrypted; prints a verified receipt to stderr."""
+    key = _require(api_key)
+    body = chat_body(model, [{"role": "user", "content": prompt}], stream, max_tokens, {})
+    if show_wire:
+        err.print("--- you sent (plaintext; encrypted on this machine before sending)")
+        err.print(json.dumps(body, indent=2, ensure_ascii=False))
+    with _reported(), _client(base_url, key, show_wire) as client:
+        messages = body["messages"]
+        if stream:
+            chunks = client.chat.completions.create(
+                model=model, messages=messages, max_tokens=max_tokens, stream=True
+            )
+            with chunks:
+                for chunk in chunks:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        sys.stdout.write(chunk.choices[0].delta.content)
+                        sys.stdout.flush()
+            receipt = chunks.veil
+        else:
+            answer = client.chat.completions.create(
+                model=model, messages=messages, max_tokens=max_tokens
+            )
+            sys.stdout.write(answer.choices[0].message.content or "")
+            receipt = answer.veil
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        err.print(receipt.summary())
+
+
+def _abbreviated(vector: list[float], keep: int = 3) -> str:
+    if len(vector) <= 2 * keep:
+        return "[" + ", ".join(f"{v:.4f}" for v in vector) + "]"
+    head = ", ".join(f"{v:.4f}" for v in vector[:keep])
+    tail = ", ".join(f"{v:.4f}" for v in vector[-keep:])
+    return f"[{head}, ..., {tail}]"
+
+
+def embed(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to embed.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Embeddings model.")
+    ] = DEFAULT_EMBED_MODEL,
+    as_json: Annotated[bool, typer.Option("--json", help="The full response as JSON.")] = False,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Embed texts, end-to-end encrypted; vectors on stdout (abbreviated unless --json)."""
+    key = _require(api_key)
+    with _reported(), _client(base_url, key, False) as client:
+        result = client.embeddings.create(model=model, input=list(texts))
+        if as_json:
+            sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        else:
+            for item in result.data:
+                sys.stdout.write(
+                    f"{item.index}: {len(item.embedding)} dims {_abbreviated(item.embedding)}\n"
+                )
+        sys.stdout.flush()
+        err.print(result.veil.summary())
+
+
+def models(base_url: BaseUrl = DEFAULT_BASE_URL, api_key: ApiKey = None) -> None:
+    """List the models the gateway serves."""
+    with _reported(), _client(base_url, api_key, False) as client:
+        for model in client.models.list():
+            kind = getattr(model, "kind", None)
+            sys.stdout.write(f"{model.id}\t{kind}\n" if kind else f"{model.id}\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``chat``, ``embed`` and ``models`` to the ``veil`` command."""
+    app.command("chat")(chat)
+    app.command("embed")(embed)
+    app.command("models")(models)

@@ -1,0 +1,277 @@
+"""Make the official ``openai`` package confidential, unchanged, through its ``http_client``::
+
+    import openai, veil
+
+    client = openai.OpenAI(
+        base_url=f"{GATEWAY}/v1", api_key=KEY, http_client=veil.openai_http_client(GATEWAY, KEY)
+    )
+    for chunk in client.chat.completions.create(model=..., messages=..., stream=True): ...
+
+The transport intercepts the plain ``POST /v1/chat/completions``, ``/v1/embeddings`` and
+``/v1/images/generations`` the ``openai`` package builds, runs the confidential flow of ``sdk`` on
+their JSON (lock, seal, verify) and answers with the node's decrypted plaintext: the exact JSON bytes
+the node signed, or an SSE stream of the verified chunks ending in ``data: [DONE]``. Only the
+envelope goes over the network; every other path (``/v1/models``...) passes through unchanged.
+
+Errors: an error the server sent becomes an HTTP response with its status and body (marked
+``x-should-retry: false``: the client has already retried what can be retried), so ``openai`` raises
+its usual status error. A response that fails a check raises the ``IntegrityError`` itself, which
+``openai`` lets through untouched. A network failure re-raises httpx's error, which ``openai``
+reports as ``APIConnectionError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from veil.client.errors import APIError, BalanceError, TransportError
+from veil.client.sdk import (
+    DEFAULT_BACKOFF,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    ROUTES,
+    Answer,
+    AsyncClient,
+    Client,
+    Endpoint,
+    Plan,
+    plan_request,
+)
+from veil.client.streaming import AsyncChatStream, ChatStream, Receipt
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _routes(base_url: str) -> dict[str, Endpoint]:
+    prefix = httpx.URL(base_url).path.rstrip("/")
+    return {f"{prefix}/v1/{path}": endpoint for endpoint, path in ROUTES.items()}
+
+
+def _bearer(request: httpx.Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _plan(endpoint: Endpoint, content: bytes) -> Plan:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise ValueError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the request body is not a JSON object")
+    return plan_request(endpoint, body)
+
+
+def _error(status: int, code: str, message: str, **more: Any) -> httpx.Response:
+    body = {"error": {"code": code, "message": message, **more}}
+    return httpx.Response(status, json=body, headers={"x-should-retry": "false"})
+
+
+def _api_error(exc: APIError) -> httpx.Response:
+    more: dict[str, Any] = {}
+    if isinstance(exc, BalanceError) and exc.remaining_units is not None:
+        more["remaining_units"] = exc.remaining_units
+    return _error(exc.status, exc.code, exc.message, **more)
+
+
+def _receipt_headers(receipt: Receipt) -> dict[str, str]:
+    headers = {
+        "x-veil-node-key-id": receipt.node_key_id,
+        "x-veil-stack": str(receipt.stack_small_id),
+        "x-veil-attempts": str(receipt.attempts),
+    }
+    if receipt.reserved_units is not None:
+        headers["x-veil-reserved-units"] = str(receipt.reserved_units)
+    return headers
+
+
+def _answer(answer: Answer) -> httpx.Response:
+    headers = {
+        "content-type": "application/json",
+        "x-veil-signature": "verified",
+        **_receipt_headers(answer.receipt),
+    }
+    if answer.receipt.units_charged is not None:
+        headers["x-veil-units-charged"] = str(answer.receipt.units_charged)
+    return httpx.Response(200, headers=headers, content=answer.plaintext)
+
+
+def _stream_headers(receipt: Receipt) -> dict[str, str]:
+    return {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-veil-signature": "verified-per-chunk",
+        **_receipt_headers(receipt),
+    }
+
+
+def _network(exc: TransportError) -> BaseException:
+    cause = exc.__cause__
+    return cause if isinstance(cause, httpx.HTTPError) else exc
+
+
+class _PlainEvents(httpx.SyncByteStream):
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        for plaintext, _ in self._stream.verified_plaintexts():
+            yield b"data: " + plaintext + b"\n\n"
+        yield DONE
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncPlainEvents(httpx.AsyncByteStream):
+    def __init__(self, stream: AsyncChatStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for plaintext, _ in self._stream.verified_plaintexts():
+            yield b"data: " + plaintext + b"\n\n"
+        yield DONE
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class VeilTransport(httpx.BaseTransport):
+    """An httpx transport that seals the three OpenAI inference routes, and passes the rest."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        self._inner = transport or httpx.HTTPTransport()
+        self._http = httpx.Client(transport=self._inner, timeout=timeout)
+        self.client = Client(
+            base_url, api_key, http_client=self._http, max_attempts=max_attempts, backoff=backoff
+        )
+        self._routes = _routes(self.client.base_url)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        endpoint = self._routes.get(request.url.path) if request.method == "POST" else None
+        if endpoint is None:
+            return self._inner.handle_request(request)
+        try:
+            plan = _plan(endpoint, request.read())
+        except ValueError as exc:
+            return _error(400, "INVALID_BODY", str(exc))
+        api_key = None if self.client.api_key else _bearer(request)
+        try:
+            outcome = self.client.run(plan, api_key)
+        except APIError as exc:
+            return _api_error(exc)
+        except TransportError as exc:
+            raise _network(exc) from exc
+        if isinstance(outcome, ChatStream):
+            return httpx.Response(
+                200, headers=_stream_headers(outcome.veil), stream=_PlainEvents(outcome)
+            )
+        return _answer(outcome)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class AsyncVeilTransport(httpx.AsyncBaseTransport):
+    """Async twin of ``VeilTransport``, for ``openai.AsyncOpenAI``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        self._inner = transport or httpx.AsyncHTTPTransport()
+        self._http = httpx.AsyncClient(transport=self._inner, timeout=timeout)
+        self.client = AsyncClient(
+            base_url, api_key, http_client=self._http, max_attempts=max_attempts, backoff=backoff
+        )
+        self._routes = _routes(self.client.base_url)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        endpoint = self._routes.get(request.url.path) if request.method == "POST" else None
+        if endpoint is None:
+            return await self._inner.handle_async_request(request)
+        try:
+            plan = _plan(endpoint, await request.aread())
+        except ValueError as exc:
+            return _error(400, "INVALID_BODY", str(exc))
+        api_key = None if self.client.api_key else _bearer(request)
+        try:
+            outcome = await self.client.run(plan, api_key)
+        except APIError as exc:
+            return _api_error(exc)
+        except TransportError as exc:
+            raise _network(exc) from exc
+        if isinstance(outcome, AsyncChatStream):
+            return httpx.Response(
+                200, headers=_stream_headers(outcome.veil), stream=_AsyncPlainEvents(outcome)
+            )
+        return _answer(outcome)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def openai_http_client(
+    base_url: str,
+    api_key: str | None = None,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> httpx.Client:
+    """An ``httpx.Client`` for ``openai.OpenAI(http_client=...)`` that makes inference confidential.
+
+    ``base_url`` is the gateway (with or without ``/v1``); ``api_key`` defaults to the bearer key
+    ``openai`` sends. ``transport`` is what actually talks to the network (default
+    ``httpx.HTTPTransport()``); wrap it to observe the wire.
+    """
+    veil = VeilTransport(
+        base_url,
+        api_key,
+        transport=transport,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        backoff=backoff,
+    )
+    return httpx.Client(transport=veil, timeout=timeout)
+
+
+def async_openai_http_client(
+    base_url: str,
+    api_key: str | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> httpx.AsyncClient:
+    """Async twin of ``openai_http_client``, for ``openai.AsyncOpenAI(http_client=...)``."""
+    veil = AsyncVeilTransport(
+        base_url,
+        api_key,
+        transport=transport,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        backoff=backoff,
+    )
+    return httpx.AsyncClient(transport=veil, timeout=timeout)

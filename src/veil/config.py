@@ -1,0 +1,73 @@
+"""Settings, in one place: every default Veil has lives here (env prefix ``VEIL_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "veil"
+
+
+class NodeSettings(BaseSettings):
+    """A node: where it keeps keys and models, what it serves, and its limits."""
+
+    model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Prepared embedded models; several nodes (and the test suite) may share one directory.
+    models_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8081
+    # Serve the embedded models (DESIGN.md); off for nodes that only front upstream servers.
+    embedded: bool = True
+    # "MODEL=URL" or "KIND:MODEL=URL", repeatable on the command line.
+    upstreams: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * MiB, ge=1024)
+    key_grace_seconds: float = Field(default=600.0, ge=0)
+    # Budget for a request that carries no num_compute_units (and, later, no gateway ticket):
+    # prompt + completion tokens for chat, input tokens for embeddings.
+    default_units: int = Field(default=4096, ge=1)
+    chat_context_tokens: int = Field(default=2048, ge=128)
+    # Ed25519 public keys (base64) of gateways whose tickets this node honours. Empty: no ticket
+    # is required (a node used directly, without a gateway in front).
+    gateway_keys: list[str] = Field(default_factory=list)
+    log_level: str = "info"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+
+class GatewaySettings(BaseSettings):
+    """A gateway: its ledger, the nodes behind it, and its defaults for reservations."""
+
+    model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # sqlite+aiosqlite:///PATH (default: DATA_DIR/ledger.db) or postgresql+asyncpg://...
+    database_url: str | None = None
+    nodes: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * MiB, ge=1024)
+    lock_timeout_seconds: int = Field(default=60, ge=1, le=3600)
+    # Units a lock holds when the caller does not say (not Atoma's blanket 8192).
+    default_chat_units: int = Field(default=1024, ge=1)
+    default_embedding_units: int = Field(default=512, ge=1)
+    default_image_units: int = Field(default=1024 * 1024, ge=1)
+    health_interval_seconds: float = Field(default=10.0, gt=0)
+    expire_interval_seconds: float = Field(default=5.0, gt=0)
+    node_timeout_seconds: float = Field(default=300.0, gt=0)
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'ledger.db'}"

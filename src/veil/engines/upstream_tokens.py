@@ -1,0 +1,193 @@
+"""Counting tokens on an OpenAI-compatible upstream, which has no standard tokenize endpoint.
+
+Each server family has its own (checked against their sources):
+
+- vLLM: ``POST /tokenize`` with ``messages`` applies the chat template; with ``prompt`` tokenizes
+  text. Answers ``{"count", "tokens", ...}``. SGLang answers the ``prompt`` form the same way.
+- llama.cpp ``llama-server``: ``POST /apply-template`` renders the chat template, ``POST /tokenize``
+  with ``content`` tokenizes. Answers ``{"tokens": [...]}`` (and ``[]`` to bodies it can't read).
+- llama-cpp-python ``llama_cpp.server``: ``POST /extras/tokenize/count`` with ``input``, text only
+  (always with BOS). It has no way to apply the chat template.
+- TEI: ``POST /tokenize`` with ``inputs`` answers one token list per input.
+
+The first form that answers is remembered. Where only text can be tokenized, a chat prompt is
+counted message by message plus an allowance for the template's markers; where nothing can, every
+UTF-8 byte counts as a token (byte-level BPE and SentencePiece with byte fallback never produce
+more tokens than bytes) plus the same allowances. Both err high, as ``count_prompt_tokens`` must,
+for templates of the usual shape (ChatML, Llama 3, Gemma, Mistral); a template that injects a long
+default system prompt needs a server that tokenizes chats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import httpx
+
+from veil.protocol.openai import ChatCompletionRequest
+
+MESSAGE_ALLOWANCE = 8  # role markers and separators around one message
+PROMPT_ALLOWANCE = 32  # BOS, the generation prompt, a short default system line
+TEXT_ALLOWANCE = 4  # special tokens around one tokenized text ([CLS]/[SEP], BOS/EOS)
+
+
+class UpstreamServer(Protocol):
+    @property
+    def client(self) -> httpx.AsyncClient: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+
+class _Unavailable(Exception):
+    """The server could not answer now (down, 5xx): use the bound, remember nothing."""
+
+
+class UpstreamTokenizer:
+    def __init__(self, server: UpstreamServer) -> None:
+        self._server = server
+        self._chat_form: str | None = None  # "messages", "apply-template", "text", "bound"
+        self._text_form: str | None = None  # "tei", "prompt", "content", "extras", "bound"
+
+    async def count_chat(self, request: ChatCompletionRequest) -> int:
+        """Prompt tokens after the chat template: exact where the server renders templates."""
+        # As the chat request will be sent, less non-text parts; "developer" as "system", since
+        # chat templates know only the latter and a template error would lose the exact count.
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in request.messages
+        ]
+        texts = [m["content"] for m in messages]
+        bound = sum(len(t.encode()) + MESSAGE_ALLOWANCE for t in texts) + PROMPT_ALLOWANCE
+        forms: dict[str, Callable[[], Awaitable[int | None]]] = {
+            "messages": lambda: self._count_messages(messages),
+            "apply-template": lambda: self._count_rendered(messages),
+            "text": lambda: self._count_each_message(texts),
+        }
+        return await self._first_answer(forms, "_chat_form", bound)
+
+    async def count_texts(self, texts: list[str], special: bool) -> int:
+        """Tokens of plain texts (``special``: with BOS/CLS/SEP as the model adds them)."""
+        bound = sum(len(t.encode()) + TEXT_ALLOWANCE for t in texts)
+        if not any(texts):
+            return bound  # nothing to probe with: an empty answer would prove nothing
+        forms: dict[str, Callable[[], Awaitable[int | None]]] = {
+            "tei": lambda: self._count_tei(texts, special),
+            "prompt": lambda: self._count_each(texts, self._count_prompt, special),
+            "content": lambda: self._count_each(texts, self._count_content, special),
+            "extras": lambda: self._count_each(texts, self._count_extras, special),
+        }
+        return await self._first_answer(forms, "_text_form", bound)
+
+    async def _first_answer(
+        self, forms: dict[str, Callable[[], Awaitable[int | None]]], memo: str, bound: int
+    ) -> int:
+        known = getattr(self, memo)
+        if known == "bound":
+            return bound
+        try:
+            for name in [known] if known else list(forms):
+                answer = await forms[name]()
+                if answer is not None:
+                    setattr(self, memo, name)
+                    return answer
+        except _Unavailable:
+            return bound
+        if known is None:  # a known form that declines one request (too long, say) stays known
+            setattr(self, memo, "bound")
+        return bound
+
+    # --- chat forms ---------------------------------------------------------------------------
+
+    async def _count_messages(self, messages: list[dict[str, str]]) -> int | None:
+        body = {"model": self._server.model_name, "messages": messages}
+        return _token_count(await self._post("/tokenize", {**body, "add_generation_prompt": True}))
+
+    async def _count_rendered(self, messages: list[dict[str, str]]) -> int | None:
+        rendered = await self._post("/apply-template", {"messages": messages})
+        prompt = rendered.get("prompt") if isinstance(rendered, dict) else None
+        if not isinstance(prompt, str):
+            return None
+        body = {"content": prompt, "add_special": True, "parse_special": True}
+        return _token_count(await self._post("/tokenize", body))
+
+    async def _count_each_message(self, texts: list[str]) -> int | None:
+        if not any(texts):
+            raise _Unavailable  # nothing to probe with: use the bound, learn nothing
+        counted = await self.count_texts(texts, special=True)
+        if self._text_form in (None, "bound"):
+            return None  # the server tokenizes nothing: count_chat's own bound applies
+        return counted + MESSAGE_ALLOWANCE * len(texts) + PROMPT_ALLOWANCE
+
+    # --- text forms ---------------------------------------------------------------------------
+
+    async def _count_tei(self, texts: list[str], special: bool) -> int | None:
+        answer = await self._post("/tokenize", {"inputs": texts, "add_special_tokens": special})
+        if not isinstance(answer, list) or len(answer) != len(texts):
+            return None
+        if not all(isinstance(tokens, list) for tokens in answer):
+            return None
+        return _nonzero(sum(len(tokens) for tokens in answer))
+
+    async def _count_prompt(self, text: str, special: bool) -> int | None:
+        body = {"model": self._server.model_name, "prompt": text, "add_special_tokens": special}
+        return _token_count(await self._post("/tokenize", body))
+
+    async def _count_content(self, text: str, special: bool) -> int | None:
+        body = {"content": text, "add_special": special}
+        return _token_count(await self._post("/tokenize", body))
+
+    async def _count_extras(self, text: str, special: bool) -> int | None:
+        body = {"model": self._server.model_name, "input": text}
+        answer = await self._post("/extras/tokenize/count", body)
+        count = answer.get("count") if isinstance(answer, dict) else None
+        return _nonzero(count) if isinstance(count, int) else None
+
+    async def _count_each(
+        self,
+        texts: list[str],
+        count_one: Callable[[str, bool], Awaitable[int | None]],
+        special: bool,
+    ) -> int | None:
+        # One text first, so that a server without this form costs one request, not one per text.
+        nonempty = [t for t in texts if t]
+        first = await count_one(nonempty[0], special)
+        if first is None:
+            return None
+        rest = await asyncio.gather(*(count_one(t, special) for t in nonempty[1:]))
+        if any(c is None for c in rest):
+            raise _Unavailable  # the form answered once, then declined: don't trust either way
+        empty = (len(texts) - len(nonempty)) * TEXT_ALLOWANCE
+        return first + sum(c for c in rest if c is not None) + empty
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """The JSON answer, or None when the server has no such endpoint or form."""
+        try:
+            response = await self._server.client.post(path, json=body)
+        except httpx.HTTPError:
+            raise _Unavailable from None
+        if response.status_code >= 500:
+            raise _Unavailable
+        if response.status_code != 200:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+
+def _token_count(answer: Any) -> int | None:
+    if not isinstance(answer, dict):
+        return None
+    count = answer.get("count")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return _nonzero(count)
+    tokens = answer.get("tokens")
+    return _nonzero(len(tokens)) if isinstance(tokens, list) else None
+
+
+def _nonzero(count: int) -> int | None:
+    # Non-empty text is at least one token: a zero means the server ignored the body's fields.
+    return count if count > 0 else None

@@ -1,0 +1,179 @@
+"""``veil gateway``, ``veil users`` and ``veil stacks``: run the gateway and manage its ledger.
+
+Account commands talk to the ledger database directly (``--data-dir`` or ``--database-url``), so
+they work with or without a running gateway; the admin HTTP API offers the same operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from veil.config import GatewaySettings
+from veil.gateway.app import stack_json
+from veil.protocol.errors import VeilError
+
+err = Console(stderr=True)
+T = TypeVar("T")
+
+users_app = typer.Typer(help="Users and their API keys.", no_args_is_help=True)
+stacks_app = typer.Typer(
+    help="Stacks: prepaid compute units per user and model.", no_args_is_help=True
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where the SQLite ledger lives [env: VEIL_DATA_DIR]."),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://... [env: VEIL_DATABASE_URL]",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def gateway_settings(**overrides: Any) -> GatewaySettings:
+    return GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def with_ledger(
+    data_dir: Path | None, database_url: str | None, work: Callable[[Any], Awaitable[T]]
+) -> T:
+    from veil.gateway.ledger import Ledger
+
+    settings = gateway_settings(data_dir=data_dir, database_url=database_url)
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> T:
+        ledger = await Ledger.open(settings.resolved_database_url)
+        try:
+            return await work(ledger)
+        finally:
+            await ledger.close()
+
+    try:
+        return asyncio.run(run())
+    except VeilError as exc:
+        err.print(f"[bold red]error:[/] {exc.code}: {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot open the ledger: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def emit(data: dict[str, Any], as_json: bool, human: str) -> None:
+    typer.echo(json.dumps(data) if as_json else human)
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    admin: Annotated[bool, typer.Option(help="Allow the admin HTTP API.")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a user and print its API key (shown once; only its hash is stored)."""
+    user, key = with_ledger(data_dir, database_url, lambda l: l.create_user(name, admin=admin))
+    emit({"user": user.name, "api_key": key}, as_json, f"user {user.name}\napi key {key}")
+
+
+@stacks_app.command("create")
+def stacks_create(
+    user: Annotated[str, typer.Option(help="Owner of the stack.")],
+    model: Annotated[str, typer.Option(help="Model the units pay for.")],
+    units: Annotated[int, typer.Option(help="Compute units in the stack.", min=1)],
+    price_per_million: Annotated[int, typer.Option(help="Price per million units.", min=0)] = 0,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a stack of UNITS compute units for USER on MODEL."""
+    stack = with_ledger(
+        data_dir,
+        database_url,
+        lambda l: l.create_stack(user, model, units, price_per_million=price_per_million),
+    )
+    data = stack_json(stack)
+    emit(data, as_json, f"stack {stack.id}: {stack.total_units} units of {model} for {user}")
+
+
+def _stack_line(data: dict[str, Any]) -> str:
+    return (
+        f"{data['stack_small_id']:>6}  {data['user']:<16} {data['model']:<24} "
+        f"total {data['total_units']:>12}  reserved {data['reserved_units']:>10}  "
+        f"used {data['used_units']:>12}  free {data['free_units']:>12}  {data['state']}"
+    )
+
+
+@stacks_app.command("list")
+def stacks_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's stacks.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """List stacks with their units total / reserved / used / free."""
+    stacks = [
+        stack_json(s) for s in with_ledger(data_dir, database_url, lambda l: l.list_stacks(user))
+    ]
+    emit({"stacks": stacks}, as_json, "\n".join(_stack_line(s) for s in stacks) or "no stacks")
+
+
+@stacks_app.command("show")
+def stacks_show(
+    stack_id: int,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """One stack's units: total, reserved, used, free."""
+    data = stack_json(with_ledger(data_dir, database_url, lambda l: l.get_stack(stack_id)))
+    emit(data, as_json, _stack_line(data))
+
+
+@stacks_app.command("top-up")
+def stacks_top_up(
+    stack_id: int,
+    units: Annotated[int, typer.Option(help="Units to add.", min=1)],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Add UNITS to a stack."""
+    data = stack_json(with_ledger(data_dir, database_url, lambda l: l.top_up(stack_id, units)))
+    emit(data, as_json, _stack_line(data))
+
+
+def print_admin_key(key: str) -> None:
+    err.print(
+        f"\n[bold]Admin API key[/] (shown once, only its hash is stored):\n  {key}\n",
+        highlight=False,
+    )
+
+
+def run_gateway(settings: GatewaySettings, bootstrap_units: int = 0) -> None:
+    import uvicorn
+
+    from veil.gateway.app import create_gateway_app
+    from veil.gateway.identity import load_or_create_gateway_key
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    key = load_or_create_gateway_key(settings.data_dir)
+    app = create_gateway_app(
+        settings, key, on_admin_key=print_admin_key, bootstrap_units=bootstrap_units
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())

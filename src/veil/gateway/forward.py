@@ -1,0 +1,180 @@
+"""Forwarding one paid request to a node and settling it, whatever happens on the way.
+
+Every path settles exactly once: a signed final receipt charges what it says (never more than was
+reserved: the ledger caps it); a stream cut short (client gone, node gone) charges the last signed
+running receipt, i.e. what was produced; a node error status or an unreachable node charges nothing.
+The gateway never sees plaintext here: it moves bytes and reads signed receipts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Response
+from fastapi.responses import StreamingResponse
+
+from veil.gateway.ledger import Ledger, Reservation
+from veil.gateway.metrics import GatewayMetrics
+from veil.gateway.registry import NodeInfo, NodeRegistry
+from veil.protocol.errors import ServiceUnavailable
+from veil.protocol.tickets import (
+    RECEIPT_COMMENT,
+    RECEIPT_HEADER,
+    TICKET_HEADER,
+    SignatureInvalid,
+    Ticket,
+    UsageReceipt,
+    envelope_digest,
+    sign_token,
+    verify_token,
+)
+
+log = logging.getLogger("veil.gateway.forward")
+
+_RECEIPT_PREFIX = RECEIPT_COMMENT.decode()
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Forwarder:
+    client: httpx.AsyncClient
+    ledger: Ledger
+    registry: NodeRegistry
+    key: Ed25519PrivateKey
+    metrics: GatewayMetrics
+    node_timeout: float
+
+    def ticket(self, reservation: Reservation, node: NodeInfo, body: bytes, request_id: str) -> str:
+        ticket = Ticket(
+            ticket_id=request_id,
+            stack_small_id=reservation.stack_id,
+            node_small_id=node.node_small_id,
+            units=reservation.units,
+            expires_at=time.time() + self.node_timeout,
+            envelope_sha256=envelope_digest(body),
+        )
+        return sign_token(ticket, self.key)
+
+    def _receipt(self, token: str | None, node: NodeInfo, request_id: str) -> UsageReceipt | None:
+        if not token or node.signing_key is None:
+            return None
+        try:
+            receipt = verify_token(token, UsageReceipt, [node.signing_key])
+        except SignatureInvalid as exc:
+            log.error("node %d sent an invalid usage receipt: %s", node.node_small_id, exc)
+            return None
+        if receipt.ticket_id != request_id:
+            log.error("node %d sent a receipt for another request", node.node_small_id)
+            return None
+        return receipt
+
+    async def settle(
+        self, reservation: Reservation, receipt: UsageReceipt | None, model: str
+    ) -> None:
+        # Shielded: a client that disconnects cancels the response task, and the ledger must
+        # still be written.
+        self.registry.release(reservation.id)
+        with anyio.CancelScope(shield=True):
+            if receipt is None:
+                await self.ledger.release(reservation.id)
+                return
+            await self.ledger.settle(
+                reservation.id,
+                receipt.compute_units,
+                prompt_tokens=receipt.prompt_tokens,
+                completion_tokens=receipt.completion_tokens,
+                receipt=receipt.model_dump_json(),
+            )
+            self.metrics.units_charged.labels(model).inc(
+                min(receipt.compute_units, reservation.units)
+            )
+
+    async def forward(
+        self,
+        node: NodeInfo,
+        path: str,
+        body: bytes,
+        reservation: Reservation,
+        model: str,
+        request_id: str,
+    ) -> Response:
+        headers = {
+            "content-type": "application/json",
+            TICKET_HEADER: self.ticket(reservation, node, body, request_id),
+        }
+        request = self.client.build_request(
+            "POST",
+            f"{node.url}{path}",
+            content=body,
+            headers=headers,
+            timeout=httpx.Timeout(self.node_timeout, connect=5.0),
+        )
+        try:
+            upstream = await self.client.send(request, stream=True)
+        except httpx.HTTPError:
+            self.registry.mark_unhealthy(node, "connection failed")
+            await self.settle(reservation, None, model)
+            raise ServiceUnavailable("the node did not answer; nothing was charged") from None
+
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(
+                self._relay(upstream, node, reservation, model, request_id),
+                status_code=upstream.status_code,
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
+        try:
+            content = await upstream.aread()
+        except httpx.HTTPError:
+            self.registry.mark_unhealthy(node, "connection lost")
+            await self.settle(reservation, None, model)
+            raise ServiceUnavailable("the node connection broke; nothing was charged") from None
+        finally:
+            await upstream.aclose()
+        receipt = None
+        if upstream.status_code == 200:
+            receipt = self._receipt(upstream.headers.get(RECEIPT_HEADER), node, request_id)
+        await self.settle(reservation, receipt, model)
+        return Response(
+            content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type", "application/json"),
+        )
+
+    async def _relay(
+        self,
+        upstream: httpx.Response,
+        node: NodeInfo,
+        reservation: Reservation,
+        model: str,
+        request_id: str,
+    ) -> AsyncIterator[bytes]:
+        """Pass the node's SSE lines through as they arrive, keeping the newest signed receipt."""
+        latest: UsageReceipt | None = None
+        try:
+            async for line in upstream.aiter_lines():
+                if line.startswith(_RECEIPT_PREFIX):
+                    receipt = self._receipt(line[len(_RECEIPT_PREFIX) :], node, request_id)
+                    if receipt is not None:
+                        latest = receipt
+                yield (line + "\n").encode()
+        except httpx.HTTPError:
+            self.registry.mark_unhealthy(node, "stream broke")
+            log.warning(
+                "node %d stream broke mid-way; charging what was produced", node.node_small_id
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+            await self.settle(reservation, latest, model)

@@ -1,0 +1,36 @@
+"""Prometheus metrics of one gateway: routes, codes, models and units; never request content."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "veil_gateway_requests",
+            "Requests answered, by route and wire code (OK for success).",
+            ["route", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "veil_gateway_request_seconds",
+            "Time to response headers (streams: to the first byte).",
+            ["route"],
+            registry=self.registry,
+        )
+        self.units_charged = Counter(
+            "veil_gateway_units_charged",
+            "Compute units charged to stacks from signed node receipts.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.expired = Counter(
+            "veil_gateway_reservations_expired",
+            "Reservations released because they expired.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

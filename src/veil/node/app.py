@@ -1,0 +1,376 @@
+"""The node's ASGI app: thin routes over ``pipeline`` (crypto) and ``service`` (engines, budget).
+
+Every failure leaves as ``{"error": {"code", "message"}}`` with the status of its class in
+``veil.protocol.errors``; unexpected exceptions become a constant-text 500 and are logged by type and
+stack frames only, because exception messages can quote their input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from veil.config import NodeSettings
+from veil.engines.base import EngineFailure
+from veil.node.keyring import Keyring
+from veil.node.metrics import NodeMetrics
+from veil.node.pipeline import (
+    Endpoint,
+    OpenAIRequest,
+    ResponseSealer,
+    encode_json,
+    open_request,
+    parse_openai_request,
+)
+from veil.node.service import ChatPlan, EngineRegistry, NodeService, engine_failure_message
+from veil.node.tickets import TicketChecker, sign_receipt
+from veil.protocol.envelopes import ConfidentialComputeRequest
+from veil.protocol.errors import EngineError, InternalError, NotFound, VeilError
+from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.protocol.tickets import (
+    RECEIPT_COMMENT,
+    RECEIPT_HEADER,
+    TICKET_HEADER,
+    Ticket,
+    UsageReceipt,
+    public_key_from_b64,
+)
+from veil.web import error_response, parse_model, read_body
+
+log = logging.getLogger("veil.node")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def parse_envelope(raw: bytes) -> ConfidentialComputeRequest:
+    return parse_model(raw, ConfidentialComputeRequest, "envelope")
+
+
+class NodeApp:
+    """Holds the node's state and implements its routes."""
+
+    def __init__(self, settings: NodeSettings, engines: EngineRegistry, keyring: Keyring) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.keyring = keyring
+        self.service = NodeService(engines, settings.default_units)
+        self.metrics = NodeMetrics()
+        self.tickets = TicketChecker([public_key_from_b64(key) for key in settings.gateway_keys])
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def handle(
+        self,
+        route: str,
+        request: Request,
+        work: Callable[[bytes, Ticket | None], Awaitable[Response]],
+    ) -> Response:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            raw = await read_body(request, self.settings.max_body_bytes)
+            ticket = self.tickets.check(request.headers.get(TICKET_HEADER), raw)
+            return await work(raw, ticket)
+        except VeilError as exc:
+            code = exc.code
+            return error_response(exc)
+        except Exception as exc:
+            code = InternalError.code
+            log.error(
+                "internal error on %s: %s\n%s",
+                route,
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            return error_response(InternalError("internal error; see the node log"))
+        finally:
+            self.metrics.requests.labels(route, code).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            log.info("%s %s %.1fms", route, code, (time.perf_counter() - started) * 1000)
+
+    def check_model(self, endpoint: Endpoint, model: str) -> None:
+        getter = {
+            "chat": self.engines.get_chat,
+            "embeddings": self.engines.get_embeddings,
+            "images": self.engines.get_images,
+        }[endpoint]
+        getter(model)
+
+    # -- confidential routes ---------------------------------------------------------------
+    async def confidential(self, endpoint: Endpoint, raw: bytes, ticket: Ticket | None) -> Response:
+        envelope = parse_envelope(raw)
+        self.check_model(endpoint, envelope.model_name)
+        opened = open_request(envelope, endpoint, self.keyring)
+        sealer = ResponseSealer(opened.session, self.keyring)
+        request = opened.request
+        units = _budget(opened.units, ticket)
+        if isinstance(request, ChatCompletionRequest):
+            plan = await self.service.plan_chat(request, units)
+            if opened.stream:
+
+                def seal(chunk: dict[str, Any], usage: dict[str, int] | None) -> bytes:
+                    self.metrics.stream_chunks.labels("confidential_chat").inc()
+                    return sealer.sse_event(chunk, usage)
+
+                return await self._stream(plan, request, seal, ticket, done=None)
+            result = await self.service.chat(plan, request)
+            usage = _wire_usage(result.get("usage"))
+        elif isinstance(request, EmbeddingRequest):
+            result = await self.service.embed(request, units)
+            usage = _wire_usage(result.get("usage"))
+        else:
+            assert isinstance(request, ImageGenerationRequest)
+            result = await self.service.generate_images(request, units)
+            usage = None  # images are metered in pixels; v1 carries no usage for them
+        sealed = sealer.seal(result, usage)
+        return self._answer(sealed.model_dump_json(exclude_none=True), request, usage, ticket)
+
+    def _answer(
+        self,
+        content: bytes | str,
+        request: OpenAIRequest,
+        usage: dict[str, int] | None,
+        ticket: Ticket | None,
+    ) -> Response:
+        receipt = self._receipt(request, usage, ticket)
+        self.metrics.count_usage(request.model, usage)
+        if isinstance(request, ImageGenerationRequest):
+            self.metrics.tokens.labels(request.model, "pixels").inc(request.compute_units())
+        return Response(content, media_type="application/json", headers={RECEIPT_HEADER: receipt})
+
+    def _receipt(
+        self,
+        request: OpenAIRequest,
+        usage: dict[str, int] | None,
+        ticket: Ticket | None,
+        *,
+        final: bool = True,
+    ) -> str:
+        prompt = usage["prompt_tokens"] if usage else 0
+        completion = usage["completion_tokens"] if usage else 0
+        if isinstance(request, ImageGenerationRequest):
+            units = request.compute_units()
+        else:
+            units = prompt + completion
+        receipt = UsageReceipt(
+            ticket_id=ticket.ticket_id if ticket else "direct",
+            model=request.model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            compute_units=units,
+            final=final,
+        )
+        return sign_receipt(self.keyring, receipt)
+
+    async def _stream(
+        self,
+        plan: ChatPlan,
+        request: ChatCompletionRequest,
+        encode: Callable[[dict[str, Any], dict[str, int] | None], bytes],
+        ticket: Ticket | None,
+        done: bytes | None,
+    ) -> Response:
+        """Run a chat stream; fail with a status if it fails before its first chunk.
+
+        After the first chunk the status is sent, so a failure becomes a last (sealed, for
+        confidential routes) error event that carries the usage produced so far.
+        """
+        chunks = self.service.chat_stream(plan, request)
+        try:
+            first = await anext(chunks)
+        except EngineFailure as exc:
+            await chunks.aclose()
+            raise EngineError(engine_failure_message(exc)) from None
+        except StopAsyncIteration:
+            raise EngineError("the model backend produced no output") from None
+
+        def receipt_line(usage: dict[str, int], final: bool) -> bytes:
+            token = self._receipt(request, usage, ticket, final=final)
+            return RECEIPT_COMMENT + token.encode() + b"\n\n"
+
+        async def events() -> AsyncIterator[bytes]:
+            chunk: dict[str, Any] | None = first
+            produced = 0  # content-bearing chunks so far: the running count before exact usage
+            try:
+                while chunk is not None:
+                    usage = _wire_usage(chunk.get("usage"))
+                    yield encode(chunk, usage)
+                    if usage is not None:
+                        self.metrics.count_usage(request.model, usage)
+                        yield receipt_line(usage, final=True)
+                    elif chunk.get("choices"):
+                        produced += 1
+                        running = {
+                            "prompt_tokens": plan.prompt_tokens,
+                            "completion_tokens": produced,
+                            "total_tokens": 0,
+                        }
+                        yield receipt_line(running, final=False)
+                    chunk = await anext(chunks, None)
+                if done is not None:
+                    yield done
+            except EngineFailure as exc:
+                partial = exc.usage.as_dict() if exc.usage is not None else None
+                self.metrics.count_usage(request.model, partial)
+                failure = EngineError(engine_failure_message(exc))
+                yield encode(failure.to_body(), partial)
+                log.warning("stream for %s ended by an engine failure", request.model)
+            finally:
+                await chunks.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    # -- plain routes ----------------------------------------------------------------------
+    async def plain(self, endpoint: Endpoint, raw: bytes, ticket: Ticket | None) -> Response:
+        request = parse_openai_request(endpoint, raw)
+        units = _budget(None, ticket)
+        if isinstance(request, ChatCompletionRequest):
+            plan = await self.service.plan_chat(request, units)
+            if request.stream:
+
+                def encode(chunk: dict[str, Any], usage: dict[str, int] | None) -> bytes:
+                    return b"data: " + encode_json(chunk) + b"\n\n"
+
+                return await self._stream(plan, request, encode, ticket, done=b"data: [DONE]\n\n")
+            result = await self.service.chat(plan, request)
+        elif isinstance(request, EmbeddingRequest):
+            result = await self.service.embed(request, units)
+        else:
+            assert isinstance(request, ImageGenerationRequest)
+            result = await self.service.generate_images(request, units)
+        return self._answer(encode_json(result), request, _wire_usage(result.get("usage")), ticket)
+
+    # -- read-only routes ------------------------------------------------------------------
+    def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": engine.model_id,
+                    "object": "model",
+                    "created": int(self.keyring.current.created_at),
+                    "owned_by": "veil",
+                    "kind": engine.kind,
+                }
+                for engine in self.engines.all()
+            ],
+        }
+
+    async def health(self) -> JSONResponse:
+        unhealthy = [e.model_id for e in self.engines.all() if not await e.healthy()]
+        body = {
+            "status": "ok" if not unhealthy else "degraded",
+            "models": self.engines.model_ids(),
+            "unhealthy": unhealthy,
+            "key_id": self.keyring.current.key_id,
+        }
+        return JSONResponse(body, status_code=200 if not unhealthy else 503)
+
+
+def _budget(envelope_units: int | None, ticket: Ticket | None) -> int | None:
+    """The units a request may spend: the envelope's ask, never more than the ticket pays for."""
+    if ticket is None:
+        return envelope_units
+    if envelope_units is None:
+        return ticket.units
+    return min(envelope_units, ticket.units)
+
+
+def _wire_usage(usage: Any) -> dict[str, int] | None:
+    """The three standard counters of an engine's usage object, or None."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = int(usage.get("prompt_tokens", 0) or 0)
+    completion = int(usage.get("completion_tokens", 0) or 0)
+    total = int(usage.get("total_tokens", prompt + completion) or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def create_app(
+    settings: NodeSettings,
+    engines: EngineRegistry,
+    keyring: Keyring | None = None,
+    *,
+    manage_engines: bool = True,
+) -> FastAPI:
+    """Build the node app. ``manage_engines=False`` leaves engine start/stop to the caller."""
+    keyring = keyring or Keyring(settings.data_dir, settings.key_grace_seconds)
+    node = NodeApp(settings, engines, keyring)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_engines:
+            for engine in engines.all():
+                await engine.start()
+        log.info(
+            "node ready: key %s, models %s", keyring.current.key_id, ", ".join(engines.model_ids())
+        )
+        if not node.tickets.required:
+            log.warning("no gateway keys configured: serving requests without gateway tickets")
+        try:
+            yield
+        finally:
+            if manage_engines:
+                for engine in engines.all():
+                    await engine.close()
+
+    app = FastAPI(title="Veil node", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.node = node
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(NotFound("no such route"))
+        if exc.status_code == 405:
+            return error_response(NotFound("no such route for this method"))
+        return error_response(InternalError("unexpected HTTP error"))
+
+    def confidential_route(endpoint: Endpoint, route: str) -> Any:
+        async def handler(request: Request) -> Response:
+            return await node.handle(
+                route, request, lambda raw, ticket: node.confidential(endpoint, raw, ticket)
+            )
+
+        return handler
+
+    def plain_route(endpoint: Endpoint, route: str) -> Any:
+        async def handler(request: Request) -> Response:
+            return await node.handle(
+                route, request, lambda raw, ticket: node.plain(endpoint, raw, ticket)
+            )
+
+        return handler
+
+    for endpoint, path in (
+        ("chat", "chat/completions"),
+        ("embeddings", "embeddings"),
+        ("images", "images/generations"),
+    ):
+        name = path.replace("/", "_")
+        app.post(f"/v1/confidential/{path}")(confidential_route(endpoint, f"confidential_{name}"))  # type: ignore[arg-type]
+        app.post(f"/v1/{path}")(plain_route(endpoint, name))  # type: ignore[arg-type]
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return node.models()
+
+    @app.get("/v1/keys")
+    async def keys() -> dict[str, Any]:
+        return node.keyring.describe()
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return await node.health()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,141 @@
+"""What a node does with a validated request: find the engine, hold it to its budget, run it.
+
+Shared by the confidential and the plain routes, so both meter the same way. The budget rule: a
+request never spends more than the units it carries (``num_compute_units``; the node's
+``default_units`` when it carries none). Chat: prompt + completion <= units, so ``max_tokens`` is
+capped to what is left after the prompt, and a prompt that alone exceeds the units is refused with
+402 before any generation. Embeddings: input tokens <= units. Images: n x width x height <= units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from veil.engines.base import (
+    ChatEngine,
+    EmbeddingEngine,
+    Engine,
+    EngineFailure,
+    ImageEngine,
+)
+from veil.protocol.errors import BalanceError, EngineError, NotFound
+from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+
+E = TypeVar("E", bound=Engine)
+
+
+@dataclass
+class EngineRegistry:
+    chat: dict[str, ChatEngine] = field(default_factory=dict)
+    embeddings: dict[str, EmbeddingEngine] = field(default_factory=dict)
+    images: dict[str, ImageEngine] = field(default_factory=dict)
+
+    def add(self, engine: Engine) -> None:
+        table: dict[str, Any] = getattr(self, engine.kind)
+        if engine.model_id in self.model_ids():
+            raise ValueError(f"model id {engine.model_id!r} is served twice")
+        table[engine.model_id] = engine
+
+    def all(self) -> list[Engine]:
+        return [*self.chat.values(), *self.embeddings.values(), *self.images.values()]
+
+    def model_ids(self) -> list[str]:
+        return [engine.model_id for engine in self.all()]
+
+    def get_chat(self, model: str) -> ChatEngine:
+        return self._find(self.chat, model, "chat")
+
+    def get_embeddings(self, model: str) -> EmbeddingEngine:
+        return self._find(self.embeddings, model, "embeddings")
+
+    def get_images(self, model: str) -> ImageEngine:
+        return self._find(self.images, model, "images")
+
+    def _find(self, table: dict[str, E], model: str, kind: str) -> E:
+        engine = table.get(model)
+        if engine is not None:
+            return engine
+        if kind == "images" and not self.images:
+            raise NotFound(
+                "no images model is configured on this node; start it with "
+                "--upstream images:MODEL=URL pointing at an OpenAI-compatible images server"
+            )
+        served = ", ".join(sorted(table)) or "none"
+        raise NotFound(f"model {model!r} is not served here for {kind} (served: {served})")
+
+
+def engine_failure_message(exc: EngineFailure) -> str:
+    return f"the model backend failed: {exc}"
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    engine: ChatEngine
+    prompt_tokens: int
+    max_tokens: int
+
+
+class NodeService:
+    def __init__(self, engines: EngineRegistry, default_units: int) -> None:
+        self.engines = engines
+        self.default_units = default_units
+
+    def _units(self, units: int | None) -> int:
+        return self.default_units if units is None else units
+
+    async def plan_chat(self, request: ChatCompletionRequest, units: int | None) -> ChatPlan:
+        engine = self.engines.get_chat(request.model)
+        budget = self._units(units)
+        try:
+            prompt_tokens = await engine.count_prompt_tokens(request)
+        except EngineFailure as exc:
+            raise EngineError(engine_failure_message(exc)) from None
+        if prompt_tokens >= budget:
+            raise BalanceError(
+                f"the prompt takes {prompt_tokens} tokens but the request carries {budget} "
+                "compute units (prompt + completion must fit)"
+            )
+        left = budget - prompt_tokens
+        wanted = request.requested_max_tokens()
+        return ChatPlan(engine, prompt_tokens, left if wanted is None else min(wanted, left))
+
+    async def chat(self, plan: ChatPlan, request: ChatCompletionRequest) -> dict[str, Any]:
+        try:
+            return await plan.engine.complete(request, plan.max_tokens)
+        except EngineFailure as exc:
+            raise EngineError(engine_failure_message(exc)) from None
+
+    def chat_stream(
+        self, plan: ChatPlan, request: ChatCompletionRequest
+    ) -> AsyncIterator[dict[str, Any]]:
+        return plan.engine.stream(request, plan.max_tokens)
+
+    async def embed(self, request: EmbeddingRequest, units: int | None) -> dict[str, Any]:
+        engine = self.engines.get_embeddings(request.model)
+        budget = self._units(units)
+        try:
+            tokens = await engine.count_tokens(request)
+            if tokens > budget:
+                raise BalanceError(
+                    f"the input takes {tokens} tokens but the request carries {budget} compute units"
+                )
+            return await engine.embed(request)
+        except EngineFailure as exc:
+            raise EngineError(engine_failure_message(exc)) from None
+
+    async def generate_images(
+        self, request: ImageGenerationRequest, units: int | None
+    ) -> dict[str, Any]:
+        engine = self.engines.get_images(request.model)
+        needed = request.compute_units()
+        if units is not None and needed > units:
+            raise BalanceError(
+                f"{request.n} image(s) of {'x'.join(map(str, request.dimensions()))} need "
+                f"{needed} compute units but the request carries {units}"
+            )
+        try:
+            return await engine.generate(request)
+        except EngineFailure as exc:
+            raise EngineError(engine_failure_message(exc)) from None

@@ -1,0 +1,1 @@
+"""The wire and nothing else: envelopes, suites and error codes (see PROTOCOL.md)."""

@@ -1,0 +1,88 @@
+"""The evidence document and the report_data binding of PROTOCOL.md section 6."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from veil.attestation.evidence import Evidence, EvidenceError, report_data
+
+X = bytes(range(32))
+ED = bytes(range(32, 64))
+NONCE = b"n" * 32
+
+
+def test_report_data_is_sha512_of_label_keys_and_nonce() -> None:
+    expected = hashlib.sha512(b"veil-v1 report" + X + ED + NONCE).digest()
+    assert report_data(X, ED, NONCE) == expected
+    assert len(expected) == 64
+
+
+def test_report_data_changes_with_each_input() -> None:
+    base = report_data(X, ED, NONCE)
+    assert report_data(ED, X, NONCE) != base
+    assert report_data(X, ED, b"m" * 32) != base
+
+
+@pytest.mark.parametrize(
+    ("x", "ed", "nonce", "named"),
+    [
+        (X[:31], ED, NONCE, "x25519_public_key"),
+        (X, ED + b"\0", NONCE, "ed25519_public_key"),
+        (X, ED, b"short", "nonce"),
+        (X, ED, b"n" * 65, "nonce"),
+    ],
+)
+def test_wrong_sizes_are_refused_by_name(x: bytes, ed: bytes, nonce: bytes, named: str) -> None:
+    with pytest.raises(EvidenceError, match=named):
+        report_data(x, ed, nonce)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _document(**changes: object) -> dict[str, object]:
+    document: dict[str, object] = {
+        "format": "tdx",
+        "report_data": b64(report_data(X, ED, NONCE)),
+        "nonce": b64(NONCE),
+        "x25519_public_key": b64(X),
+        "ed25519_public_key": b64(ED),
+        "quote": b64(b"quote bytes"),
+        "collateral": {"tcb_info": "{}"},
+        "warning": None,
+    }
+    document.update(changes)
+    return document
+
+
+def test_document_round_trips_through_json_byte_for_byte() -> None:
+    evidence = Evidence.model_validate(_document())
+    again = Evidence.model_validate(json.loads(evidence.to_json()))
+    assert again == evidence
+    assert json.loads(evidence.to_json()) == _document()
+    assert evidence.expected_report_data() == evidence.report_data
+
+
+def test_report_data_must_be_64_bytes() -> None:
+    with pytest.raises(ValidationError, match="report_data"):
+        Evidence.model_validate(_document(report_data=base64.b64encode(b"x" * 32).decode()))
+
+
+def test_bad_base64_is_refused() -> None:
+    with pytest.raises(ValidationError, match="x25519_public_key"):
+        Evidence.model_validate(_document(x25519_public_key="not base64!"))
+
+
+def test_format_none_cannot_carry_a_quote_and_others_must() -> None:
+    with pytest.raises(ValidationError, match="cannot carry a quote"):
+        Evidence.model_validate(_document(format="none"))
+    with pytest.raises(ValidationError, match="must carry a quote"):
+        Evidence.model_validate(_document(quote=None))
+    with pytest.raises(ValidationError, match="format"):
+        Evidence.model_validate(_document(format="sgx"))

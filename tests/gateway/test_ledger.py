@@ -1,0 +1,535 @@
+"""The ledger's rules, each pinned down on SQLite and on PostgreSQL (see conftest.db_url)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.exc import IntegrityError
+
+from tests.gateway.conftest import LedgerHarness
+from veil.gateway.ledger import Ledger, Stack, User
+from veil.gateway.ledger.schema import metadata
+from veil.protocol.errors import (
+    AuthError,
+    BalanceError,
+    InvalidBody,
+    Locked,
+    NotFound,
+    UnavailableStack,
+)
+
+T0 = 1_800_000_000.0
+MODEL = "gemma-3-270m"
+TTL = 60.0
+
+
+@dataclass
+class World:
+    alice: User
+    bob: User
+    node: int
+    stack: Stack  # alice's, 1000 units of MODEL
+    bobs: Stack  # bob's, 1000 units of MODEL
+
+
+@pytest.fixture
+def w(h: LedgerHarness) -> World:
+    alice, _ = h.create_user("alice")
+    bob, _ = h.create_user("bob")
+    return World(
+        alice=alice,
+        bob=bob,
+        node=h.node_small_id("http://127.0.0.1:8081"),
+        stack=h.create_stack("alice", MODEL, 1000),
+        bobs=h.create_stack("bob", MODEL, 1000),
+    )
+
+
+def reserve(h: LedgerHarness, w: World, units: int, **kwargs: Any) -> Any:
+    kwargs.setdefault("now", T0)
+    kwargs.setdefault("ttl_seconds", TTL)
+    kwargs.setdefault("node_small_id", w.node)
+    user = kwargs.pop("user", w.alice)
+    return h.reserve(user.id, kwargs.pop("model", MODEL), units, **kwargs)
+
+
+def units(h: LedgerHarness, stack_id: int) -> tuple[int, int, int]:
+    """(total, reserved, used) of a stack."""
+    s = h.get_stack(stack_id)
+    return s.total_units, s.reserved_units, s.used_units
+
+
+# -- schema and migrations -------------------------------------------------------------------
+
+
+def test_migrated_schema_matches_the_models(h: LedgerHarness) -> None:
+    async def diff() -> Any:
+        async with h.ledger.engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+
+    assert h.run(diff()) == []
+    assert h.sql("SELECT version_num FROM alembic_version") == [("0001",)]
+
+
+def test_gateways_starting_together_migrate_once(db_url: str) -> None:
+    async def start_three() -> list[str]:
+        ledgers = await asyncio.gather(*(Ledger.open(db_url) for _ in range(3)))
+        try:
+            user, _ = await ledgers[0].create_user("alice")
+            await ledgers[1].create_stack("alice", MODEL, 10)
+            return [s.user for s in await ledgers[2].list_stacks()]
+        finally:
+            for ledger in ledgers:
+                await ledger.close()
+
+    assert asyncio.run(start_three()) == ["alice"]
+
+
+def test_check_constraint_rejects_overcommitting_a_stack(h: LedgerHarness, w: World) -> None:
+    with pytest.raises(IntegrityError):
+        h.sql(
+            "UPDATE stacks SET reserved_units = 600, used_units = 401 WHERE id = :id", id=w.stack.id
+        )
+    with pytest.raises(IntegrityError):
+        h.sql("UPDATE stacks SET used_units = -1 WHERE id = :id", id=w.stack.id)
+    assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_reconcile_reports_counters_that_disagree_with_reservations(
+    h: LedgerHarness, w: World
+) -> None:
+    reserve(h, w, 100)
+    h.sql("UPDATE stacks SET reserved_units = 90 WHERE id = :id", id=w.stack.id)
+    problems = h.reconcile()
+    assert len(problems) == 1 and "reserved_units=90" in problems[0]
+    h.sql("UPDATE stacks SET reserved_units = 100 WHERE id = :id", id=w.stack.id)
+
+
+# -- the request lifecycle -------------------------------------------------------------------
+
+
+def test_reserve_claim_settle_happy_path(h: LedgerHarness, w: World) -> None:
+    r = reserve(h, w, 300)
+    assert (r.state, r.units, r.stack_id, r.node_small_id) == ("held", 300, w.stack.id, w.node)
+    assert r.expires_at == T0 + TTL and r.charged_units is None
+    assert units(h, w.stack.id) == (1000, 300, 0)
+    assert h.get_stack(w.stack.id).free_units == 700
+
+    claimed = h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0 + 1)
+    assert (claimed.id, claimed.state, claimed.request_id) == (r.id, "in_flight", "req-1")
+
+    done = h.settle(r.id, 120, prompt_tokens=20, completion_tokens=100, receipt=b"signed")
+    assert (done.state, done.charged_units, done.released_units) == ("settled", 120, 180)
+    assert units(h, w.stack.id) == (1000, 0, 120)
+    rows = h.sql(
+        "SELECT prompt_tokens, completion_tokens, compute_units, receipt FROM usage_receipts"
+    )
+    assert [tuple(row) for row in rows] == [(20, 100, 120, b"signed")]
+
+
+def test_settle_charges_at_most_what_was_reserved(h: LedgerHarness, w: World) -> None:
+    r = reserve(h, w, 300)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0)
+    assert h.settle(r.id, 10_000).charged_units == 300
+    assert units(h, w.stack.id) == (1000, 0, 300)
+
+
+def test_release_returns_every_unit(h: LedgerHarness, w: World) -> None:
+    r = reserve(h, w, 300)
+    done = h.release(r.id)
+    assert (done.state, done.charged_units, done.released_units) == ("released", 0, 300)
+    assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_settle_is_idempotent(h: LedgerHarness, w: World) -> None:
+    r = reserve(h, w, 300)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0)
+    first = h.settle(r.id, 100)
+    assert h.settle(r.id, 250) == first
+    assert h.release(r.id) == first
+    assert units(h, w.stack.id) == (1000, 0, 100)
+    assert h.sql("SELECT count(*) FROM usage_receipts") == [(1,)]
+
+    other = reserve(h, w, 50)
+    released = h.release(other.id)
+    assert h.settle(other.id, 50) == released
+    assert units(h, w.stack.id) == (1000, 0, 100)
+
+
+def test_concurrent_settles_charge_once(h: LedgerHarness, w: World) -> None:
+    r = reserve(h, w, 300)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0)
+    second = h.open_another()
+
+    async def race() -> list[Any]:
+        settles = [h.ledger.settle(r.id, 100 + i) for i in range(5)]
+        settles += [second.settle(r.id, 200 + i) for i in range(5)]
+        return list(await asyncio.gather(*settles))
+
+    results = h.run(race())
+    assert len({(x.state, x.charged_units) for x in results}) == 1
+    charged = results[0].charged_units
+    assert units(h, w.stack.id) == (1000, 0, charged)
+
+
+def test_settle_unknown_reservation_is_not_found(h: LedgerHarness, w: World) -> None:
+    with pytest.raises(NotFound):
+        h.settle("0" * 32, 1)
+    with pytest.raises(NotFound):
+        h.release("nope")
+
+
+# -- expiry ----------------------------------------------------------------------------------
+
+
+def test_expiry_releases_held_reservations_past_their_deadline(h: LedgerHarness, w: World) -> None:
+    r = reserve(h, w, 300)
+    assert h.expire(now=T0 + TTL - 0.001) == 0
+    assert units(h, w.stack.id) == (1000, 300, 0)
+    assert h.expire(now=T0 + TTL) == 1
+    assert units(h, w.stack.id) == (1000, 0, 0)
+    gone = h.get_reservation(r.id)
+    assert (gone.state, gone.charged_units) == ("expired", 0)
+    assert h.expire(now=T0 + 10 * TTL) == 0
+
+
+def test_expired_reservation_cannot_be_claimed_even_before_the_sweep(
+    h: LedgerHarness, w: World
+) -> None:
+    reserve(h, w, 300)
+    with pytest.raises(UnavailableStack):
+        h.claim(w.alice.id, w.stack.id, request_id="late", now=T0 + TTL)
+
+
+def test_expiry_releases_in_flight_reservations_only_after_the_grace(
+    h: LedgerHarness, w: World
+) -> None:
+    grace = h.ledger.in_flight_grace
+    assert grace == 300.0
+    r = reserve(h, w, 300)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0 + TTL - 1)
+    assert h.expire(now=T0 + TTL + grace - 1) == 0
+    assert units(h, w.stack.id) == (1000, 300, 0)
+    assert h.expire(now=T0 + TTL + grace) == 1
+    assert units(h, w.stack.id) == (1000, 0, 0)
+    # The node answering after that charges nothing: the units were handed back already.
+    late = h.settle(r.id, 200)
+    assert (late.state, late.charged_units) == ("expired", 0)
+    assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_in_flight_grace_is_configurable(h: LedgerHarness, w: World) -> None:
+    h.reopen(in_flight_grace=10.0)
+    reserve(h, w, 300)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0)
+    assert h.expire(now=T0 + TTL + 9) == 0
+    assert h.expire(now=T0 + TTL + 10) == 1
+
+
+def test_expiry_survives_a_gateway_restart(h: LedgerHarness, w: World) -> None:
+    held = reserve(h, w, 300)
+    flying = reserve(h, w, 200)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0, reservation_id=flying.id)
+    h.reopen()
+    assert units(h, w.stack.id) == (1000, 500, 0)
+    assert h.expire(now=T0 + TTL) == 1
+    assert h.get_reservation(held.id).state == "expired"
+    assert h.expire(now=T0 + TTL + h.ledger.in_flight_grace) == 1
+    assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_two_gateways_sweeping_at_once_release_each_reservation_once(
+    h: LedgerHarness, w: World
+) -> None:
+    for _ in range(10):
+        reserve(h, w, 50)
+    second = h.open_another()
+
+    async def sweep() -> list[int]:
+        return list(
+            await asyncio.gather(h.ledger.expire(now=T0 + TTL), second.expire(now=T0 + TTL))
+        )
+
+    assert sum(h.run(sweep())) == 10
+    assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_run_expiry_sweeps_at_once(h: LedgerHarness, w: World) -> None:
+    reserve(h, w, 300, now=1_000.0)  # long past in real time
+    stop = asyncio.Event()
+    stop.set()
+    h.run(h.ledger.run_expiry(3600, stop=stop))
+    assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+# -- who may spend which stack ---------------------------------------------------------------
+
+
+def test_someone_elses_stack_is_not_found_and_untouched(h: LedgerHarness, w: World) -> None:
+    with pytest.raises(NotFound) as theirs:
+        reserve(h, w, 10, stack_id=w.bobs.id)
+    with pytest.raises(NotFound) as missing:
+        reserve(h, w, 10, stack_id=999_999)
+    assert theirs.value.message == f"no stack {w.bobs.id}"
+    assert missing.value.message == "no stack 999999"
+    assert units(h, w.bobs.id) == (1000, 0, 0)
+    with pytest.raises(NotFound):
+        h.get_stack(w.bobs.id, user_id=w.alice.id)
+
+
+def test_a_stack_for_another_model_is_not_found(h: LedgerHarness, w: World) -> None:
+    with pytest.raises(NotFound):
+        reserve(h, w, 10, stack_id=w.stack.id, model="other-model")
+    with pytest.raises(BalanceError):
+        reserve(h, w, 10, model="other-model")
+
+
+def test_locked_or_settling_stack_takes_no_reservations(h: LedgerHarness, w: World) -> None:
+    live = reserve(h, w, 100)
+    for state in ("locked", "settling"):
+        assert h.set_state(w.stack.id, state).state == state
+        with pytest.raises(Locked):
+            reserve(h, w, 10, stack_id=w.stack.id)
+        with pytest.raises(Locked):
+            reserve(h, w, 10)
+    # A reservation made before the lock still completes.
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0)
+    assert h.settle(live.id, 40).charged_units == 40
+    h.set_state(w.stack.id, "active")
+    assert reserve(h, w, 10).stack_id == w.stack.id
+    with pytest.raises(InvalidBody):
+        h.set_state(w.stack.id, "frozen")
+
+
+def test_not_enough_units_says_how_many_are_free(h: LedgerHarness, w: World) -> None:
+    h.create_stack("alice", MODEL, 400)
+    reserve(h, w, 900)
+    with pytest.raises(BalanceError) as refused:
+        reserve(h, w, 500)
+    assert "at most 400 free" in refused.value.message
+    with pytest.raises(BalanceError) as on_stack:
+        reserve(h, w, 101, stack_id=w.stack.id)
+    assert "100 free" in on_stack.value.message
+    assert units(h, w.stack.id) == (1000, 900, 0)
+
+
+def test_user_without_a_stack_gets_balance_error(h: LedgerHarness, w: World) -> None:
+    carol, _ = h.create_user("carol")
+    with pytest.raises(BalanceError) as refused:
+        reserve(h, w, 1, user=carol)
+    assert "at most 0 free" in refused.value.message
+
+
+def test_reserve_picks_the_best_fitting_stack(h: LedgerHarness, w: World) -> None:
+    small = h.create_stack("alice", MODEL, 200)
+    smaller = h.create_stack("alice", MODEL, 50)
+    assert reserve(h, w, 100).stack_id == small.id
+    assert reserve(h, w, 50).stack_id == smaller.id
+    assert reserve(h, w, 100).stack_id == small.id
+    assert reserve(h, w, 100).stack_id == w.stack.id
+
+
+def test_reserve_rejects_nonsense(h: LedgerHarness, w: World) -> None:
+    for bad in (0, -5):
+        with pytest.raises(InvalidBody):
+            reserve(h, w, bad)
+    with pytest.raises(NotFound):
+        reserve(h, w, 10, node_small_id=424242)
+    assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_claim_without_a_reservation_is_unavailable(h: LedgerHarness, w: World) -> None:
+    with pytest.raises(UnavailableStack):
+        h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0)
+
+
+def test_claim_by_another_user_is_unavailable(h: LedgerHarness, w: World) -> None:
+    reserve(h, w, 100)
+    with pytest.raises(UnavailableStack):
+        h.claim(w.bob.id, w.stack.id, request_id="req-1", now=T0)
+    assert h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0).state == "in_flight"
+
+
+def test_each_reservation_serves_one_request(h: LedgerHarness, w: World) -> None:
+    first = reserve(h, w, 100, now=T0)
+    second = reserve(h, w, 100, now=T0 + 1)
+    assert h.claim(w.alice.id, w.stack.id, request_id="a", now=T0 + 2).id == first.id
+    assert h.claim(w.alice.id, w.stack.id, request_id="b", now=T0 + 2).id == second.id
+    with pytest.raises(UnavailableStack):
+        h.claim(w.alice.id, w.stack.id, request_id="c", now=T0 + 2)
+
+
+def test_a_request_id_is_used_once(h: LedgerHarness, w: World) -> None:
+    reserve(h, w, 100)
+    reserve(h, w, 100)
+    h.claim(w.alice.id, w.stack.id, request_id="same", now=T0)
+    with pytest.raises(UnavailableStack):
+        h.claim(w.alice.id, w.stack.id, request_id="same", now=T0)
+
+
+def test_claim_a_named_reservation(h: LedgerHarness, w: World) -> None:
+    reserve(h, w, 100, now=T0)
+    newer = reserve(h, w, 100, now=T0 + 1)
+    got = h.claim(w.alice.id, w.stack.id, request_id="a", reservation_id=newer.id, now=T0 + 2)
+    assert got.id == newer.id
+    with pytest.raises(UnavailableStack):
+        h.claim(w.bob.id, w.stack.id, request_id="b", reservation_id=newer.id, now=T0 + 2)
+
+
+# -- concurrency -----------------------------------------------------------------------------
+
+
+def test_fifty_concurrent_reservations_on_a_stack_that_fits_seventeen(
+    h: LedgerHarness, w: World
+) -> None:
+    stack = h.create_stack("alice", "tight-model", 17 * 60)
+    second = h.open_another()
+
+    async def one(ledger: Ledger) -> Any:
+        try:
+            return await ledger.reserve(
+                w.alice.id, "tight-model", 60, node_small_id=w.node, ttl_seconds=TTL, now=T0
+            )
+        except BalanceError as exc:
+            return exc
+
+    async def storm() -> list[Any]:
+        # Two gateways: 25 calls each, all in flight at once.
+        return list(await asyncio.gather(*(one(h.ledger if i % 2 else second) for i in range(50))))
+
+    results = h.run(storm())
+    won = [r for r in results if not isinstance(r, BalanceError)]
+    assert len(won) == 17
+    assert len(results) - len(won) == 33
+    assert units(h, stack.id) == (17 * 60, 17 * 60, 0)
+
+
+def test_concurrent_claims_take_distinct_reservations(h: LedgerHarness, w: World) -> None:
+    made = {reserve(h, w, 10, now=T0 + i).id for i in range(10)}
+    second = h.open_another()
+
+    async def one(i: int) -> Any:
+        ledger = h.ledger if i % 2 else second
+        try:
+            return await ledger.claim(w.alice.id, w.stack.id, request_id=f"r{i}", now=T0 + 20)
+        except UnavailableStack as exc:
+            return exc
+
+    results = h.run(asyncio.gather(*(one(i) for i in range(20))))
+    claimed = [r.id for r in results if not isinstance(r, UnavailableStack)]
+    assert sorted(claimed) == sorted(made)
+
+
+# -- users and API keys ----------------------------------------------------------------------
+
+
+def test_api_keys_are_stored_only_as_hashes(h: LedgerHarness) -> None:
+    user, key = h.create_user("alice")
+    assert key.startswith("veil_") and len(key) == 48
+    rows = h.sql("SELECT * FROM api_keys")
+    assert len(rows) == 1
+    row = rows[0]._mapping
+    assert bytes(row["key_hash"]) == hashlib.sha256(key.encode()).digest()
+    assert row["prefix"] == key[:12]
+    for value in row.values():
+        assert key not in str(value)
+        assert key.encode() not in (value if isinstance(value, bytes) else b"")
+    assert h.authenticate(key) == user
+
+
+def test_wrong_unknown_and_revoked_keys_are_refused(h: LedgerHarness) -> None:
+    _, key = h.create_user("alice")
+    same_prefix = key[:12] + ("A" if key[12] != "A" else "B") + key[13:]
+    for bad in (same_prefix, "veil_" + "x" * 43, "", "Bearer nonsense", key + "x"):
+        with pytest.raises(AuthError) as refused:
+            h.authenticate(bad)
+        assert key[5:] not in refused.value.message
+    assert h.revoke_api_key(key[:12]) is True
+    assert h.revoke_api_key(key) is False
+    with pytest.raises(AuthError, match="revoked"):
+        h.authenticate(key)
+    with pytest.raises(NotFound):
+        h.revoke_api_key("veil_zzzzzzz")
+    with pytest.raises(NotFound):
+        h.revoke_api_key(same_prefix)  # a whole key must match its hash, not only the prefix
+
+
+def test_a_user_can_hold_several_keys(h: LedgerHarness) -> None:
+    alice, first = h.create_user("alice")
+    second = h.create_api_key("alice", admin=True)
+    assert h.authenticate(first).is_admin is False
+    assert h.authenticate(second).is_admin is True
+    assert h.get_user("alice").is_admin is True
+    h.revoke_api_key(second)
+    assert h.get_user("alice").is_admin is False
+    assert h.authenticate(first) == alice
+    with pytest.raises(NotFound):
+        h.create_api_key("nobody")
+    with pytest.raises(InvalidBody):
+        h.create_user("alice")
+
+
+def test_admin_key_is_created_once(h: LedgerHarness) -> None:
+    key = h.ensure_admin_key()
+    assert key is not None
+    admin = h.authenticate(key)
+    assert admin.name == "admin" and admin.is_admin
+    assert h.ensure_admin_key() is None
+    h.reopen()
+    assert h.ensure_admin_key() is None
+    h.revoke_api_key(key)
+    assert h.ensure_admin_key() is None
+
+
+# -- stacks and nodes ------------------------------------------------------------------------
+
+
+def test_stack_administration(h: LedgerHarness, w: World) -> None:
+    priced = h.create_stack("alice", "other-model", 5, price_per_million=2_500_000)
+    assert (priced.user, priced.model, priced.price, priced.state) == (
+        "alice",
+        "other-model",
+        2_500_000,
+        "active",
+    )
+    assert [s.id for s in h.list_stacks("alice")] == [w.stack.id, priced.id]
+    assert [s.id for s in h.list_stacks()] == [w.stack.id, w.bobs.id, priced.id]
+    assert h.top_up(priced.id, 10).total_units == 15
+    for missing in (h.get_stack, lambda i: h.top_up(i, 1), lambda i: h.set_state(i, "locked")):
+        with pytest.raises(NotFound):
+            missing(999_999)
+    with pytest.raises(NotFound):
+        h.list_stacks("nobody")
+    with pytest.raises(NotFound):
+        h.create_stack("nobody", MODEL, 5)
+    with pytest.raises(InvalidBody):
+        h.top_up(priced.id, 0)
+    with pytest.raises(InvalidBody):
+        h.create_stack("alice", MODEL, -1)
+
+
+def test_node_small_ids_are_stable_across_restarts_and_gateways(h: LedgerHarness) -> None:
+    a = h.node_small_id("http://a:8081")
+    b = h.node_small_id("http://b:8081")
+    assert a != b and h.node_small_id("http://a:8081") == a
+    h.reopen()
+    assert h.node_small_id("http://b:8081") == b
+    second = h.open_another()
+    assert h.run(second.node_small_id("http://a:8081")) == a
+
+    async def together() -> list[int]:
+        return list(
+            await asyncio.gather(
+                *(ledger.node_small_id("http://c:8081") for ledger in [h.ledger, second] * 4)
+            )
+        )
+
+    assert len(set(h.run(together()))) == 1
