@@ -26,6 +26,7 @@ from veil.engines import (
     SentenceTransformerEmbeddingEngine,
     prepare_embedded_models,
 )
+from veil.node.service import EngineRegistry
 
 TEST_MODEL_DIR = Path(
     os.environ.get(
@@ -55,3 +56,14 @@ def embedding_engine(
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.close())
+
+
+@pytest.fixture(scope="session")
+def node_registry(
+    chat_engine: LlamaCppChatEngine, embedding_engine: SentenceTransformerEmbeddingEngine
+) -> EngineRegistry:
+    """The embedded engines as a node serves them; shared by every node the tests start."""
+    registry = EngineRegistry()
+    registry.add(chat_engine)
+    registry.add(embedding_engine)
+    return registry

@@ -34,7 +34,7 @@ def _mount_subcommands() -> None:
 
 _mount_subcommands()
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # `veil serve` is a local demo: on first start the admin gets this many units on every model.
 DEMO_STACK_UNITS = 1_000_000

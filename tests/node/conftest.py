@@ -82,14 +82,6 @@ class RunningNode:
         return json.loads(plaintext)
 
 
-@pytest.fixture(scope="session")
-def node_registry(chat_engine: Any, embedding_engine: Any) -> EngineRegistry:
-    registry = EngineRegistry()
-    registry.add(chat_engine)
-    registry.add(embedding_engine)
-    return registry
-
-
 def start_node(
     data_dir: Path, registry: EngineRegistry, **settings: Any
 ) -> tuple[ServerThread, RunningNode]:

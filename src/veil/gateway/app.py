@@ -82,7 +82,7 @@ def stack_json(stack: Any) -> dict[str, Any]:
         "reserved_units": stack.reserved_units,
         "used_units": stack.used_units,
         "free_units": stack.free_units,
-        "price_per_million": stack.price_per_million,
+        "price_per_million": stack.price,
         "state": stack.state,
     }
 

@@ -20,7 +20,7 @@ from veil.config import GatewaySettings
 from veil.gateway.app import stack_json
 from veil.protocol.errors import VeilError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 users_app = typer.Typer(help="Users and their API keys.", no_args_is_help=True)

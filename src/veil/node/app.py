@@ -275,12 +275,13 @@ class NodeApp:
 
 
 def _budget(envelope_units: int | None, ticket: Ticket | None) -> int | None:
-    """The units a request may spend: the envelope's ask, never more than the ticket pays for."""
-    if ticket is None:
-        return envelope_units
-    if envelope_units is None:
-        return ticket.units
-    return min(envelope_units, ticket.units)
+    """The units a request may spend: what the gateway's ticket pays for when there is one.
+
+    Without a ticket (a node used directly) the envelope's ``num_compute_units`` is the budget.
+    With one, the ticket decides: atoma-sdk puts ``max_tokens`` in ``num_compute_units``, which
+    caps the completion (the body's ``max_tokens`` does that already), not prompt + completion.
+    """
+    return ticket.units if ticket is not None else envelope_units
 
 
 def _wire_usage(usage: Any) -> dict[str, int] | None:

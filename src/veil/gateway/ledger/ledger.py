@@ -973,7 +973,7 @@ class Ledger:
             .where(
                 or_(
                     (R.state == "held") & (R.expires_at <= when),
-                    (R.state == "in_flight") & (R.expires_at <= when),
+                    (R.state == "in_flight") & (R.expires_at <= when - self.in_flight_grace),
                 )
             )
             .values(state="expired", charged_units=0)

@@ -1,0 +1,275 @@
+"""Client-side crypto, measured: ``python -m benchmarks.client [--base-url URL --api-key KEY]``.
+
+1. Opening a 500-chunk stream. Veil derives the request key once and reuses one AESGCM object for
+   every chunk (``v1.Session``); atoma-sdk 0.1.3 calls ``crypto_utils.decrypt_message`` per chunk,
+   which redoes the X25519 exchange, the HKDF derivation and the AESGCM setup each time. The
+   baseline below performs exactly that function's operations, in its order (base64-decode
+   ciphertext and nonce, exchange, HKDF-SHA256, AESGCM decrypt, BLAKE2b-256 check with
+   ``secrets.compare_digest``), with ``cryptography`` - atoma-sdk is not installed here. The
+   like-for-like row compares those same checks; a second row adds what Veil checks on top
+   (the Ed25519 signature of every chunk, envelope parsing), for the whole per-event cost.
+2. Client crypto time per request against the request's total time, with the embedded models
+   (a real node + gateway on loopback, started like the tests start them, unless ``--base-url`` and
+   ``--api-key`` name a running gateway).
+
+Prints a table and the ratios; exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+import veil
+from veil.client.streaming import Receipt, ResponseOpener, StreamChecker
+from veil.protocol import v1
+from veil.protocol.envelopes import ConfidentialComputeResponse
+
+CHUNKS = 500
+REPEATS = 5
+
+
+# -- 1. opening a stream ----------------------------------------------------------------------
+def atoma_decrypt_message(
+    client_sk: X25519PrivateKey, node_pk: X25519PublicKey, salt: bytes, message: dict[str, Any]
+) -> bytes:
+    """atoma-sdk 0.1.3 ``crypto_utils.decrypt_message``, operation for operation."""
+    ciphertext = base64.b64decode(message["ciphertext"])
+    nonce = base64.b64decode(message["nonce"])
+    expected_hash = message.get("response_hash")
+    shared_secret = client_sk.exchange(node_pk)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"").derive(shared_secret)
+    plaintext = AESGCM(key).decrypt(nonce, ciphertext, None)
+    if expected_hash:
+        actual = hashlib.blake2b(plaintext, digest_size=32).digest()
+        if not secrets.compare_digest(actual, base64.b64decode(expected_hash)):
+            raise ValueError("Message hash verification failed")
+    return plaintext
+
+
+def veil_decrypt(session: v1.Session, message: dict[str, Any]) -> bytes:
+    """Veil's per-chunk work for the same checks: the key was derived once, before the stream."""
+    plaintext = session.open(base64.b64decode(message["nonce"]),
+                             base64.b64decode(message["ciphertext"]))
+    expected = base64.b64decode(message["response_hash"])
+    if not secrets.compare_digest(v1.body_hash(plaintext), expected):
+        raise ValueError("response_hash mismatch")
+    return plaintext
+
+
+def sealed_stream(
+    node_sk: X25519PrivateKey, client_pk: bytes, salt: bytes, signer: Ed25519PrivateKey
+) -> list[dict[str, Any]]:
+    """500 chunks sealed the way the node seals them (fresh nonce, hash, signature)."""
+    session = v1.Session.from_exchange(node_sk, client_pk, salt)
+    events = []
+    for i in range(CHUNKS):
+        last = i == CHUNKS - 1
+        chunk = {
+            "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
+            "model": "gemma-3-270m",
+            "choices": [] if last else [
+                {"index": 0, "delta": {"content": f" token{i}"}, "logprobs": None,
+                 "finish_reason": None}
+            ],
+        }  # fmt: skip
+        usage = {"prompt_tokens": 10, "completion_tokens": CHUNKS - 1, "total_tokens": CHUNKS + 9}
+        if last:
+            chunk["usage"] = usage
+        plaintext = json.dumps(chunk, separators=(",", ":")).encode()
+        digest = v1.body_hash(plaintext)
+        nonce, ciphertext = session.seal(plaintext)
+        event: dict[str, Any] = {
+            "ciphertext": base64.b64encode(ciphertext).decode(),
+            "nonce": base64.b64encode(nonce).decode(),
+            "response_hash": base64.b64encode(digest).decode(),
+            "signature": base64.b64encode(signer.sign(digest)).decode(),
+        }
+        if last:
+            event["usage"] = usage
+        events.append(event)
+    return events
+
+
+def best_of(work: Callable[[], object]) -> float:
+    times = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def bench_stream() -> list[tuple[str, float]]:
+    node_sk, client_sk = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    node_pk = node_sk.public_key()
+    signer = Ed25519PrivateKey.generate()
+    salt = os.urandom(16)
+    events = sealed_stream(node_sk, client_sk.public_key().public_bytes_raw(), salt, signer)
+    data = [json.dumps(e) for e in events]
+
+    def atoma() -> None:
+        for event in events:
+            atoma_decrypt_message(client_sk, node_pk, salt, event)
+
+    def veil_same_checks() -> None:
+        session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
+        for event in events:
+            veil_decrypt(session, event)
+
+    def veil_full() -> None:
+        session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
+        receipt = Receipt("chat", "gemma-3-270m", 0, "bench", 0, None)
+        checker = StreamChecker(ResponseOpener(session, signer.public_key(), receipt))
+        for line in data:
+            checker.event(line)
+        checker.end()
+
+    # Sanity: all three read the same plaintexts.
+    session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
+    assert all(
+        atoma_decrypt_message(client_sk, node_pk, salt, e) == veil_decrypt(session, e)
+        for e in events[:3]
+    )
+    ConfidentialComputeResponse.model_validate_json(data[0])
+    return [
+        ("atoma-sdk: decrypt_message per chunk", best_of(atoma)),
+        ("veil: key once, same checks (tag + hash)", best_of(veil_same_checks)),
+        ("veil: full client path (+ Ed25519, parsing)", best_of(veil_full)),
+    ]
+
+
+# -- 2. crypto share of a real request --------------------------------------------------------
+@contextmanager
+def local_deployment() -> Iterator[tuple[str, str]]:
+    """A node + gateway on loopback over the embedded models, as the test-suite starts them."""
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import asyncio
+
+    from tests.e2e.conftest import CHAT, EMBED, deploy
+    from veil.engines import (
+        CHAT_MODEL_ID,
+        EMBEDDINGS_MODEL_ID,
+        LlamaCppChatEngine,
+        SentenceTransformerEmbeddingEngine,
+        prepare_embedded_models,
+    )
+    from veil.node.service import EngineRegistry
+
+    models_dir = Path(os.environ.get("VEIL_TEST_MODEL_DIR", root / ".cache/test-models"))
+    paths = prepare_embedded_models(models_dir, progress=False)
+    chat = LlamaCppChatEngine(CHAT_MODEL_ID, paths.chat_gguf, n_ctx=2048)
+    embeddings = SentenceTransformerEmbeddingEngine(EMBEDDINGS_MODEL_ID, paths.embeddings_dir)
+    asyncio.run(chat.start())
+    asyncio.run(embeddings.start())
+    registry = EngineRegistry()
+    registry.add(chat)
+    registry.add(embeddings)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        servers, deployment = deploy(Path(tmp), [registry])
+        for server in servers:
+            stack.enter_context(server)
+        deployment.started()
+        key, _ = deployment.new_user("bench", {CHAT: 10_000_000, EMBED: 10_000_000})
+        yield deployment.url, key
+    asyncio.run(chat.close())
+    asyncio.run(embeddings.close())
+
+
+def bench_requests(base_url: str, api_key: str, rounds: int) -> list[tuple[str, float, float]]:
+    messages = [{"role": "user", "content": "Write one short sentence about the sea."}]
+    rows = []
+    with veil.Client(base_url, api_key) as client:
+        kinds: dict[str, Callable[[], Receipt]] = {
+            "chat (8 tokens)": lambda: client.chat.completions.create(
+                model="gemma-3-270m", messages=messages, max_tokens=8, temperature=0
+            ).veil,
+            "chat stream (8 tokens)": lambda: _drain(client, messages),
+            "embeddings (1 text)": lambda: client.embeddings.create(
+                model="all-minilm-l6-v2", input="a short private sentence"
+            ).veil,
+        }
+        for name, call in kinds.items():
+            call()  # warm-up
+            crypto, total = [], []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                receipt = call()
+                total.append(time.perf_counter() - started)
+                crypto.append(receipt.crypto_seconds)
+            rows.append((name, statistics.median(crypto), statistics.median(total)))
+    return rows
+
+
+def _drain(client: veil.Client, messages: list[dict[str, str]]) -> Receipt:
+    stream = client.chat.completions.create(
+        model="gemma-3-270m", messages=messages, max_tokens=8, temperature=0, stream=True
+    )
+    for _ in stream:
+        pass
+    return stream.veil
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base-url", default=None, help="a running gateway (default: start one)")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-requests", action="store_true", help="only benchmark 1")
+    args = parser.parse_args()
+
+    rows = bench_stream()
+    baseline = rows[0][1]
+    print(f"\n1. Opening a {CHUNKS}-chunk stream (best of {REPEATS})\n")
+    print(f"   {'method':<46} {'total ms':>9} {'us/chunk':>9} {'speed-up':>9}")
+    for name, seconds in rows:
+        print(f"   {name:<46} {seconds * 1e3:>9.2f} {seconds / CHUNKS * 1e6:>9.1f} "
+              f"{baseline / seconds:>8.1f}x")
+    ratio = baseline / rows[1][1]
+    print(f"\n   like-for-like ratio: {ratio:.1f}x (target >= 10x: "
+          f"{'met' if ratio >= 10 else 'NOT met'})")
+
+    if args.skip_requests:
+        return 0
+    with ExitStack() as stack:
+        if args.base_url and args.api_key:
+            base_url, api_key = args.base_url, args.api_key
+        else:
+            print("\n   starting a local node + gateway on the embedded models...")
+            base_url, api_key = stack.enter_context(local_deployment())
+        results = bench_requests(base_url, api_key, args.rounds)
+    print(f"\n2. Client crypto per request vs total (median of {args.rounds})\n")
+    print(f"   {'request':<26} {'crypto ms':>10} {'total ms':>10} {'crypto share':>13}")
+    worst = 0.0
+    for name, crypto, total in results:
+        share = crypto / total
+        worst = max(worst, share)
+        print(f"   {name:<26} {crypto * 1e3:>10.3f} {total * 1e3:>10.1f} {share:>12.3%}")
+    print(f"\n   largest crypto share: {worst:.3%} (target < 1%: "
+          f"{'met' if worst < 0.01 else 'NOT met'})\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The `veil` command end to end, as a user runs it: subprocesses, real ports, real models."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_MODEL_DIR
+from tests.servers import free_port, http_ok, stop_process, wait_until
+from veil.protocol import v1
+
+VEIL = [sys.executable, "-m", "veil.cli"]
+
+
+def veil(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*VEIL, *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_users_and_stacks_are_scriptable_with_json(tmp_path: Path) -> None:
+    d = ["--data-dir", str(tmp_path)]
+    user = json.loads(veil("users", "create", "ana", "--json", *d).stdout)
+    assert user["user"] == "ana" and user["api_key"].startswith("veil_")
+    stack = json.loads(veil("stacks", "create", "--user", "ana", "--model", "gemma-3-270m",
+                            "--units", "1000", "--json", *d).stdout)
+    sid = stack["stack_small_id"]
+    assert stack["total_units"] == 1000 and stack["free_units"] == 1000
+    topped = json.loads(veil("stacks", "top-up", str(sid), "--units", "500", "--json", *d).stdout)
+    assert topped["total_units"] == 1500
+    shown = json.loads(veil("stacks", "show", str(sid), "--json", *d).stdout)
+    assert shown == topped
+    listed = json.loads(veil("stacks", "list", "--user", "ana", "--json", *d).stdout)
+    assert [s["stack_small_id"] for s in listed["stacks"]] == [sid]
+    # Only the hash of the key is stored.
+    assert user["api_key"].encode() not in (tmp_path / "ledger.db").read_bytes()
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
+    missing = veil("stacks", "show", "999", "--data-dir", str(tmp_path), check=False)
+    assert missing.returncode != 0
+    assert "NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
+    nobody = veil("stacks", "create", "--user", "ghost", "--model", "m", "--units", "1",
+                  "--data-dir", str(tmp_path), check=False)
+    assert nobody.returncode != 0 and "Traceback" not in nobody.stderr
+    no_nodes = veil("gateway", "--data-dir", str(tmp_path), check=False)
+    assert no_nodes.returncode != 0 and "--node" in no_nodes.stderr
+
+
+def test_node_refuses_a_read_only_data_dir(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        locked = tmp_path / "ro"
+        locked.mkdir()
+        locked.chmod(0o500)
+    else:  # root ignores permission bits; a path below a file is unwritable for anyone
+        (tmp_path / "a-file").write_text("")
+        locked = tmp_path / "a-file" / "data"
+    result = veil("node", "--data-dir", str(locked), check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    port, node_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "VEIL_MODELS_DIR": str(TEST_MODEL_DIR)}
+    args = [*VEIL, "serve", "--port", str(port), "--node-port", str(node_port),
+            "--data-dir", str(tmp_path / "data")]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/v1/models")
+                   and bool(httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]),
+                   300, "veil serve")
+        yield f"http://127.0.0.1:{port}", log, tmp_path / "data"
+    finally:
+        stop_process(proc)
+
+
+def test_serve_prints_an_admin_key_that_works_at_once(serve: tuple[str, Path, Path]) -> None:
+    url, log, data_dir = serve
+    found = re.search(r"(veil_[A-Za-z0-9_-]{20,})", log.read_text())
+    assert found, log.read_text()[-2000:]
+    key = found.group(1)
+    headers = {"authorization": f"Bearer {key}"}
+    lock = httpx.post(f"{url}/v1/nodes/lock", json={"model": "gemma-3-270m",
+                                                    "max_num_tokens": 64}, headers=headers)
+    assert lock.status_code == 200, lock.text
+    body = {"model": "gemma-3-270m", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hello"}]}
+    envelope, session = v1.seal_request(
+        base64.b64decode(lock.json()["public_key"]), json.dumps(body).encode(),
+        model_name="gemma-3-270m", stack_small_id=lock.json()["stack_small_id"])
+    answer = httpx.post(f"{url}/v1/confidential/chat/completions", headers=headers, timeout=120,
+                        content=envelope.model_dump_json())
+    assert answer.status_code == 200, answer.text
+    sealed = v1.ConfidentialComputeResponse.model_validate(answer.json())
+    assert json.loads(v1.open_response(session, sealed))["usage"]["completion_tokens"] >= 1
+    assert key.encode() not in (data_dir / "ledger.db").read_bytes()
+    for path in (data_dir / "keys").iterdir():
+        assert path.stat().st_mode & 0o077 == 0
