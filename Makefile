@@ -1,5 +1,5 @@
 # Two entry points a newcomer needs; both create .venv and install on first use.
-#   make serve   start a Veil node on the embedded models (http://127.0.0.1:8081)
+#   make serve   start Veil (gateway :8080 + one node) on the embedded models
 #   make test    run the whole test suite (real models, real servers on loopback)
 
 PYTHON ?= python3
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(VENV)/bin/veil node $(ARGS)
+	$(VENV)/bin/veil serve $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)

@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,8 +68,9 @@ def atoma_decrypt_message(
 
 def veil_decrypt(session: v1.Session, message: dict[str, Any]) -> bytes:
     """Veil's per-chunk work for the same checks: the key was derived once, before the stream."""
-    plaintext = session.open(base64.b64decode(message["nonce"]),
-                             base64.b64decode(message["ciphertext"]))
+    plaintext = session.open(
+        base64.b64decode(message["nonce"]), base64.b64decode(message["ciphertext"])
+    )
     expected = base64.b64decode(message["response_hash"])
     if not secrets.compare_digest(v1.body_hash(plaintext), expected):
         raise ValueError("response_hash mismatch")
@@ -168,6 +170,7 @@ def local_deployment() -> Iterator[tuple[str, str]]:
     import asyncio
 
     from tests.e2e.conftest import CHAT, EMBED, deploy
+
     from veil.engines import (
         CHAT_MODEL_ID,
         EMBEDDINGS_MODEL_ID,
@@ -186,15 +189,50 @@ def local_deployment() -> Iterator[tuple[str, str]]:
     registry = EngineRegistry()
     registry.add(chat)
     registry.add(embeddings)
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        servers, deployment = deploy(Path(tmp), [registry])
-        for server in servers:
-            stack.enter_context(server)
-        deployment.started()
-        key, _ = deployment.new_user("bench", {CHAT: 10_000_000, EMBED: 10_000_000})
-        yield deployment.url, key
-    asyncio.run(chat.close())
-    asyncio.run(embeddings.close())
+    try:
+        with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+            servers, deployment = deploy(Path(tmp), [registry])
+            for server in servers:
+                stack.enter_context(server)
+            deployment.started()
+            key, _ = deployment.new_user("bench", {CHAT: 10_000_000, EMBED: 10_000_000})
+            yield deployment.url, key
+    finally:
+        asyncio.run(chat.close())
+        asyncio.run(embeddings.close())
+
+
+def serve() -> int:
+    """``--serve``: run ``local_deployment`` and print its address until stdin closes."""
+    with local_deployment() as (url, key):
+        print(f"READY {url} {key}", flush=True)
+        sys.stdin.read()
+    return 0
+
+
+@contextmanager
+def deployment_process() -> Iterator[tuple[str, str]]:
+    """``local_deployment`` in its own process, so that the servers' threads do not compete with
+    the measured client for this process's interpreter lock (client and node are different
+    machines in real use)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.client", "--serve"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        line = process.stdout.readline().split()
+        if len(line) != 3 or line[0] != "READY":
+            raise RuntimeError("the local deployment did not start")
+        yield line[1], line[2]
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def bench_requests(base_url: str, api_key: str, rounds: int) -> list[tuple[str, float, float]]:
@@ -202,13 +240,17 @@ def bench_requests(base_url: str, api_key: str, rounds: int) -> list[tuple[str, 
     rows = []
     with veil.Client(base_url, api_key) as client:
         kinds: dict[str, Callable[[], Receipt]] = {
-            "chat (8 tokens)": lambda: client.chat.completions.create(
-                model="gemma-3-270m", messages=messages, max_tokens=8, temperature=0
-            ).veil,
+            "chat (8 tokens)": lambda: (
+                client.chat.completions.create(
+                    model="gemma-3-270m", messages=messages, max_tokens=8, temperature=0
+                ).veil
+            ),
             "chat stream (8 tokens)": lambda: _drain(client, messages),
-            "embeddings (1 text)": lambda: client.embeddings.create(
-                model="all-minilm-l6-v2", input="a short private sentence"
-            ).veil,
+            "embeddings (1 text)": lambda: (
+                client.embeddings.create(
+                    model="all-minilm-l6-v2", input="a short private sentence"
+                ).veil
+            ),
         }
         for name, call in kinds.items():
             call()  # warm-up
@@ -237,18 +279,25 @@ def main() -> int:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-requests", action="store_true", help="only benchmark 1")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve()
 
     rows = bench_stream()
     baseline = rows[0][1]
     print(f"\n1. Opening a {CHUNKS}-chunk stream (best of {REPEATS})\n")
     print(f"   {'method':<46} {'total ms':>9} {'us/chunk':>9} {'speed-up':>9}")
     for name, seconds in rows:
-        print(f"   {name:<46} {seconds * 1e3:>9.2f} {seconds / CHUNKS * 1e6:>9.1f} "
-              f"{baseline / seconds:>8.1f}x")
+        print(
+            f"   {name:<46} {seconds * 1e3:>9.2f} {seconds / CHUNKS * 1e6:>9.1f} "
+            f"{baseline / seconds:>8.1f}x"
+        )
     ratio = baseline / rows[1][1]
-    print(f"\n   like-for-like ratio: {ratio:.1f}x (target >= 10x: "
-          f"{'met' if ratio >= 10 else 'NOT met'})")
+    print(
+        f"\n   like-for-like ratio: {ratio:.1f}x (target >= 10x: "
+        f"{'met' if ratio >= 10 else 'NOT met'})"
+    )
 
     if args.skip_requests:
         return 0
@@ -257,7 +306,7 @@ def main() -> int:
             base_url, api_key = args.base_url, args.api_key
         else:
             print("\n   starting a local node + gateway on the embedded models...")
-            base_url, api_key = stack.enter_context(local_deployment())
+            base_url, api_key = stack.enter_context(deployment_process())
         results = bench_requests(base_url, api_key, args.rounds)
     print(f"\n2. Client crypto per request vs total (median of {args.rounds})\n")
     print(f"   {'request':<26} {'crypto ms':>10} {'total ms':>10} {'crypto share':>13}")
@@ -266,8 +315,10 @@ def main() -> int:
         share = crypto / total
         worst = max(worst, share)
         print(f"   {name:<26} {crypto * 1e3:>10.3f} {total * 1e3:>10.1f} {share:>12.3%}")
-    print(f"\n   largest crypto share: {worst:.3%} (target < 1%: "
-          f"{'met' if worst < 0.01 else 'NOT met'})\n")
+    print(
+        f"\n   largest crypto share: {worst:.3%} (target < 1%: "
+        f"{'met' if worst < 0.01 else 'NOT met'})\n"
+    )
     return 0
 
 

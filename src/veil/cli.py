@@ -23,9 +23,11 @@ app.add_typer(node_app, name="node")
 
 
 def _mount_subcommands() -> None:
-    from veil.gateway.cli import stacks_app, users_app
-
     from veil.attestation.cli import attest_app
+    from veil.client.cli import register
+
+    register(app)
+    from veil.gateway.cli import stacks_app, users_app
 
     app.add_typer(users_app, name="users")
     app.add_typer(stacks_app, name="stacks")

@@ -17,16 +17,16 @@ from tests.e2e.conftest import Deployment
 VEIL = Path(sys.executable).with_name("veil")
 # Until ``register(app)`` is wired into ``veil.cli``, the commands are run from their own app.
 STANDALONE = (
-    "import typer; from veil.client.cli import register; "
-    "app = typer.Typer(); register(app); app()"
+    "import typer; from veil.client.cli import register; app = typer.Typer(); register(app); app()"
 )
 
 
 @cache
 def veil_command() -> list[str]:
-    probe = subprocess.run([str(VEIL), "chat", "--help"], capture_output=True, timeout=60)
-    if VEIL.exists() and probe.returncode == 0:
-        return [str(VEIL)]
+    if VEIL.exists():
+        probe = subprocess.run([str(VEIL), "chat", "--help"], capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return [str(VEIL)]
     return [sys.executable, "-c", STANDALONE]
 
 
@@ -45,8 +45,16 @@ def key(client_deployment: Deployment) -> str:
 
 
 def test_chat_streams_and_prints_a_receipt(client_deployment: Deployment, key: str) -> None:
-    result = run("chat", "Say hello", "--max-tokens", "6",
-                 "--base-url", client_deployment.url, "--api-key", key)
+    result = run(
+        "chat",
+        "Say hello",
+        "--max-tokens",
+        "6",
+        "--base-url",
+        client_deployment.url,
+        "--api-key",
+        key,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
     receipt = result.stderr.strip().splitlines()[-1]
@@ -58,8 +66,14 @@ def test_chat_streams_and_prints_a_receipt(client_deployment: Deployment, key: s
 def test_chat_without_streaming_from_the_environment(
     client_deployment: Deployment, key: str
 ) -> None:
-    result = run("chat", "Say hello", "--no-stream", "--max-tokens", "4",
-                 env={"VEIL_BASE_URL": client_deployment.url, "VEIL_API_KEY": key})
+    result = run(
+        "chat",
+        "Say hello",
+        "--no-stream",
+        "--max-tokens",
+        "4",
+        env={"VEIL_BASE_URL": client_deployment.url, "VEIL_API_KEY": key},
+    )
     assert result.returncode == 0, result.stderr
     assert "signature verified" in result.stderr
 
@@ -68,8 +82,17 @@ def test_show_wire_shows_the_gateway_gets_no_plaintext(
     client_deployment: Deployment, key: str
 ) -> None:
     prompt = "my secret word is marmalade"
-    result = run("chat", prompt, "--max-tokens", "4", "--show-wire",
-                 "--base-url", client_deployment.url, "--api-key", key)
+    result = run(
+        "chat",
+        prompt,
+        "--max-tokens",
+        "4",
+        "--show-wire",
+        "--base-url",
+        client_deployment.url,
+        "--api-key",
+        key,
+    )
     assert result.returncode == 0, result.stderr
     sent, _, wire = result.stderr.partition("--- the gateway saw")
     assert "marmalade" in sent  # what the user sent, shown to the user
@@ -109,8 +132,9 @@ def test_errors_are_one_line_and_fail(client_deployment: Deployment) -> None:
 
 def test_balance_error_names_what_is_left(client_deployment: Deployment) -> None:
     poor, _ = client_deployment.new_user("cli-poor", {CHAT: 30})
-    result = run("chat", "hi", "--max-tokens", "8",
-                 "--base-url", client_deployment.url, "--api-key", poor)
+    result = run(
+        "chat", "hi", "--max-tokens", "8", "--base-url", client_deployment.url, "--api-key", poor
+    )
     assert result.returncode != 0
     assert result.stderr.startswith("error: BALANCE_ERROR: ")
     assert "30 units left for gemma-3-270m" in result.stderr

@@ -99,8 +99,8 @@ def test_tampered_async_stream_is_rejected(relay: HostileRelay, key: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("status", "code"), [(409, "STALE_NODE_KEY"), (503, "SERVICE_UNAVAILABLE"),
-                         (425, "UNAVAILABLE_STACK")]
+    ("status", "code"),
+    [(409, "STALE_NODE_KEY"), (503, "SERVICE_UNAVAILABLE"), (425, "UNAVAILABLE_STACK")],
 )
 def test_relock_errors_are_retried_with_a_new_encryption(
     relay: HostileRelay, key: str, status: int, code: str
@@ -119,9 +119,10 @@ def test_relock_errors_are_retried_with_a_new_encryption(
 def test_retries_are_bounded(relay: HostileRelay, key: str) -> None:
     relay.reset()
     relay.errors = [(503, "SERVICE_UNAVAILABLE")] * 5
-    with client_for(relay, key, max_attempts=3) as client, pytest.raises(
-        errors.ServiceUnavailableError
-    ) as caught:
+    with (
+        client_for(relay, key, max_attempts=3) as client,
+        pytest.raises(errors.ServiceUnavailableError) as caught,
+    ):
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
     assert caught.value.status == 503 and caught.value.code == "SERVICE_UNAVAILABLE"
     bodies = relay.confidential_bodies()
@@ -174,9 +175,10 @@ def test_balance_error_from_the_confidential_post(relay: HostileRelay, key: str)
 
 def test_bad_api_key(relay: HostileRelay) -> None:
     relay.reset()
-    with client_for(relay, "veil_wrong") as client, pytest.raises(
-        errors.AuthenticationError
-    ) as caught:
+    with (
+        client_for(relay, "veil_wrong") as client,
+        pytest.raises(errors.AuthenticationError) as caught,
+    ):
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
     assert caught.value.status == 401
 
@@ -184,7 +186,8 @@ def test_bad_api_key(relay: HostileRelay) -> None:
 def test_unreachable_gateway_is_a_transport_error() -> None:
     from tests.servers import free_port
 
-    with veil.Client(f"http://127.0.0.1:{free_port()}", "k") as client, pytest.raises(
-        errors.TransportError
+    with (
+        veil.Client(f"http://127.0.0.1:{free_port()}", "k") as client,
+        pytest.raises(errors.TransportError),
     ):
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)

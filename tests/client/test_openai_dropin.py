@@ -77,7 +77,8 @@ def test_openai_chat(client_deployment: Deployment, key: str) -> None:
     assert raw.headers["x-veil-signature"] == "verified"
     assert raw.headers["x-veil-node-key-id"] == client_deployment.nodes[0].keyring.current.key_id
     assert [path for path, _ in wire.requests] == [
-        "/v1/nodes/lock", "/v1/confidential/chat/completions"
+        "/v1/nodes/lock",
+        "/v1/confidential/chat/completions",
     ] * 2
     assert_nothing_plain(wire.requests)
 
@@ -86,9 +87,7 @@ def test_openai_chat_stream(client_deployment: Deployment, key: str) -> None:
     wire = Recording()
     with openai_client(client_deployment.url, key, wire) as client:
         chunks = list(
-            client.chat.completions.create(
-                model=CHAT, messages=MESSAGES, max_tokens=6, stream=True
-            )
+            client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=6, stream=True)
         )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -98,9 +97,7 @@ def test_openai_chat_stream(client_deployment: Deployment, key: str) -> None:
     assert envelope["stream"] is True and envelope["model_name"] == CHAT
 
 
-def test_openai_embeddings_and_models_pass_through(
-    client_deployment: Deployment, key: str
-) -> None:
+def test_openai_embeddings_and_models_pass_through(client_deployment: Deployment, key: str) -> None:
     wire = Recording()
     with openai_client(client_deployment.url, key, wire) as client:
         result = client.embeddings.create(model=EMBED, input=SECRET)
@@ -108,7 +105,9 @@ def test_openai_embeddings_and_models_pass_through(
     assert len(result.data[0].embedding) == 384
     assert {CHAT, EMBED} <= ids
     assert [path for path, _ in wire.requests] == [
-        "/v1/nodes/lock", "/v1/confidential/embeddings", "/v1/models"
+        "/v1/nodes/lock",
+        "/v1/confidential/embeddings",
+        "/v1/models",
     ]
     assert_nothing_plain(wire.requests)
 
@@ -139,7 +138,8 @@ def test_async_openai_chat_and_stream(client_deployment: Deployment, key: str) -
 def test_openai_sees_server_errors_as_its_own(relay: HostileRelay) -> None:
     relay.reset()
     client = openai.OpenAI(
-        base_url=f"{relay.url}/v1", api_key="veil_wrong",
+        base_url=f"{relay.url}/v1",
+        api_key="veil_wrong",
         http_client=veil.openai_http_client(relay.url),
     )
     with client, pytest.raises(openai.AuthenticationError) as caught:
@@ -159,3 +159,46 @@ def test_openai_gets_integrity_errors_untouched(relay: HostileRelay, key: str) -
         )
         with pytest.raises(errors.StreamTruncated):
             list(stream)
+
+
+def test_a_mismatched_base_url_still_never_sends_plaintext(
+    client_deployment: Deployment, key: str
+) -> None:
+    wire = Recording()
+    http = veil.openai_http_client(client_deployment.url, key, transport=wire)
+    with openai.OpenAI(
+        base_url=f"{client_deployment.url}/somewhere/else/v1", api_key=key, http_client=http
+    ) as client:
+        answer = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
+    assert answer.choices[0].message.role == "assistant"
+    assert [path for path, _ in wire.requests] == [
+        "/v1/nodes/lock",
+        "/v1/confidential/chat/completions",
+    ]
+    assert_nothing_plain(wire.requests)
+
+
+def test_which_requests_are_sealed() -> None:
+    from veil.client.transport import inference_endpoint
+
+    def endpoint(method: str, url: str) -> str | None:
+        return inference_endpoint(httpx.Request(method, url))
+
+    assert endpoint("POST", "http://g/v1/chat/completions") == "chat"
+    assert endpoint("POST", "http://g/prefix/v1/embeddings/") == "embeddings"
+    assert endpoint("POST", "http://g/v1/images/generations") == "images"
+    assert endpoint("POST", "http://g/v1/confidential/chat/completions") is None
+    assert endpoint("GET", "http://g/v1/models") is None
+    assert endpoint("POST", "http://g/v1/completions") is None
+
+
+def test_routes_that_cannot_be_sealed_are_refused_not_sent(
+    client_deployment: Deployment, key: str
+) -> None:
+    wire = Recording()
+    with openai_client(client_deployment.url, key, wire) as client:
+        with pytest.raises(errors.PlaintextRefused):
+            client.completions.create(model=CHAT, prompt=SECRET, max_tokens=4)
+        with pytest.raises(errors.PlaintextRefused):
+            client.moderations.create(input=SECRET)
+    assert wire.requests == []

@@ -33,6 +33,7 @@ class Deployment:
     gateway_key: Ed25519PrivateKey
     servers: dict[str, ServerThread] = field(default_factory=dict)
     printed_keys: list[str] = field(default_factory=list)
+    gateway_dir: Path | None = None
 
     def started(self) -> Deployment:
         """Call once the gateway runs: it printed (here: captured) the admin key on first start."""
@@ -133,7 +134,9 @@ def deploy(
     app = create_gateway_app(settings, gateway_key, on_admin_key=captured.append)
     gateway = ServerThread(app)
     servers.append(gateway)
-    deployment = Deployment(gateway.url, "", nodes, gateway_key, printed_keys=captured)
+    deployment = Deployment(
+        gateway.url, "", nodes, gateway_key, printed_keys=captured, gateway_dir=tmp / "gateway"
+    )
     deployment.servers = {"gateway": gateway, **{f"node{i}": s for i, s in enumerate(servers[:-1])}}
     return servers, deployment
 

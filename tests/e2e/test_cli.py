@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_MODEL_DIR
+from tests.e2e.conftest import Deployment
 from tests.servers import free_port, http_ok, stop_process, wait_until
 from veil.protocol import v1
 
@@ -32,8 +33,20 @@ def test_users_and_stacks_are_scriptable_with_json(tmp_path: Path) -> None:
     d = ["--data-dir", str(tmp_path)]
     user = json.loads(veil("users", "create", "ana", "--json", *d).stdout)
     assert user["user"] == "ana" and user["api_key"].startswith("veil_")
-    stack = json.loads(veil("stacks", "create", "--user", "ana", "--model", "gemma-3-270m",
-                            "--units", "1000", "--json", *d).stdout)
+    stack = json.loads(
+        veil(
+            "stacks",
+            "create",
+            "--user",
+            "ana",
+            "--model",
+            "gemma-3-270m",
+            "--units",
+            "1000",
+            "--json",
+            *d,
+        ).stdout
+    )
     sid = stack["stack_small_id"]
     assert stack["total_units"] == 1000 and stack["free_units"] == 1000
     topped = json.loads(veil("stacks", "top-up", str(sid), "--units", "500", "--json", *d).stdout)
@@ -50,8 +63,19 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     missing = veil("stacks", "show", "999", "--data-dir", str(tmp_path), check=False)
     assert missing.returncode != 0
     assert "NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
-    nobody = veil("stacks", "create", "--user", "ghost", "--model", "m", "--units", "1",
-                  "--data-dir", str(tmp_path), check=False)
+    nobody = veil(
+        "stacks",
+        "create",
+        "--user",
+        "ghost",
+        "--model",
+        "m",
+        "--units",
+        "1",
+        "--data-dir",
+        str(tmp_path),
+        check=False,
+    )
     assert nobody.returncode != 0 and "Traceback" not in nobody.stderr
     no_nodes = veil("gateway", "--data-dir", str(tmp_path), check=False)
     assert no_nodes.returncode != 0 and "--node" in no_nodes.stderr
@@ -76,14 +100,27 @@ def serve(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     port, node_port = free_port(), free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "VEIL_MODELS_DIR": str(TEST_MODEL_DIR)}
-    args = [*VEIL, "serve", "--port", str(port), "--node-port", str(node_port),
-            "--data-dir", str(tmp_path / "data")]
+    args = [
+        *VEIL,
+        "serve",
+        "--port",
+        str(port),
+        "--node-port",
+        str(node_port),
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/v1/models")
-                   and bool(httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]),
-                   300, "veil serve")
+        wait_until(
+            lambda: (
+                http_ok(f"http://127.0.0.1:{port}/v1/models")
+                and bool(httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"])
+            ),
+            300,
+            "veil serve",
+        )
         yield f"http://127.0.0.1:{port}", log, tmp_path / "data"
     finally:
         stop_process(proc)
@@ -95,19 +132,58 @@ def test_serve_prints_an_admin_key_that_works_at_once(serve: tuple[str, Path, Pa
     assert found, log.read_text()[-2000:]
     key = found.group(1)
     headers = {"authorization": f"Bearer {key}"}
-    lock = httpx.post(f"{url}/v1/nodes/lock", json={"model": "gemma-3-270m",
-                                                    "max_num_tokens": 64}, headers=headers)
+    lock = httpx.post(
+        f"{url}/v1/nodes/lock",
+        json={"model": "gemma-3-270m", "max_num_tokens": 64},
+        headers=headers,
+    )
     assert lock.status_code == 200, lock.text
-    body = {"model": "gemma-3-270m", "max_tokens": 4,
-            "messages": [{"role": "user", "content": "Hello"}]}
+    body = {
+        "model": "gemma-3-270m",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Hello"}],
+    }
     envelope, session = v1.seal_request(
-        base64.b64decode(lock.json()["public_key"]), json.dumps(body).encode(),
-        model_name="gemma-3-270m", stack_small_id=lock.json()["stack_small_id"])
-    answer = httpx.post(f"{url}/v1/confidential/chat/completions", headers=headers, timeout=120,
-                        content=envelope.model_dump_json())
+        base64.b64decode(lock.json()["public_key"]),
+        json.dumps(body).encode(),
+        model_name="gemma-3-270m",
+        stack_small_id=lock.json()["stack_small_id"],
+    )
+    answer = httpx.post(
+        f"{url}/v1/confidential/chat/completions",
+        headers=headers,
+        timeout=120,
+        content=envelope.model_dump_json(),
+    )
     assert answer.status_code == 200, answer.text
     sealed = v1.ConfidentialComputeResponse.model_validate(answer.json())
     assert json.loads(v1.open_response(session, sealed))["usage"]["completion_tokens"] >= 1
     assert key.encode() not in (data_dir / "ledger.db").read_bytes()
     for path in (data_dir / "keys").iterdir():
         assert path.stat().st_mode & 0o077 == 0
+
+
+def test_stacks_show_without_id_lists_the_callers_own_stacks(deployment: Deployment) -> None:
+    key, stacks = deployment.new_user("cli-own", {"gemma-3-270m": 700})
+    deployment.new_user("cli-other", {"gemma-3-270m": 900})
+    result = veil("stacks", "show", "--base-url", deployment.url, "--api-key", key, "--json")
+    mine = json.loads(result.stdout)["stacks"]
+    assert [s["stack_small_id"] for s in mine] == [stacks["gemma-3-270m"]]
+    assert mine[0]["free_units"] == 700
+    bad = veil(
+        "stacks", "show", "--base-url", deployment.url, "--api-key", "veil_nope", check=False
+    )
+    assert bad.returncode != 0 and "AUTH_ERROR" in bad.stderr
+
+
+def test_revoked_key_stops_working_and_admin_routes_need_an_admin_key(
+    deployment: Deployment,
+) -> None:
+    key, _ = deployment.new_user("cli-revoked", {"gemma-3-270m": 100})
+    assert deployment.lock(key, "gemma-3-270m", max_num_tokens=10).status_code == 200
+    for headers in ({}, {"authorization": f"Bearer {key}"}):
+        refused = httpx.post(f"{deployment.url}/admin/users", json={"name": "x"}, headers=headers)
+        assert refused.status_code == 401
+    veil("users", "revoke", key, "--data-dir", str(deployment.gateway_dir))
+    after = deployment.lock(key, "gemma-3-270m", max_num_tokens=10)
+    assert after.status_code == 401 and after.json()["error"]["code"] == "AUTH_ERROR"

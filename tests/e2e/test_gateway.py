@@ -213,9 +213,9 @@ def test_lock_bad_bodies_are_400(deployment: Deployment, body: bytes) -> None:
     assert response.status_code == 400
 
 
-def v1_response(response: httpx.Response) -> "v1.ConfidentialComputeResponse":
+def v1_response(response: httpx.Response) -> v1.ConfidentialComputeResponse:
     return v1_response_from(response.json())
 
 
-def v1_response_from(document: dict[str, object]) -> "v1.ConfidentialComputeResponse":
+def v1_response_from(document: dict[str, object]) -> v1.ConfidentialComputeResponse:
     return v1.ConfidentialComputeResponse.model_validate(document)

@@ -33,7 +33,7 @@ def test_each_node_has_its_own_key_and_locks_spread_over_both(two_nodes: Deploym
 
 
 def test_lock_moves_to_the_other_node_when_one_is_down(two_nodes: Deployment) -> None:
-    key, stacks = two_nodes.new_user("failover", {CHAT: 10_000})
+    key, _stacks = two_nodes.new_user("failover", {CHAT: 10_000})
     two_nodes.servers["node0"].__exit__(None, None, None)
     for _ in range(3):
         lock = two_nodes.lock(key, CHAT, max_num_tokens=50)
@@ -41,22 +41,29 @@ def test_lock_moves_to_the_other_node_when_one_is_down(two_nodes: Deployment) ->
         assert base64.b64decode(lock.json()["public_key"]) == two_nodes.nodes[1].public_key
     health = httpx.get(f"{two_nodes.url}/health").json()
     assert [n["healthy"] for n in health["nodes"]] == [False, True]
-    response, session, _ = two_nodes.sealed_request(key, {
-        "model": CHAT, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]})
+    response, _session, _ = two_nodes.sealed_request(
+        key, {"model": CHAT, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]}
+    )
     assert response.status_code == 200, response.text
 
 
 def test_unreachable_node_is_503_and_charges_nothing(two_nodes: Deployment) -> None:
     key, stacks = two_nodes.new_user("unreachable", {CHAT: 10_000})
     lock = two_nodes.lock(key, CHAT, max_num_tokens=100).json()
-    target = next(i for i, n in enumerate(two_nodes.nodes)
-                  if n.public_key == base64.b64decode(lock["public_key"]))
+    target = next(
+        i
+        for i, n in enumerate(two_nodes.nodes)
+        if n.public_key == base64.b64decode(lock["public_key"])
+    )
     two_nodes.servers[f"node{target}"].__exit__(None, None, None)
     envelope, _ = v1.seal_request(
         base64.b64decode(lock["public_key"]),
-        json.dumps({"model": CHAT, "max_tokens": 3,
-                    "messages": [{"role": "user", "content": "Hi"}]}).encode(),
-        model_name=CHAT, stack_small_id=lock["stack_small_id"])
+        json.dumps(
+            {"model": CHAT, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]}
+        ).encode(),
+        model_name=CHAT,
+        stack_small_id=lock["stack_small_id"],
+    )
     response = two_nodes.post(key, "/v1/confidential/chat/completions", envelope)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"

@@ -21,9 +21,18 @@ def stream_envelope(d: Deployment, key: str, max_tokens: int) -> bytes:
     lock = d.lock(key, CHAT, max_num_tokens=2000).json()
     envelope, _ = v1.seal_request(
         base64.b64decode(lock["public_key"]),
-        json.dumps({"model": CHAT, "max_tokens": max_tokens, "stream": True,
-                    "messages": [{"role": "user", "content": "Tell a long story"}]}).encode(),
-        model_name=CHAT, stack_small_id=lock["stack_small_id"], stream=True)
+        json.dumps(
+            {
+                "model": CHAT,
+                "max_tokens": max_tokens,
+                "stream": True,
+                "messages": [{"role": "user", "content": "Tell a long story"}],
+            }
+        ).encode(),
+        model_name=CHAT,
+        stack_small_id=lock["stack_small_id"],
+        stream=True,
+    )
     return envelope.model_dump_json().encode()
 
 
@@ -31,8 +40,13 @@ def test_client_leaving_mid_stream_pays_only_what_was_produced(deployment: Deplo
     key, stacks = deployment.new_user("leaver", {CHAT: 10_000})
     body = stream_envelope(deployment, key, max_tokens=400)
     received = 0
-    with httpx.stream("POST", f"{deployment.url}/v1/confidential/chat/completions", content=body,
-                      headers={"authorization": f"Bearer {key}"}, timeout=120) as response:
+    with httpx.stream(
+        "POST",
+        f"{deployment.url}/v1/confidential/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=120,
+    ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -74,8 +88,9 @@ def test_gateway_on_postgresql_settles_exactly(
     with servers[0], servers[1]:
         deployed.started()
         key, stacks = deployed.new_user("pg-user", {CHAT: 5000})
-        response, session, _ = deployed.sealed_request(key, {
-            "model": CHAT, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+        response, _session, _ = deployed.sealed_request(
+            key, {"model": CHAT, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+        )
         assert response.status_code == 200, response.text
         usage = response.json()["usage"]
         stack = deployed.stack(stacks[CHAT])

@@ -83,7 +83,7 @@ def test_gateways_starting_together_migrate_once(db_url: str) -> None:
     async def start_three() -> list[str]:
         ledgers = await asyncio.gather(*(Ledger.open(db_url) for _ in range(3)))
         try:
-            user, _ = await ledgers[0].create_user("alice")
+            await ledgers[0].create_user("alice")
             await ledgers[1].create_stack("alice", MODEL, 10)
             return [s.user for s in await ledgers[2].list_stacks()]
         finally:

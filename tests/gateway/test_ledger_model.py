@@ -156,7 +156,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # which would make replays of an example diverge.
         self.now += 1
 
-    @rule(pick=st.integers(0, 1000), by_me=st.booleans())
+    @rule(pick=st.integers(0, 1000), by_me=st.sampled_from([True, True, True, False]))
     def claim(self, pick: int, by_me: bool) -> None:
         # Mostly on a stack that has reservations, so in-flight requests are common.
         if self.reservations:
@@ -243,7 +243,7 @@ class LedgerMachine(RuleBasedStateMachine):
         }
         want = {s.id: (s.total, s.reserved, s.used, s.state) for s in self.stacks.values()}
         assert got == want
-        assert all(0 <= s.free for s in self.stacks.values())
+        assert all(s.free >= 0 for s in self.stacks.values())
 
     @invariant()
     def books_balance(self) -> None:

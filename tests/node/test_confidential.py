@@ -51,9 +51,9 @@ def test_chat_round_trip_is_sealed_signed_and_metered(node: RunningNode) -> None
 
 
 def test_response_nonce_is_fresh_and_not_the_request_nonce(node: RunningNode) -> None:
-    envelope, session = node.seal(chat_body(max_tokens=2), units=512)
+    envelope, _session = node.seal(chat_body(max_tokens=2), units=512)
     first = node.post(CHAT_ROUTE, envelope).json()
-    again, session2 = node.seal(chat_body(max_tokens=2), units=512)
+    again, _session2 = node.seal(chat_body(max_tokens=2), units=512)
     second = node.post(CHAT_ROUTE, again).json()
     nonces = {first["nonce"], second["nonce"], envelope.model_dump()["nonce"]}
     assert len(nonces) == 3

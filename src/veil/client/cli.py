@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -20,8 +20,12 @@ from rich.console import Console
 from rich.text import Text
 
 from veil.client.errors import APIError, VeilClientError
-from veil.client.sdk import DEFAULT_BASE_URL, Client, chat_body
 
+if TYPE_CHECKING:
+    from veil.client.sdk import Client
+
+# The SDK (and with it ``openai``) is imported when a command runs, not when ``veil`` starts.
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"  # the same as veil.client.sdk.DEFAULT_BASE_URL
 DEFAULT_CHAT_MODEL = "gemma-3-270m"
 DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
 SHOWN_CIPHERTEXT = 24  # base64 characters of ciphertext --show-wire prints
@@ -89,6 +93,8 @@ def _wire_hook(request: httpx.Request) -> None:
 
 @contextmanager
 def _client(base_url: str, api_key: str | None, show_wire: bool) -> Iterator[Client]:
+    from veil.client.sdk import Client
+
     hooks: dict[str, list[Callable[..., Any]]] = {"request": [_wire_hook]} if show_wire else {}
     with httpx.Client(event_hooks=hooks, timeout=600) as http:
         yield Client(base_url, api_key, http_client=http)
@@ -106,6 +112,8 @@ def chat(
     api_key: ApiKey = None,
 ) -> None:
     """Ask a chat model, end-to-end encrypted; prints a verified receipt to stderr."""
+    from veil.client.sdk import chat_body
+
     key = _require(api_key)
     body = chat_body(model, [{"role": "user", "content": prompt}], stream, max_tokens, {})
     if show_wire:

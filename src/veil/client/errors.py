@@ -30,6 +30,8 @@
     |   +-- StreamTruncated             a stream ended before its final (usage) chunk
     |   +-- StreamCorrupt               a stream event out of place: unparsable, duplicated,
     |                                   after the final chunk, or in an impossible order
+    +-- PlaintextRefused                the openai drop-in was asked to send a body it cannot
+    |                                   seal (a route other than chat, embeddings, images)
     +-- TransportError                  the network failed (connect, read, timeout)
 
 Retries: only the three classes marked above are retried (``retryable``), each time with a new
@@ -61,7 +63,7 @@ class APIError(VeilClientError):
     """The gateway or node answered with ``{"error": {"code", "message"}}``."""
 
     status: int = 500
-    code: str = "INTERNAL_ERROR"
+    code: str = "API_ERROR"
     retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
@@ -226,6 +228,13 @@ class StreamTruncated(IntegrityError):
 
 class StreamCorrupt(IntegrityError):
     code = "STREAM_CORRUPT"
+
+
+# -- the openai drop-in ---------------------------------------------------------------------
+class PlaintextRefused(VeilClientError):
+    """A request body the drop-in cannot seal; it was not sent."""
+
+    code = "PLAINTEXT_REFUSED"
 
 
 # -- the network ----------------------------------------------------------------------------

@@ -183,9 +183,7 @@ def accept_lock(raw: bytes) -> Lock:
     )
 
 
-def seal(
-    plan: Plan, lock: Lock, attempt: int, started_at: float
-) -> tuple[bytes, ResponseOpener]:
+def seal(plan: Plan, lock: Lock, attempt: int, started_at: float) -> tuple[bytes, ResponseOpener]:
     """A fresh envelope (new ephemeral key, salt and nonce) and the opener of its answer."""
     receipt = Receipt(
         endpoint=plan.endpoint,

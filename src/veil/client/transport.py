@@ -11,7 +11,9 @@ The transport intercepts the plain ``POST /v1/chat/completions``, ``/v1/embeddin
 ``/v1/images/generations`` the ``openai`` package builds, runs the confidential flow of ``sdk`` on
 their JSON (lock, seal, verify) and answers with the node's decrypted plaintext: the exact JSON bytes
 the node signed, or an SSE stream of the verified chunks ending in ``data: [DONE]``. Only the
-envelope goes over the network; every other path (``/v1/models``...) passes through unchanged.
+envelope goes over the network. Requests without a body (``GET /v1/models``...) and requests
+already under ``/confidential/`` pass through unchanged; any other request with a body (e.g.
+``/v1/completions``, ``/v1/responses``) raises ``PlaintextRefused`` and is not sent.
 
 Errors: an error the server sent becomes an HTTP response with its status and body (marked
 ``x-should-retry: false``: the client has already retried what can be retried), so ``openai`` raises
@@ -28,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from veil.client.errors import APIError, BalanceError, TransportError
+from veil.client.errors import APIError, BalanceError, PlaintextRefused, TransportError
 from veil.client.sdk import (
     DEFAULT_BACKOFF,
     DEFAULT_MAX_ATTEMPTS,
@@ -46,9 +48,41 @@ from veil.client.streaming import AsyncChatStream, ChatStream, Receipt
 DONE = b"data: [DONE]\n\n"
 
 
-def _routes(base_url: str) -> dict[str, Endpoint]:
-    prefix = httpx.URL(base_url).path.rstrip("/")
-    return {f"{prefix}/v1/{path}": endpoint for endpoint, path in ROUTES.items()}
+def inference_endpoint(request: httpx.Request) -> Endpoint | None:
+    """The OpenAI inference route a request is for, whatever the path prefix before it.
+
+    Matching on the suffix (not on ``base_url``'s exact path) means a prefix mismatch between
+    ``openai``'s ``base_url`` and the transport's can never let a plain inference request through:
+    it is sealed and sent to the transport's gateway. Requests already under ``/confidential/``
+    pass through untouched.
+    """
+    if request.method != "POST":
+        return None
+    path = request.url.path.rstrip("/")
+    if "/confidential/" in path:
+        return None
+    for endpoint, route in ROUTES.items():
+        if path.endswith(f"/{route}"):
+            return endpoint
+    return None
+
+
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def check_passes_through(request: httpx.Request) -> None:
+    """Allow a request to go out as it is only if it has no body, or is an envelope already."""
+    if "/confidential/" in request.url.path:
+        return
+    has_body = (
+        request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    )
+    if request.method in _BODILESS and not has_body:
+        return
+    raise PlaintextRefused(
+        f"{request.method} {request.url.path} cannot be sent confidentially; "
+        "only chat completions, embeddings and image generations can"
+    )
 
 
 def _bearer(request: httpx.Request) -> str | None:
@@ -158,11 +192,11 @@ class VeilTransport(httpx.BaseTransport):
         self.client = Client(
             base_url, api_key, http_client=self._http, max_attempts=max_attempts, backoff=backoff
         )
-        self._routes = _routes(self.client.base_url)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        endpoint = self._routes.get(request.url.path) if request.method == "POST" else None
+        endpoint = inference_endpoint(request)
         if endpoint is None:
+            check_passes_through(request)
             return self._inner.handle_request(request)
         try:
             plan = _plan(endpoint, request.read())
@@ -203,11 +237,11 @@ class AsyncVeilTransport(httpx.AsyncBaseTransport):
         self.client = AsyncClient(
             base_url, api_key, http_client=self._http, max_attempts=max_attempts, backoff=backoff
         )
-        self._routes = _routes(self.client.base_url)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        endpoint = self._routes.get(request.url.path) if request.method == "POST" else None
+        endpoint = inference_endpoint(request)
         if endpoint is None:
+            check_passes_through(request)
             return await self._inner.handle_async_request(request)
         try:
             plan = _plan(endpoint, await request.aread())

@@ -9,7 +9,7 @@ with request text in it): the node turns it into ``ENGINE_ERROR`` without echoin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -79,7 +79,7 @@ class ChatEngine(Engine):
     @abstractmethod
     def stream(
         self, request: ChatCompletionRequest, max_tokens: int
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """OpenAI ``chat.completion.chunk`` objects as they are produced.
 
         The last item has ``choices: []`` and a ``usage`` object. On failure part way, raises

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -180,7 +180,7 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
 
     async def stream(
         self, request: ChatCompletionRequest, max_tokens: int
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         body = self._chat_body(request, max_tokens)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

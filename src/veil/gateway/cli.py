@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 
 from veil.config import GatewaySettings
 from veil.gateway.app import stack_json
-from veil.protocol.errors import VeilError
+from veil.protocol.errors import VeilError, error_from_body
 
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
@@ -85,8 +86,27 @@ def users_create(
     as_json: AsJson = False,
 ) -> None:
     """Create a user and print its API key (shown once; only its hash is stored)."""
-    user, key = with_ledger(data_dir, database_url, lambda l: l.create_user(name, admin=admin))
+    user, key = with_ledger(
+        data_dir, database_url, lambda ledger: ledger.create_user(name, admin=admin)
+    )
     emit({"user": user.name, "api_key": key}, as_json, f"user {user.name}\napi key {key}")
+
+
+@users_app.command("revoke")
+def users_revoke(
+    key_or_prefix: Annotated[str, typer.Argument(help="The API key, or its 12-character prefix.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Revoke an API key: it stops working at once."""
+    revoked = with_ledger(
+        data_dir, database_url, lambda ledger: ledger.revoke_api_key(key_or_prefix)
+    )
+    if not revoked:
+        err.print("[bold red]error:[/] NOT_FOUND: no such API key", highlight=False)
+        raise typer.Exit(1)
+    emit({"revoked": True}, as_json, "revoked")
 
 
 @stacks_app.command("create")
@@ -103,7 +123,7 @@ def stacks_create(
     stack = with_ledger(
         data_dir,
         database_url,
-        lambda l: l.create_stack(user, model, units, price_per_million=price_per_million),
+        lambda ledger: ledger.create_stack(user, model, units, price_per_million=price_per_million),
     )
     data = stack_json(stack)
     emit(data, as_json, f"stack {stack.id}: {stack.total_units} units of {model} for {user}")
@@ -126,21 +146,63 @@ def stacks_list(
 ) -> None:
     """List stacks with their units total / reserved / used / free."""
     stacks = [
-        stack_json(s) for s in with_ledger(data_dir, database_url, lambda l: l.list_stacks(user))
+        stack_json(s)
+        for s in with_ledger(data_dir, database_url, lambda ledger: ledger.list_stacks(user))
     ]
     emit({"stacks": stacks}, as_json, "\n".join(_stack_line(s) for s in stacks) or "no stacks")
 
 
 @stacks_app.command("show")
 def stacks_show(
-    stack_id: int,
+    stack_id: Annotated[
+        int | None, typer.Argument(help="A stack id (ledger); omit for your own stacks (gateway).")
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    base_url: Annotated[
+        str, typer.Option(envvar="VEIL_BASE_URL", help="Gateway, for your own stacks.")
+    ] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="VEIL_API_KEY", help="Your API key, for your own stacks.")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """One stack's units: total, reserved, used, free."""
-    data = stack_json(with_ledger(data_dir, database_url, lambda l: l.get_stack(stack_id)))
-    emit(data, as_json, _stack_line(data))
+    """One stack from the ledger (by ID), or, without ID, the caller's own stacks and units left."""
+    if stack_id is not None:
+        data = stack_json(
+            with_ledger(data_dir, database_url, lambda ledger: ledger.get_stack(stack_id))
+        )
+        emit(data, as_json, _stack_line(data))
+        return
+    if not api_key:
+        err.print(
+            "[bold red]error:[/] AUTH_ERROR: give --api-key or set VEIL_API_KEY", highlight=False
+        )
+        raise typer.Exit(1)
+    try:
+        response = httpx.get(
+            f"{base_url.rstrip('/').removesuffix('/v1')}/v1/stacks",
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        err.print(
+            f"[bold red]error:[/] cannot reach {base_url}: {type(exc).__name__}", highlight=False
+        )
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        failure = error_from_body(response.status_code, _json_or_none(response))
+        err.print(f"[bold red]error:[/] {failure.code}: {failure.message}", highlight=False)
+        raise typer.Exit(1)
+    stacks = response.json()["stacks"]
+    emit({"stacks": stacks}, as_json, "\n".join(_stack_line(s) for s in stacks) or "no stacks")
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 @stacks_app.command("top-up")
@@ -152,7 +214,9 @@ def stacks_top_up(
     as_json: AsJson = False,
 ) -> None:
     """Add UNITS to a stack."""
-    data = stack_json(with_ledger(data_dir, database_url, lambda l: l.top_up(stack_id, units)))
+    data = stack_json(
+        with_ledger(data_dir, database_url, lambda ledger: ledger.top_up(stack_id, units))
+    )
     emit(data, as_json, _stack_line(data))
 
 

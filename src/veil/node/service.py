@@ -9,7 +9,7 @@ capped to what is left after the prompt, and a prompt that alone exceeds the uni
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -109,7 +109,7 @@ class NodeService:
 
     def chat_stream(
         self, plan: ChatPlan, request: ChatCompletionRequest
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         return plan.engine.stream(request, plan.max_tokens)
 
     async def embed(self, request: EmbeddingRequest, units: int | None) -> dict[str, Any]:

@@ -48,29 +48,35 @@ def b64decode(value: object, *, field: str = "value") -> bytes:
         raise ValueError(f"{field} is not valid standard base64") from None
 
 
-def _b64_field(size: int | None, *, min_size: int = 0) -> Any:
+def _exact(size: int) -> Any:
     def decode(value: object) -> bytes:
         raw = b64decode(value)
-        if size is not None and len(raw) != size:
+        if len(raw) != size:
             raise ValueError(f"must decode to exactly {size} bytes, got {len(raw)}")
-        if len(raw) < min_size:
-            raise ValueError(f"must decode to at least {min_size} bytes, got {len(raw)}")
         return raw
 
-    return Annotated[
-        bytes,
-        BeforeValidator(decode),
-        PlainSerializer(b64encode, return_type=str, when_used="always"),
-        WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
-    ]
+    return BeforeValidator(decode)
 
 
-Key32 = _b64_field(X25519_KEY_SIZE)
-Salt16 = _b64_field(SALT_SIZE)
-Nonce12 = _b64_field(NONCE_SIZE)
-Hash32 = _b64_field(HASH_SIZE)
-Signature64 = _b64_field(ED25519_SIGNATURE_SIZE)
-Ciphertext = _b64_field(None, min_size=TAG_SIZE)
+def _at_least(size: int) -> Any:
+    def decode(value: object) -> bytes:
+        raw = b64decode(value)
+        if len(raw) < size:
+            raise ValueError(f"must decode to at least {size} bytes, got {len(raw)}")
+        return raw
+
+    return BeforeValidator(decode)
+
+
+_AS_B64 = PlainSerializer(b64encode, return_type=str, when_used="always")
+_B64_SCHEMA = WithJsonSchema({"type": "string", "contentEncoding": "base64"})
+
+Key32 = Annotated[bytes, _exact(X25519_KEY_SIZE), _AS_B64, _B64_SCHEMA]
+Salt16 = Annotated[bytes, _exact(SALT_SIZE), _AS_B64, _B64_SCHEMA]
+Nonce12 = Annotated[bytes, _exact(NONCE_SIZE), _AS_B64, _B64_SCHEMA]
+Hash32 = Annotated[bytes, _exact(HASH_SIZE), _AS_B64, _B64_SCHEMA]
+Signature64 = Annotated[bytes, _exact(ED25519_SIGNATURE_SIZE), _AS_B64, _B64_SCHEMA]
+Ciphertext = Annotated[bytes, _at_least(TAG_SIZE), _AS_B64, _B64_SCHEMA]
 
 SmallId = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]

@@ -338,9 +338,7 @@ class Ledger:
     async def _migrate(self) -> None:
         async with self._write_lock(), self._writer.begin() as conn:
             if self._is_postgres:
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-                )
+                pass
             await conn.run_sync(_upgrade_head)
 
     # -- transactions ----------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Ledger migrations, one module per revision (Alembic skips this file)."""
