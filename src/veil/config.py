@@ -37,6 +37,8 @@ class NodeSettings(BaseSettings):
     # Ed25519 public keys (base64) of gateways whose tickets this node honours. Empty: no ticket
     # is required (a node used directly, without a gateway in front).
     gateway_keys: list[str] = Field(default_factory=list)
+    # auto (first available: configfs-tsm, nvidia, none), tdx, sev-snp, nvidia or none.
+    attestation: str = "auto"
     log_level: str = "info"
 
     @property

@@ -219,3 +219,47 @@ def v1_response(response: httpx.Response) -> v1.ConfidentialComputeResponse:
 
 def v1_response_from(document: dict[str, object]) -> v1.ConfidentialComputeResponse:
     return v1.ConfidentialComputeResponse.model_validate(document)
+
+
+def test_lock_relays_evidence_bound_to_the_node_keys_and_the_nonce(deployment: Deployment) -> None:
+    import os
+
+    from veil.attestation.evidence import Evidence
+    from veil.attestation.policy import Policy
+    from veil.attestation.report import verify_evidence
+
+    key, _ = deployment.new_user("attest-lee", {CHAT: 1000})
+    nonce = os.urandom(32)
+    lock = deployment.lock(
+        key, CHAT, max_num_tokens=10, attestation_nonce=base64.b64encode(nonce).decode()
+    ).json()
+    evidence = Evidence.model_validate(lock["evidence"])
+    assert evidence.format == "none" and evidence.warning  # no TEE on this machine, said plainly
+    public, signing = (base64.b64decode(lock[k]) for k in ("public_key", "node_signing_public_key"))
+    strict = verify_evidence(
+        evidence, Policy(), expect_x25519=public, expect_ed25519=signing, expect_nonce=nonce
+    )
+    assert not strict.ok  # a client in strict mode refuses a node without a TEE
+    demo = verify_evidence(
+        evidence,
+        Policy(allow_no_tee=True),
+        expect_x25519=public,
+        expect_ed25519=signing,
+        expect_nonce=nonce,
+    )
+    assert demo.ok, demo.to_dict()
+    other = verify_evidence(
+        evidence,
+        Policy(allow_no_tee=True),
+        expect_x25519=public,
+        expect_ed25519=signing,
+        expect_nonce=os.urandom(32),
+    )
+    assert not other.ok  # evidence made for another nonce is refused
+
+
+@pytest.mark.parametrize("nonce", ["", "short", base64.b64encode(b"x" * 8).decode(), "%%%"])
+def test_node_attestation_route_checks_the_nonce(deployment: Deployment, nonce: str) -> None:
+    response = httpx.get(f"{deployment.nodes[0].url}/v1/attestation", params={"nonce": nonce})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "INVALID_BODY"

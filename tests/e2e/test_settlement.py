@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import CHAT, Deployment, deploy
 from tests.servers import wait_until
@@ -78,13 +76,10 @@ def test_restarted_gateway_releases_reservations_of_the_previous_run(
             wait_until(lambda: again.stack(stacks[CHAT])["reserved_units"] == 0, 15, "expiry")
 
 
-POSTGRES_URL = os.environ.get("VEIL_TEST_POSTGRES_URL", "postgresql+asyncpg://127.0.0.1:5432/test")
-
-
 def test_gateway_on_postgresql_settles_exactly(
-    tmp_path: Path, node_registry: EngineRegistry, postgres_database: str
+    tmp_path: Path, node_registry: EngineRegistry, postgres_url: str
 ) -> None:
-    servers, deployed = deploy(tmp_path, [node_registry], database_url=postgres_database)
+    servers, deployed = deploy(tmp_path, [node_registry], database_url=postgres_url)
     with servers[0], servers[1]:
         deployed.started()
         key, stacks = deployed.new_user("pg-user", {CHAT: 5000})
@@ -95,12 +90,3 @@ def test_gateway_on_postgresql_settles_exactly(
         usage = response.json()["usage"]
         stack = deployed.stack(stacks[CHAT])
         assert stack["used_units"] == usage["total_tokens"] and stack["reserved_units"] == 0
-
-
-@pytest.fixture
-def postgres_database() -> str:
-    pytest.importorskip("asyncpg")
-    from tests.gateway.conftest import fresh_postgres_database  # the ledger suite's helper
-
-    with fresh_postgres_database() as url:
-        yield url

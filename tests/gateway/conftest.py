@@ -19,91 +19,15 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import os
-import secrets
-import warnings
 from collections.abc import Awaitable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from veil.gateway.ledger import Ledger
 
 T = TypeVar("T")
-
-DEFAULT_POSTGRES_URL = "postgresql+asyncpg://127.0.0.1:5432/test"
-
-
-def _candidate_urls(raw: str) -> list[URL]:
-    url = make_url(raw)
-    if url.username:
-        return [url]
-    return [url, url.set(username="postgres")]
-
-
-async def _probe(url: URL) -> None:
-    engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 3})
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def postgres_admin_url() -> URL:
-    """A working URL for the PostgreSQL maintenance database (skips or fails if there is none)."""
-    raw = os.environ.get("VEIL_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    errors: list[str] = []
-    for url in _candidate_urls(raw):
-        try:
-            asyncio.run(_probe(url))
-        except Exception as exc:
-            errors.append(f"{url.render_as_string(hide_password=True)}: {exc!r}")
-            continue
-        return url
-    message = (
-        "PostgreSQL is unreachable, so the ledger was NOT tested on PostgreSQL "
-        f"(set VEIL_TEST_POSTGRES_URL): {'; '.join(errors)}"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    warnings.warn(message, stacklevel=1)
-    pytest.skip(message)
-
-
-async def _admin(url: URL, statement: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of an empty database of the parametrized backend, private to this test."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-        return
-    admin: URL = request.getfixturevalue("postgres_admin_url")
-    name = f"veil_t_{secrets.token_hex(6)}"
-    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
 
 
 class LedgerHarness:

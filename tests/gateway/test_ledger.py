@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from tests.gateway.conftest import LedgerHarness
@@ -91,6 +94,52 @@ def test_gateways_starting_together_migrate_once(db_url: str) -> None:
                 await ledger.close()
 
     assert asyncio.run(start_three()) == ["alice"]
+
+
+GATEWAY_PROCESS = """
+import asyncio, sys
+from veil.gateway.ledger import Ledger
+
+async def main() -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()  # everyone starts at once
+    ledger = await Ledger.open(sys.argv[1])
+    await ledger.close()
+
+asyncio.run(main())
+"""
+
+
+def test_gateway_processes_starting_together_migrate_once(db_url: str) -> None:
+    gateways = [
+        subprocess.Popen(
+            [sys.executable, "-c", GATEWAY_PROCESS, db_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for gateway in gateways:
+        assert gateway.stdout is not None and gateway.stdout.readline() == "ready\n"
+    for gateway in gateways:
+        assert gateway.stdin is not None
+        gateway.stdin.write("go\n")
+        gateway.stdin.flush()
+    for gateway in gateways:
+        _, stderr = gateway.communicate(timeout=60)
+        assert gateway.returncode == 0, stderr
+
+    async def version() -> Any:
+        ledger = await Ledger.open(db_url)
+        try:
+            async with ledger.engine.connect() as conn:
+                return (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(version()) == [("0001",)]
 
 
 def test_check_constraint_rejects_overcommitting_a_stack(h: LedgerHarness, w: World) -> None:

@@ -7,6 +7,7 @@ validated base64 fields and moves their bytes to the node untouched.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -182,6 +183,9 @@ class Gateway:
         units = ask.max_num_tokens or self.default_units(kind)
         ttl = ask.timeout or self.settings.lock_timeout_seconds
         node, reservation = await self.reserve_on_a_node(user, ask.model, units, ttl)
+        evidence = None
+        if ask.attestation_nonce is not None:
+            evidence = await self.evidence(node, ask.attestation_nonce, reservation)
         answer = NodesCreateLockResponse(
             public_key=node.current_public_key,
             node_small_id=node.node_small_id,
@@ -191,8 +195,27 @@ class Gateway:
             node_signing_public_key=node.signing_public_key,
             reserved_units=reservation.units,
             expires_at=reservation.expires_at,
+            evidence=evidence,
         )
         return Response(answer.model_dump_json(), media_type="application/json")
+
+    async def evidence(self, node: NodeInfo, nonce: bytes, reservation: Any) -> dict[str, Any]:
+        """Relay the node's evidence for the client's nonce; the client, not us, judges it."""
+        try:
+            response = await self.client.get(
+                f"{node.url}/v1/attestation",
+                params={"nonce": base64.b64encode(nonce).decode()},
+                timeout=30,
+            )
+            if response.status_code == 200:
+                document = response.json()
+                if isinstance(document, dict):
+                    return document
+        except (httpx.HTTPError, ValueError):
+            self.registry.mark_unhealthy(node, "attestation failed")
+        await self.ledger.release(reservation.id)
+        self.registry.release(reservation.id)
+        raise ServiceUnavailable("the node did not return attestation evidence; nothing reserved")
 
     async def confidential(self, kind: Kind, request: Request) -> Response:
         user = await self.user(request)
@@ -227,7 +250,9 @@ class Gateway:
             user, model, units, self.settings.lock_timeout_seconds
         )
         request_id = new_request_id()
-        claimed = await self.ledger.claim(user.id, reservation.stack_id, request_id=request_id)
+        claimed = await self.ledger.claim(
+            user.id, reservation.stack_id, request_id=request_id, reservation_id=reservation.id
+        )
         return await self.forwarder.forward(
             node, f"/v1/{ROUTES[kind]}", raw, claimed, model, request_id
         )

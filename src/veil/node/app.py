@@ -7,6 +7,7 @@ stack frames only, because exception messages can quote their input.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -18,6 +19,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from veil.attestation.evidence import AttestationError
+from veil.attestation.providers import build_evidence, choose_provider
 from veil.config import NodeSettings
 from veil.engines.base import EngineFailure
 from veil.node.keyring import Keyring
@@ -32,8 +35,15 @@ from veil.node.pipeline import (
 )
 from veil.node.service import ChatPlan, EngineRegistry, NodeService, engine_failure_message
 from veil.node.tickets import TicketChecker, sign_receipt
-from veil.protocol.envelopes import ConfidentialComputeRequest
-from veil.protocol.errors import EngineError, InternalError, NotFound, VeilError
+from veil.protocol.envelopes import ConfidentialComputeRequest, b64decode
+from veil.protocol.errors import (
+    EngineError,
+    InternalError,
+    InvalidBody,
+    NotFound,
+    ServiceUnavailable,
+    VeilError,
+)
 from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 from veil.protocol.tickets import (
     RECEIPT_COMMENT,
@@ -63,6 +73,7 @@ class NodeApp:
         self.keyring = keyring
         self.service = NodeService(engines, settings.default_units)
         self.metrics = NodeMetrics()
+        self.attestation_provider = choose_provider(settings.attestation)
         self.tickets = TicketChecker([public_key_from_b64(key) for key in settings.gateway_keys])
 
     # -- plumbing --------------------------------------------------------------------------
@@ -71,12 +82,16 @@ class NodeApp:
         route: str,
         request: Request,
         work: Callable[[bytes, Ticket | None], Awaitable[Response]],
+        *,
+        ticketed: bool = True,
     ) -> Response:
         started = time.perf_counter()
         code = "OK"
         try:
             raw = await read_body(request, self.settings.max_body_bytes)
-            ticket = self.tickets.check(request.headers.get(TICKET_HEADER), raw)
+            ticket = None
+            if ticketed:
+                ticket = self.tickets.check(request.headers.get(TICKET_HEADER), raw)
             return await work(raw, ticket)
         except VeilError as exc:
             code = exc.code
@@ -248,6 +263,27 @@ class NodeApp:
         return self._answer(encode_json(result), request, _wire_usage(result.get("usage")), ticket)
 
     # -- read-only routes ------------------------------------------------------------------
+    async def attestation(self, nonce_b64: str | None) -> Response:
+        """Fresh evidence binding the current X25519 key, the signing key and the caller's nonce."""
+        try:
+            nonce = b64decode(nonce_b64 or "", field="nonce")
+        except ValueError as exc:
+            raise InvalidBody(str(exc)) from None
+        if not 16 <= len(nonce) <= 64:
+            raise InvalidBody("nonce must be 16 to 64 bytes, base64")
+        try:
+            evidence = await asyncio.to_thread(
+                build_evidence,
+                self.attestation_provider,
+                self.keyring.current.public_key,
+                self.keyring.signing_public_key,
+                nonce,
+            )
+        except AttestationError as exc:
+            log.error("attestation failed: %s", exc)
+            raise ServiceUnavailable("the TEE did not produce evidence; see the node log") from None
+        return Response(evidence.to_json(), media_type="application/json")
+
     def models(self) -> dict[str, Any]:
         return {
             "object": "list",
@@ -361,6 +397,13 @@ def create_app(
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return node.models()
+
+    @app.get("/v1/attestation")
+    async def attestation(request: Request) -> Response:
+        async def work(_: bytes, __: Ticket | None) -> Response:
+            return await node.attestation(request.query_params.get("nonce"))
+
+        return await node.handle("attestation", request, work, ticketed=False)
 
     @app.get("/v1/keys")
     async def keys() -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,9 +17,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     WithJsonSchema,
+    model_serializer,
 )
 
 X25519_KEY_SIZE = 32
@@ -28,6 +30,8 @@ NONCE_SIZE = 12
 HASH_SIZE = 32
 TAG_SIZE = 16
 ED25519_SIGNATURE_SIZE = 64
+REQUEST_ID_SIZE = 16
+RESPONSE_NONCE_SIZE = 32
 
 MAX_ID = 2**63 - 1  # ids and units live in signed 64-bit database columns
 
@@ -77,14 +81,35 @@ Nonce12 = Annotated[bytes, _exact(NONCE_SIZE), _AS_B64, _B64_SCHEMA]
 Hash32 = Annotated[bytes, _exact(HASH_SIZE), _AS_B64, _B64_SCHEMA]
 Signature64 = Annotated[bytes, _exact(ED25519_SIGNATURE_SIZE), _AS_B64, _B64_SCHEMA]
 Ciphertext = Annotated[bytes, _at_least(TAG_SIZE), _AS_B64, _B64_SCHEMA]
+RequestId16 = Annotated[bytes, _exact(REQUEST_ID_SIZE), _AS_B64, _B64_SCHEMA]
+ResponseNonce32 = Annotated[bytes, _exact(RESPONSE_NONCE_SIZE), _AS_B64, _B64_SCHEMA]
 
 SmallId = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+KeyId = Annotated[str, Field(min_length=1, max_length=64)]
+Protocol = Literal["atoma-v1", "veil-v2"]
+
+
+def _omit_absent(
+    model: BaseModel, handler: SerializerFunctionWrapHandler, fields: tuple[str, ...]
+) -> Any:
+    """Serialize as usual, then drop the named (v2-only) fields while they are None, so a v1
+    object serializes exactly as it did before v2 existed."""
+    data = handler(model)
+    if isinstance(data, dict):
+        for name in fields:
+            if name in data and data[name] is None:
+                del data[name]
+    return data
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+_REQUEST_V2_FIELDS = ("protocol", "key_id", "request_id", "timestamp")
+_RESPONSE_V2_FIELDS = ("response_nonce", "index", "final")
 
 
 class ConfidentialComputeRequest(_Wire):
@@ -100,6 +125,15 @@ class ConfidentialComputeRequest(_Wire):
     stack_small_id: SmallId
     num_compute_units: Units | None = None
     stream: StrictBool | None = None
+    # veil-v2 only (PROTOCOL.md section 5); omitted from the output while unset.
+    protocol: Protocol | None = None
+    key_id: KeyId | None = None
+    request_id: RequestId16 | None = None
+    timestamp: Units | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _omit_absent(self, handler, _REQUEST_V2_FIELDS)
 
 
 class Usage(_Wire):
@@ -116,12 +150,25 @@ class ConfidentialComputeResponse(_Wire):
     response_hash: Hash32 | None = None
     signature: Signature64 | None = None
     usage: Usage | None = None
+    # veil-v2 only (PROTOCOL.md section 5); omitted from the output while unset.
+    response_nonce: ResponseNonce32 | None = None
+    index: Units | None = None
+    final: StrictBool | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _omit_absent(self, handler, _RESPONSE_V2_FIELDS)
+
+
+AttestationNonce = Annotated[bytes, _at_least(16), _AS_B64, _B64_SCHEMA]
 
 
 class NodesCreateLockRequest(_Wire):
     model: ModelName
     max_num_tokens: Units | None = None
     timeout: Annotated[StrictInt, Field(ge=1, le=3600)] | None = None
+    # Veil: ask the gateway to relay the node's attestation evidence bound to this nonce.
+    attestation_nonce: AttestationNonce | None = None
 
 
 class NodesCreateLockResponse(_Wire):
@@ -135,3 +182,4 @@ class NodesCreateLockResponse(_Wire):
     node_signing_public_key: Key32 | None = None
     reserved_units: Units | None = None
     expires_at: float | None = None
+    evidence: dict[str, Any] | None = None

@@ -56,6 +56,7 @@ import contextlib
 import logging
 import secrets
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ from typing import Any, Final, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import RowMapping, case, event, func, insert, or_, select, text, update
+from sqlalchemy import Executable, RowMapping, case, event, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -112,6 +113,9 @@ MIGRATION_LOCK_KEY: Final = 0x7665696C6C656467
 RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 MAX_ATTEMPTS: Final = 5
 _WRITE_OPTION: Final = "veil_write"
+_MIGRATION_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 # Compared against when a key's prefix is unknown, so unknown and wrong keys take the same path.
 _DUMMY_HASH: Final = hash_api_key("veil_" + "0" * 43)
 
@@ -219,6 +223,18 @@ def _on_sqlite_begin(connection: Connection) -> None:
 
 def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+
+
+async def _first(conn: AsyncConnection, statement: Executable) -> RowMapping | None:
+    return (await conn.execute(statement)).mappings().first()
+
+
+async def _one(conn: AsyncConnection, statement: Executable) -> RowMapping:
+    return (await conn.execute(statement)).mappings().one()
+
+
+async def _all(conn: AsyncConnection, statement: Executable) -> Sequence[RowMapping]:
+    return (await conn.execute(statement)).mappings().all()
 
 
 def _to_user(row: RowMapping, *, is_admin: bool) -> User:
@@ -336,9 +352,15 @@ class Ledger:
         return self._engine
 
     async def _migrate(self) -> None:
-        async with self._write_lock(), self._writer.begin() as conn:
+        # Alembic's ``context`` and ``op`` are process-wide proxies, so two ledgers opened in one
+        # process (tests, a CLI inside a running gateway) must not interleave their upgrades;
+        # other processes are kept out by the advisory lock or SQLite's write lock.
+        loop_lock = _MIGRATION_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with loop_lock, self._write_lock(), self._writer.begin() as conn:
             if self._is_postgres:
-                pass
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             await conn.run_sync(_upgrade_head)
 
     # -- transactions ----------------------------------------------------------------------------
@@ -399,16 +421,11 @@ class Ledger:
             exists = await conn.execute(select(UserRow.id).where(UserRow.name == name))
             if exists.first() is not None:
                 raise InvalidBody(f"a user named {name!r} already exists")
-            row = (
-                (
-                    await conn.execute(
-                        insert(UserRow)
-                        .values(name=name, created_at=time.time())
-                        .returning(*UserRow.__table__.c)
-                    )
-                )
-                .mappings()
-                .one()
+            row = await _one(
+                conn,
+                insert(UserRow)
+                .values(name=name, created_at=time.time())
+                .returning(*UserRow.__table__.c),
             )
             api_key = await self._insert_key(conn, row["id"], admin)
             return _to_user(row, is_admin=admin), api_key
@@ -447,23 +464,18 @@ class Ledger:
             raise AuthError("invalid API key")
         presented = hash_api_key(api_key)
         async with self._read() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        select(
-                            ApiKeyRow.key_hash,
-                            ApiKeyRow.is_admin,
-                            ApiKeyRow.revoked_at,
-                            UserRow.id,
-                            UserRow.name,
-                            UserRow.created_at,
-                        )
-                        .join(UserRow, UserRow.id == ApiKeyRow.user_id)
-                        .where(ApiKeyRow.prefix == key_prefix(api_key))
-                    )
+            row = await _first(
+                conn,
+                select(
+                    ApiKeyRow.key_hash,
+                    ApiKeyRow.is_admin,
+                    ApiKeyRow.revoked_at,
+                    UserRow.id,
+                    UserRow.name,
+                    UserRow.created_at,
                 )
-                .mappings()
-                .first()
+                .join(UserRow, UserRow.id == ApiKeyRow.user_id)
+                .where(ApiKeyRow.prefix == key_prefix(api_key)),
             )
         if row is None:
             hashes_match(presented, _DUMMY_HASH)
@@ -506,11 +518,7 @@ class Ledger:
 
     async def get_user(self, name: str) -> User:
         async with self._read() as conn:
-            row = (
-                (await conn.execute(select(*UserRow.__table__.c).where(UserRow.name == name)))
-                .mappings()
-                .first()
-            )
+            row = await _first(conn, select(*UserRow.__table__.c).where(UserRow.name == name))
             if row is None:
                 raise NotFound(f"no user named {name!r}")
             admin_key = await conn.execute(
@@ -556,7 +564,7 @@ class Ledger:
     # -- stacks ----------------------------------------------------------------------------------
 
     async def _stack(self, conn: AsyncConnection, stack_id: int) -> Stack:
-        row = (await conn.execute(_STACK_SELECT.where(S.id == stack_id))).mappings().first()
+        row = await _first(conn, _STACK_SELECT.where(S.id == stack_id))
         if row is None:
             raise NotFound(f"no stack {stack_id}")
         return _to_stack(row)
@@ -599,7 +607,7 @@ class Ledger:
             query = _STACK_SELECT.order_by(S.id)
             if user_name is not None:
                 query = query.where(S.user_id == await self._user_id(conn, user_name))
-            rows = (await conn.execute(query)).mappings().all()
+            rows = await _all(conn, query)
         return [_to_stack(row) for row in rows]
 
     async def get_stack(self, stack_id: int, *, user_id: int | None = None) -> Stack:
@@ -733,25 +741,20 @@ class Ledger:
                         break
                 if chosen is None:  # lost every race MAX_ATTEMPTS times: report the state now
                     await self._explain_refusal(conn, user_id, model, units, None)
-            row = (
-                (
-                    await conn.execute(
-                        insert(R)
-                        .values(
-                            id=secrets.token_hex(16),
-                            stack_id=chosen,
-                            user_id=user_id,
-                            node_small_id=node_small_id,
-                            units=units,
-                            state="held",
-                            created_at=start,
-                            expires_at=start + ttl_seconds,
-                        )
-                        .returning(*_RESERVATION_COLUMNS)
-                    )
+            row = await _one(
+                conn,
+                insert(R)
+                .values(
+                    id=secrets.token_hex(16),
+                    stack_id=chosen,
+                    user_id=user_id,
+                    node_small_id=node_small_id,
+                    units=units,
+                    state="held",
+                    created_at=start,
+                    expires_at=start + ttl_seconds,
                 )
-                .mappings()
-                .one()
+                .returning(*_RESERVATION_COLUMNS),
             )
             return _to_reservation(row)
 
@@ -774,16 +777,9 @@ class Ledger:
         """Raise the error that says why ``units`` could not be reserved (always raises)."""
         free = S.total_units - S.reserved_units - S.used_units
         if stack_id is not None:
-            row = (
-                (
-                    await conn.execute(
-                        select(S.user_id, S.model, S.state, free.label("free")).where(
-                            S.id == stack_id
-                        )
-                    )
-                )
-                .mappings()
-                .first()
+            row = await _first(
+                conn,
+                select(S.user_id, S.model, S.state, free.label("free")).where(S.id == stack_id),
             )
             if row is None or row["user_id"] != user_id:
                 raise NotFound(f"no stack {stack_id}")
@@ -792,16 +788,8 @@ class Ledger:
             if row["state"] != "active":
                 raise Locked(f"stack {stack_id} is {row['state']}")
             raise BalanceError(f"stack {stack_id} has {row['free']} free units, {units} requested")
-        rows = (
-            (
-                await conn.execute(
-                    select(S.state, free.label("free")).where(
-                        S.user_id == user_id, S.model == model
-                    )
-                )
-            )
-            .mappings()
-            .all()
+        rows = await _all(
+            conn, select(S.state, free.label("free")).where(S.user_id == user_id, S.model == model)
         )
         active = [int(r["free"]) for r in rows if r["state"] == "active"]
         if rows and not active:
@@ -850,7 +838,7 @@ class Ledger:
         )
 
         async def body(conn: AsyncConnection) -> Reservation | None:
-            row = (await conn.execute(claim)).mappings().first()
+            row = await _first(conn, claim)
             return None if row is None else _to_reservation(row)
 
         try:
@@ -920,16 +908,10 @@ class Ledger:
         )
 
         async def body(conn: AsyncConnection) -> Reservation:
-            row = (await conn.execute(finish)).mappings().first()
+            row = await _first(conn, finish)
             if row is None:
-                existing = (
-                    (
-                        await conn.execute(
-                            select(*_RESERVATION_COLUMNS).where(R.id == reservation_id)
-                        )
-                    )
-                    .mappings()
-                    .first()
+                existing = await _first(
+                    conn, select(*_RESERVATION_COLUMNS).where(R.id == reservation_id)
                 )
                 if existing is None:
                     raise NotFound("no such reservation")
@@ -1014,11 +996,7 @@ class Ledger:
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         async with self._read() as conn:
-            row = (
-                (await conn.execute(select(*_RESERVATION_COLUMNS).where(R.id == reservation_id)))
-                .mappings()
-                .first()
-            )
+            row = await _first(conn, select(*_RESERVATION_COLUMNS).where(R.id == reservation_id))
         if row is None:
             raise NotFound("no such reservation")
         return _to_reservation(row)
@@ -1070,8 +1048,8 @@ class Ledger:
         )
         problems: list[str] = []
         async with self._read(snapshot=True) as conn:
-            stack_rows = (await conn.execute(stacks)).mappings().all()
-            reservation_rows = (await conn.execute(receipts)).mappings().all()
+            stack_rows = await _all(conn, stacks)
+            reservation_rows = await _all(conn, receipts)
         for s in stack_rows:
             if s["reserved_units"] != s["live"]:
                 problems.append(
