@@ -39,6 +39,9 @@ class NodeSettings(BaseSettings):
     gateway_keys: list[str] = Field(default_factory=list)
     # auto (first available: configfs-tsm, nvidia, none), tdx, sev-snp, nvidia or none.
     attestation: str = "auto"
+    # Where v2 request ids are remembered: "memory" (one node process) or redis://HOST:PORT/DB
+    # (several node processes behind one gateway share it).
+    replay_cache: str = "memory"
     log_level: str = "info"
 
     @property

@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -28,14 +29,17 @@ from veil.node.metrics import NodeMetrics
 from veil.node.pipeline import (
     Endpoint,
     OpenAIRequest,
-    ResponseSealer,
+    OpenedRequest,
+    Sealer,
     encode_json,
     open_request,
     parse_openai_request,
+    sse_event,
 )
+from veil.node.replay import make_replay_cache
 from veil.node.service import ChatPlan, EngineRegistry, NodeService, engine_failure_message
 from veil.node.tickets import TicketChecker, sign_receipt
-from veil.protocol.envelopes import ConfidentialComputeRequest, b64decode
+from veil.protocol.envelopes import ConfidentialComputeRequest, b64decode, b64encode
 from veil.protocol.errors import (
     EngineError,
     InternalError,
@@ -74,6 +78,7 @@ class NodeApp:
         self.service = NodeService(engines, settings.default_units)
         self.metrics = NodeMetrics()
         self.attestation_provider = choose_provider(settings.attestation)
+        self.replay = make_replay_cache(settings.replay_cache)
         self.tickets = TicketChecker([public_key_from_b64(key) for key in settings.gateway_keys])
 
     # -- plumbing --------------------------------------------------------------------------
@@ -119,22 +124,25 @@ class NodeApp:
         getter(model)
 
     # -- confidential routes ---------------------------------------------------------------
-    async def confidential(self, endpoint: Endpoint, raw: bytes, ticket: Ticket | None) -> Response:
+    async def confidential(
+        self, endpoint: Endpoint, path: str, raw: bytes, ticket: Ticket | None
+    ) -> Response:
         envelope = parse_envelope(raw)
         self.check_model(endpoint, envelope.model_name)
-        opened = open_request(envelope, endpoint, self.keyring)
-        sealer = ResponseSealer(opened.session, self.keyring)
+        opened = await open_request(envelope, endpoint, self.keyring, self.replay, path=path)
+        sealer = opened.sealer
         request = opened.request
-        units = _budget(opened.units, ticket)
+        units = _budget(opened, ticket)
+        stamp = Stamp(ticket, opened.request_id, sealer)
         if isinstance(request, ChatCompletionRequest):
             plan = await self.service.plan_chat(request, units)
             if opened.stream:
 
-                def seal(chunk: dict[str, Any], usage: dict[str, int] | None) -> bytes:
+                def seal(chunk: dict[str, Any], usage: dict[str, int] | None, final: bool) -> bytes:
                     self.metrics.stream_chunks.labels("confidential_chat").inc()
-                    return sealer.sse_event(chunk, usage)
+                    return sse_event(sealer.seal(chunk, usage, final=final))
 
-                return await self._stream(plan, request, seal, ticket, done=None)
+                return await self._stream(plan, request, seal, stamp, done=sealer.done)
             result = await self.service.chat(plan, request)
             usage = _wire_usage(result.get("usage"))
         elif isinstance(request, EmbeddingRequest):
@@ -145,16 +153,16 @@ class NodeApp:
             result = await self.service.generate_images(request, units)
             usage = None  # images are metered in pixels; v1 carries no usage for them
         sealed = sealer.seal(result, usage)
-        return self._answer(sealed.model_dump_json(exclude_none=True), request, usage, ticket)
+        return self._answer(sealed.model_dump_json(exclude_none=True), request, usage, stamp)
 
     def _answer(
         self,
         content: bytes | str,
         request: OpenAIRequest,
         usage: dict[str, int] | None,
-        ticket: Ticket | None,
+        stamp: Stamp,
     ) -> Response:
-        receipt = self._receipt(request, usage, ticket)
+        receipt = self._receipt(request, usage, stamp)
         self.metrics.count_usage(request.model, usage)
         if isinstance(request, ImageGenerationRequest):
             self.metrics.tokens.labels(request.model, "pixels").inc(request.compute_units())
@@ -164,7 +172,7 @@ class NodeApp:
         self,
         request: OpenAIRequest,
         usage: dict[str, int] | None,
-        ticket: Ticket | None,
+        stamp: Stamp,
         *,
         final: bool = True,
     ) -> str:
@@ -174,13 +182,16 @@ class NodeApp:
             units = request.compute_units()
         else:
             units = prompt + completion
+        last_hash = stamp.sealer.last_hash if stamp.sealer is not None else None
         receipt = UsageReceipt(
-            ticket_id=ticket.ticket_id if ticket else "direct",
+            ticket_id=stamp.ticket.ticket_id if stamp.ticket else "direct",
             model=request.model,
             prompt_tokens=prompt,
             completion_tokens=completion,
             compute_units=units,
             final=final,
+            request_id=stamp.request_id,
+            response_hash=b64encode(last_hash) if last_hash is not None else None,
         )
         return sign_receipt(self.keyring, receipt)
 
@@ -188,8 +199,8 @@ class NodeApp:
         self,
         plan: ChatPlan,
         request: ChatCompletionRequest,
-        encode: Callable[[dict[str, Any], dict[str, int] | None], bytes],
-        ticket: Ticket | None,
+        encode: Callable[[dict[str, Any], dict[str, int] | None, bool], bytes],
+        stamp: Stamp,
         done: bytes | None,
     ) -> Response:
         """Run a chat stream; fail with a status if it fails before its first chunk.
@@ -207,7 +218,7 @@ class NodeApp:
             raise EngineError("the model backend produced no output") from None
 
         def receipt_line(usage: dict[str, int], final: bool) -> bytes:
-            token = self._receipt(request, usage, ticket, final=final)
+            token = self._receipt(request, usage, stamp, final=final)
             return RECEIPT_COMMENT + token.encode() + b"\n\n"
 
         async def events() -> AsyncIterator[bytes]:
@@ -216,7 +227,7 @@ class NodeApp:
             try:
                 while chunk is not None:
                     usage = _wire_usage(chunk.get("usage"))
-                    yield encode(chunk, usage)
+                    yield encode(chunk, usage, usage is not None)
                     if usage is not None:
                         self.metrics.count_usage(request.model, usage)
                         yield receipt_line(usage, final=True)
@@ -235,7 +246,7 @@ class NodeApp:
                 partial = exc.usage.as_dict() if exc.usage is not None else None
                 self.metrics.count_usage(request.model, partial)
                 failure = EngineError(engine_failure_message(exc))
-                yield encode(failure.to_body(), partial)
+                yield encode(failure.to_body(), partial, True)
                 log.warning("stream for %s ended by an engine failure", request.model)
             finally:
                 await chunks.aclose()
@@ -245,22 +256,26 @@ class NodeApp:
     # -- plain routes ----------------------------------------------------------------------
     async def plain(self, endpoint: Endpoint, raw: bytes, ticket: Ticket | None) -> Response:
         request = parse_openai_request(endpoint, raw)
-        units = _budget(None, ticket)
+        units = ticket.units if ticket is not None else None
         if isinstance(request, ChatCompletionRequest):
             plan = await self.service.plan_chat(request, units)
             if request.stream:
 
-                def encode(chunk: dict[str, Any], usage: dict[str, int] | None) -> bytes:
+                def encode(chunk: dict[str, Any], usage: dict[str, int] | None, _: bool) -> bytes:
                     return b"data: " + encode_json(chunk) + b"\n\n"
 
-                return await self._stream(plan, request, encode, ticket, done=b"data: [DONE]\n\n")
+                return await self._stream(
+                    plan, request, encode, Stamp(ticket), done=b"data: [DONE]\n\n"
+                )
             result = await self.service.chat(plan, request)
         elif isinstance(request, EmbeddingRequest):
             result = await self.service.embed(request, units)
         else:
             assert isinstance(request, ImageGenerationRequest)
             result = await self.service.generate_images(request, units)
-        return self._answer(encode_json(result), request, _wire_usage(result.get("usage")), ticket)
+        return self._answer(
+            encode_json(result), request, _wire_usage(result.get("usage")), Stamp(ticket)
+        )
 
     # -- read-only routes ------------------------------------------------------------------
     async def attestation(self, nonce_b64: str | None) -> Response:
@@ -310,14 +325,20 @@ class NodeApp:
         return JSONResponse(body, status_code=200 if not unhealthy else 503)
 
 
-def _budget(envelope_units: int | None, ticket: Ticket | None) -> int | None:
-    """The units a request may spend: what the gateway's ticket pays for when there is one.
+def _budget(opened: OpenedRequest, ticket: Ticket | None) -> int | None:
+    """The units a request may spend.
 
     Without a ticket (a node used directly) the envelope's ``num_compute_units`` is the budget.
-    With one, the ticket decides: atoma-sdk puts ``max_tokens`` in ``num_compute_units``, which
-    caps the completion (the body's ``max_tokens`` does that already), not prompt + completion.
+    With one, the ticket decides for v1: atoma-sdk puts ``max_tokens`` in ``num_compute_units``,
+    which caps the completion (the body's ``max_tokens`` does that already), not prompt +
+    completion. In v2 the client's ``num_compute_units`` is authenticated (AAD), so it also caps
+    the ticket: a gateway cannot make the node spend more than the client agreed to.
     """
-    return ticket.units if ticket is not None else envelope_units
+    if ticket is None:
+        return opened.units
+    if opened.request_id is not None and opened.units is not None:
+        return min(ticket.units, opened.units)
+    return ticket.units
 
 
 def _wire_usage(usage: Any) -> dict[str, int] | None:
@@ -328,6 +349,15 @@ def _wire_usage(usage: Any) -> dict[str, int] | None:
     completion = int(usage.get("completion_tokens", 0) or 0)
     total = int(usage.get("total_tokens", prompt + completion) or 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a usage receipt names: the gateway ticket, the v2 request id, the sealer's last hash."""
+
+    ticket: Ticket | None
+    request_id: str | None = None
+    sealer: Sealer | None = None
 
 
 def create_app(
@@ -371,8 +401,9 @@ def create_app(
 
     def confidential_route(endpoint: Endpoint, route: str) -> Any:
         async def handler(request: Request) -> Response:
+            path = request.url.path
             return await node.handle(
-                route, request, lambda raw, ticket: node.confidential(endpoint, raw, ticket)
+                route, request, lambda raw, ticket: node.confidential(endpoint, path, raw, ticket)
             )
 
         return handler

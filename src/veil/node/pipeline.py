@@ -1,7 +1,7 @@
 """Open -> check -> (engine) -> seal -> sign. The only place on the node where plaintext exists.
 
-``open_request`` turns an envelope into a validated OpenAI request and the symmetric session that will
-seal its answer; ``ResponseSealer`` turns answers (whole, or chunk by chunk) into signed envelopes.
+``open_request`` turns an envelope of either suite (atoma-v1, veil-v2) into a validated OpenAI
+request and the ``Sealer`` that will seal its answer, whole or chunk by chunk, into signed envelopes.
 Nothing here logs, and no error raised here carries decrypted bytes.
 """
 
@@ -10,14 +10,20 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from veil.node.keyring import Keyring
-from veil.protocol import v1
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse, Usage
-from veil.protocol.errors import DecryptionFailed, InvalidBody
+from veil.node.replay import ReplayCache
+from veil.protocol import v1, v2
+from veil.protocol.envelopes import (
+    ConfidentialComputeRequest,
+    ConfidentialComputeResponse,
+    Usage,
+    b64encode,
+)
+from veil.protocol.errors import DecryptionFailed, InvalidBody, Replayed
 from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 from veil.web import parse_model
 
@@ -38,30 +44,60 @@ def parse_openai_request(endpoint: Endpoint, raw: bytes) -> OpenAIRequest:
     return parsed
 
 
+class Sealer(Protocol):
+    """Seals one request's answers (whole, or chunk by chunk) into signed envelopes."""
+
+    #: What ends a stream for this suite's clients (v1: nothing; Atoma never sends [DONE]).
+    done: bytes | None
+    #: ``response_hash`` of the last sealed message (what a usage receipt vouches for).
+    last_hash: bytes | None
+
+    def seal(
+        self, payload: Any, usage: dict[str, int] | None = None, *, final: bool = True
+    ) -> ConfidentialComputeResponse: ...
+
+
 @dataclass(frozen=True)
 class OpenedRequest:
     endpoint: Endpoint
     request: OpenAIRequest
-    session: v1.Session
+    sealer: Sealer
     key_id: str
     units: int | None
     stream: bool
+    request_id: str | None  # v2 only (base64); v1 has none
 
 
-def open_request(
+async def open_request(
     envelope: ConfidentialComputeRequest,
     endpoint: Endpoint,
     keyring: Keyring,
+    replay: ReplayCache,
+    *,
+    path: str,
     now: float | None = None,
 ) -> OpenedRequest:
-    """Decrypt and check an envelope. Raises 409, 422 or 400; never returns unchecked plaintext."""
-    node_key = keyring.lookup(envelope.node_dh_public_key, time.time() if now is None else now)
-    session = v1.Session.from_exchange(
-        node_key.private_key, envelope.client_dh_public_key, envelope.salt
-    )
-    plaintext = session.open(envelope.nonce, envelope.ciphertext)
-    if not v1.hashes_equal(v1.body_hash(plaintext), envelope.plaintext_body_hash):
-        raise DecryptionFailed("plaintext_body_hash does not match the decrypted body")
+    """Decrypt and check an envelope of either suite. Raises 409, 422, 400 (or 503 when the
+    replay cache cannot answer); never returns unchecked plaintext."""
+    now = time.time() if now is None else now
+    node_key = keyring.lookup(envelope.node_dh_public_key, now)
+    sealer: Sealer
+    request_id: str | None = None
+    if envelope.protocol == v2.SUITE:
+        plaintext, server = v2.open_request(envelope, node_key.private_key, endpoint=path, now=now)
+        # Only authentic requests reach the cache, so junk cannot fill it.
+        if not await replay.check_and_add(server.request_id, server.expires_at, now):
+            raise Replayed("this request_id was already used: send a fresh request")
+        sealer = V2Sealer(server, keyring)
+        request_id = b64encode(server.request_id)
+    else:
+        session = v1.Session.from_exchange(
+            node_key.private_key, envelope.client_dh_public_key, envelope.salt
+        )
+        plaintext = session.open(envelope.nonce, envelope.ciphertext)
+        if not v1.hashes_equal(v1.body_hash(plaintext), envelope.plaintext_body_hash):
+            raise DecryptionFailed("plaintext_body_hash does not match the decrypted body")
+        sealer = V1Sealer(session, keyring)
     request = parse_openai_request(endpoint, plaintext)
     if request.model != envelope.model_name:
         # The gateway routes and bills on model_name; a body for another model is a swap.
@@ -75,10 +111,11 @@ def open_request(
     return OpenedRequest(
         endpoint=endpoint,
         request=request,
-        session=session,
+        sealer=sealer,
         key_id=node_key.key_id,
         units=envelope.num_compute_units,
         stream=stream,
+        request_id=request_id,
     )
 
 
@@ -87,19 +124,22 @@ def encode_json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class ResponseSealer:
-    """Seals one request's answers: fresh nonce per message, hash of the exact bytes, signature."""
+class V1Sealer:
+    """atoma-v1: the request's key, a fresh random nonce per message, BLAKE2b hash, signature."""
 
     def __init__(self, session: v1.Session, keyring: Keyring) -> None:
+        self.done: bytes | None = None
         self._session = session
         self._keyring = keyring
+        self.last_hash: bytes | None = None
 
     def seal(
-        self, payload: Any, usage: dict[str, int] | None = None
+        self, payload: Any, usage: dict[str, int] | None = None, *, final: bool = True
     ) -> ConfidentialComputeResponse:
         plaintext = encode_json(payload)
         digest = v1.body_hash(plaintext)
         nonce, ciphertext = self._session.seal(plaintext)
+        self.last_hash = digest
         return ConfidentialComputeResponse(
             ciphertext=ciphertext,
             nonce=nonce,
@@ -108,6 +148,30 @@ class ResponseSealer:
             usage=Usage(**usage) if usage is not None else None,
         )
 
-    def sse_event(self, payload: Any, usage: dict[str, int] | None = None) -> bytes:
-        sealed = self.seal(payload, usage)
-        return b"data: " + sealed.model_dump_json(exclude_none=True).encode() + b"\n\n"
+
+class V2Sealer:
+    """veil-v2: response key exported from the HPKE context, counter nonces, index and final
+    flag in the AAD, HMAC response hash (PROTOCOL.md section 5)."""
+
+    def __init__(self, session: v2.ServerSession, keyring: Keyring) -> None:
+        self.done: bytes | None = b"data: [DONE]\n\n"
+        self._session = session
+        self._keyring = keyring
+        self.last_hash: bytes | None = None
+
+    def seal(
+        self, payload: Any, usage: dict[str, int] | None = None, *, final: bool = True
+    ) -> ConfidentialComputeResponse:
+        sealed = self._session.seal(
+            encode_json(payload),
+            index=self._session.next_index,
+            final=final,
+            sign=self._keyring.sign,
+            usage=usage if final else None,
+        )
+        self.last_hash = sealed.response_hash
+        return sealed
+
+
+def sse_event(sealed: ConfidentialComputeResponse) -> bytes:
+    return b"data: " + sealed.model_dump_json(exclude_none=True).encode() + b"\n\n"
