@@ -94,6 +94,17 @@ def node(
             "or more, requests without a valid ticket are refused.",
         ),
     ] = None,
+    attestation: Annotated[
+        str | None,
+        typer.Option(help="Evidence source: auto, tdx, sev-snp, nvidia or none (development)."),
+    ] = None,
+    replay_cache: Annotated[
+        str | None,
+        typer.Option(
+            help="Where v2 request ids are remembered: memory, or redis://HOST:PORT/DB "
+            "shared by several node processes."
+        ),
+    ] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help="Largest accepted body.")] = None,
     key_grace_seconds: Annotated[
         float | None, typer.Option(help="How long the previous key stays valid after rotation.")
@@ -116,6 +127,8 @@ def node(
         upstreams=upstream or None,
         embedded=embedded,
         gateway_keys=gateway_key or None,
+        attestation=attestation,
+        replay_cache=replay_cache,
         max_body_bytes=max_body_bytes,
         key_grace_seconds=key_grace_seconds,
         log_level=log_level,
@@ -124,15 +137,19 @@ def node(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _check_data_dir(settings.data_dir)
+    from veil.attestation.evidence import AttestationError
+    from veil.node.app import create_app
+
     try:
         engines = build_engines(settings, progress=True)
         keyring = Keyring(settings.data_dir, settings.key_grace_seconds)
-    except BootError as exc:
+        node_app_ = create_app(settings, engines, keyring)
+    except (BootError, AttestationError) as exc:
+        raise fail(str(exc)) from None
+    except ValueError as exc:  # an unknown --attestation or --replay-cache
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot use data directory {settings.data_dir}: {exc.strerror}") from None
-
-    from veil.node.app import create_app
 
     err.print(
         f"Veil node on http://{settings.host}:{settings.port}  key {keyring.current.key_id}  "
@@ -140,10 +157,7 @@ def node(
         highlight=False,
     )
     uvicorn.run(
-        create_app(settings, engines, keyring),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
+        node_app_, host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )
 
 
@@ -266,6 +280,12 @@ def serve(
     try:
         if not _wait_for(f"http://127.0.0.1:{node_port}/health", child):
             raise fail("the embedded node did not start; see its output above")
+        err.print(
+            "[bold yellow]Local demo:[/] this machine has no TEE, so the node's attestation "
+            "says 'none'. Veil clients refuse that unless you opt in: pass --insecure-no-tee "
+            "(or set VEIL_INSECURE_NO_TEE=1).",
+            highlight=False,
+        )
         run_gateway(settings, bootstrap_units=DEMO_STACK_UNITS)
     finally:
         child.terminate()

@@ -6,19 +6,46 @@ Nothing here can decrypt: the gateway imports it too.
 from __future__ import annotations
 
 import json
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from veil.protocol.errors import InvalidBody, PayloadTooLarge, VeilError
+from veil.protocol.errors import InternalError, InvalidBody, PayloadTooLarge, VeilError
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def error_response(exc: VeilError) -> JSONResponse:
     return JSONResponse(exc.to_body(), status_code=exc.status)
+
+
+async def answer_or_error(
+    work: Callable[[], Awaitable[Response]], *, route: str, log: logging.Logger, service: str
+) -> tuple[Response, str]:
+    """Run a route's work; turn any failure into our error body. Returns (response, wire code).
+
+    Unexpected exceptions are logged by type and stack frames only: their messages can quote
+    their input, which may be plaintext.
+    """
+    try:
+        return await work(), "OK"
+    except VeilError as exc:
+        return error_response(exc), exc.code
+    except Exception as exc:
+        log.error(
+            "internal error on %s: %s\n%s",
+            route,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
+        return error_response(InternalError(f"internal error; see the {service} log")), (
+            InternalError.code
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

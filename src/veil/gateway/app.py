@@ -11,7 +11,6 @@ import base64
 import contextlib
 import logging
 import time
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -41,10 +40,15 @@ from veil.protocol.errors import (
     InvalidBody,
     NotFound,
     ServiceUnavailable,
-    VeilError,
 )
 from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
-from veil.web import error_response, parse_json_object, parse_model, read_body
+from veil.web import (
+    answer_or_error,
+    error_response,
+    parse_json_object,
+    parse_model,
+    read_body,
+)
 
 log = logging.getLogger("veil.gateway")
 
@@ -111,24 +115,10 @@ class Gateway:
         self, route: str, request: Request, work: Callable[[], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        code = "OK"
-        try:
-            return await work()
-        except VeilError as exc:
-            code = exc.code
-            return error_response(exc)
-        except Exception as exc:
-            code = InternalError.code
-            log.error(
-                "internal error on %s: %s\n%s",
-                route,
-                type(exc).__name__,
-                "".join(traceback.format_tb(exc.__traceback__)),
-            )
-            return error_response(InternalError("internal error; see the gateway log"))
-        finally:
-            self.metrics.requests.labels(route, code).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        response, code = await answer_or_error(work, route=route, log=log, service="gateway")
+        self.metrics.requests.labels(route, code).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
 
     async def user(self, request: Request) -> User:
         header = request.headers.get("authorization", "")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ from veil.protocol.errors import (
     InvalidBody,
     NotFound,
     ServiceUnavailable,
-    VeilError,
 )
 from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 from veil.protocol.tickets import (
@@ -57,7 +55,7 @@ from veil.protocol.tickets import (
     UsageReceipt,
     public_key_from_b64,
 )
-from veil.web import error_response, parse_model, read_body
+from veil.web import answer_or_error, error_response, parse_model, read_body
 
 log = logging.getLogger("veil.node")
 
@@ -91,29 +89,20 @@ class NodeApp:
         ticketed: bool = True,
     ) -> Response:
         started = time.perf_counter()
-        code = "OK"
-        try:
+
+        async def run() -> Response:
             raw = await read_body(request, self.settings.max_body_bytes)
             ticket = None
             if ticketed:
                 ticket = self.tickets.check(request.headers.get(TICKET_HEADER), raw)
             return await work(raw, ticket)
-        except VeilError as exc:
-            code = exc.code
-            return error_response(exc)
-        except Exception as exc:
-            code = InternalError.code
-            log.error(
-                "internal error on %s: %s\n%s",
-                route,
-                type(exc).__name__,
-                "".join(traceback.format_tb(exc.__traceback__)),
-            )
-            return error_response(InternalError("internal error; see the node log"))
-        finally:
-            self.metrics.requests.labels(route, code).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
-            log.info("%s %s %.1fms", route, code, (time.perf_counter() - started) * 1000)
+
+        response, code = await answer_or_error(run, route=route, log=log, service="node")
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(route, code).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+        log.info("%s %s %.1fms", route, code, elapsed * 1000)
+        return response
 
     def check_model(self, endpoint: Endpoint, model: str) -> None:
         getter = {
