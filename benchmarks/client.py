@@ -10,7 +10,9 @@
    (the Ed25519 signature of every chunk, envelope parsing), for the whole per-event cost.
 2. Client crypto time per request against the request's total time, with the embedded models
    (a real node + gateway on loopback, started like the tests start them, unless ``--base-url`` and
-   ``--api-key`` name a running gateway).
+   ``--api-key`` name a running gateway). Requests are veil-v2 and attested; the local deployment
+   has no TEE, so the client opts in with ``insecure_no_tee`` for it (``--insecure-no-tee`` does
+   the same for a ``--base-url`` gateway whose nodes have no TEE).
 
 Prints a table and the ratios; exits 0.
 """
@@ -235,10 +237,12 @@ def deployment_process() -> Iterator[tuple[str, str]]:
             process.wait()
 
 
-def bench_requests(base_url: str, api_key: str, rounds: int) -> list[tuple[str, float, float]]:
+def bench_requests(
+    base_url: str, api_key: str, rounds: int, insecure_no_tee: bool = False
+) -> list[tuple[str, float, float]]:
     messages = [{"role": "user", "content": "Write one short sentence about the sea."}]
     rows = []
-    with veil.Client(base_url, api_key) as client:
+    with veil.Client(base_url, api_key, insecure_no_tee=insecure_no_tee) as client:
         kinds: dict[str, Callable[[], Receipt]] = {
             "chat (8 tokens)": lambda: (
                 client.chat.completions.create(
@@ -279,6 +283,11 @@ def main() -> int:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-requests", action="store_true", help="only benchmark 1")
+    parser.add_argument(
+        "--insecure-no-tee",
+        action="store_true",
+        help="accept nodes without a TEE at --base-url (the local deployment always needs it)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -304,10 +313,12 @@ def main() -> int:
     with ExitStack() as stack:
         if args.base_url and args.api_key:
             base_url, api_key = args.base_url, args.api_key
+            insecure_no_tee = args.insecure_no_tee
         else:
             print("\n   starting a local node + gateway on the embedded models...")
             base_url, api_key = stack.enter_context(deployment_process())
-        results = bench_requests(base_url, api_key, args.rounds)
+            insecure_no_tee = True  # a loopback demo deployment: no TEE
+        results = bench_requests(base_url, api_key, args.rounds, insecure_no_tee)
     print(f"\n2. Client crypto per request vs total (median of {args.rounds})\n")
     print(f"   {'request':<26} {'crypto ms':>10} {'total ms':>10} {'crypto share':>13}")
     worst = 0.0

@@ -8,8 +8,12 @@ loopback OpenAI-compatible server standing in for a remote images service.
 The relay (``HostileRelay``) is an ASGI app that proxies everything to the real gateway and, when
 told, does what a hostile gateway or network could do to the answers: flip a ciphertext byte, swap
 ``response_hash`` or ``signature``, change the usage sent in clear, drop, duplicate or reorder
-stream chunks, or answer a confidential POST with an error of its choice without forwarding it. It
-records every request body it sees, so tests can also assert what went over the wire.
+stream chunks, end a stream early with ``[DONE]``, strip or replay the lock's attestation evidence,
+or answer a confidential POST with an error of its choice without forwarding it. It records every
+request body it sees, so tests can also assert what went over the wire.
+
+The nodes here run without a TEE (their evidence has format "none"), so every client that talks to
+them passes ``insecure_no_tee=True`` explicitly; that the strict default refuses them is a test.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class HostileRelay:
     errors: list[tuple[int, str]] = field(default_factory=list)  # answer the next POSTs with these
     seen: list[Seen] = field(default_factory=list)
     last_signature: str | None = None
+    last_evidence: dict[str, Any] | None = None
 
     def reset(self, mode: str = "pass") -> HostileRelay:
         self.mode, self.errors, self.seen = mode, [], []
@@ -115,7 +120,7 @@ class HostileRelay:
 
     def tamper_events(self, blocks: list[str]) -> list[str]:
         """``blocks``: the stream's SSE events (comment-only blocks included), in order."""
-        data = [i for i, b in enumerate(blocks) if b.startswith("data:")]
+        data = [i for i, b in enumerate(blocks) if b.startswith("data:") and b != "data: [DONE]"]
         events = [json.loads(blocks[i][len("data:") :].strip()) for i in data]
 
         def put(position: int, message: dict[str, Any]) -> None:
@@ -143,6 +148,12 @@ class HostileRelay:
             blocks.insert(data[1] + 1, blocks[data[1]])
         elif mode == "garbage":
             blocks.insert(data[1], "data: {not json")
+        elif mode == "drop_middle":  # one content chunk vanishes; the stream goes on
+            del blocks[data[1]]
+        elif mode == "done_early":  # the rest replaced by the end-of-stream marker
+            blocks[data[2] :] = ["data: [DONE]"]
+        elif mode == "after_done":  # a (genuine) chunk sent again after the end
+            blocks.append(blocks[data[1]])
         return blocks
 
     # -- the ASGI app ---------------------------------------------------------------------
@@ -167,16 +178,17 @@ class HostileRelay:
                 headers=headers,
             )
             content_type = upstream.headers.get("content-type", "")
-            if (
-                path == "/v1/nodes/lock"
-                and upstream.status_code == 200
-                and self.mode in ("strip_signing_key", "swap_key_id")
-            ):
+            if path == "/v1/nodes/lock" and upstream.status_code == 200:
                 lock = upstream.json()
+                previous, self.last_evidence = self.last_evidence, lock.get("evidence")
                 if self.mode == "strip_signing_key":
                     del lock["node_signing_public_key"]
-                else:
+                elif self.mode == "swap_key_id":
                     lock["key_id"] = "00" * 8
+                elif self.mode == "strip_evidence":
+                    lock.pop("evidence", None)
+                elif self.mode == "stale_evidence":  # the evidence an earlier lock received
+                    lock["evidence"] = previous
                 return JSONResponse(lock)
             if upstream.status_code != 200 or not path.startswith("/v1/confidential/"):
                 return Response(

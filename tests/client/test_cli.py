@@ -1,4 +1,7 @@
-"""``veil chat``, ``veil embed`` and ``veil models`` as a person runs them: a subprocess."""
+"""``veil chat``, ``veil embed`` and ``veil models`` as a person runs them: a subprocess.
+
+The node here has no TEE, so ``run`` opts in with ``VEIL_INSECURE_NO_TEE=1``, as a user of
+``veil serve`` must; the tests that clear it show the strict default refusing."""
 
 from __future__ import annotations
 
@@ -31,7 +34,14 @@ def veil_command() -> list[str]:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "VEIL_BASE_URL": "", "VEIL_API_KEY": "", **(env or {})}
+    """``env`` entries override; an empty value removes the variable."""
+    environment = {
+        **os.environ,
+        "VEIL_BASE_URL": "",
+        "VEIL_API_KEY": "",
+        "VEIL_INSECURE_NO_TEE": "1",  # the opt-in: these nodes have no TEE
+        **(env or {}),
+    }
     environment = {k: v for k, v in environment.items() if v}
     return subprocess.run(
         [*veil_command(), *args], capture_output=True, text=True, timeout=300, env=environment
@@ -61,6 +71,7 @@ def test_chat_streams_and_prints_a_receipt(client_deployment: Deployment, key: s
     assert "signature verified" in receipt
     assert client_deployment.nodes[0].keyring.current.key_id in receipt
     assert "prompt" in receipt and "completion" in receipt and "units charged" in receipt
+    assert "veil-v2" in receipt and "NO TEE" in receipt
 
 
 def test_chat_without_streaming_from_the_environment(
@@ -138,3 +149,43 @@ def test_balance_error_names_what_is_left(client_deployment: Deployment) -> None
     assert result.returncode != 0
     assert result.stderr.startswith("error: BALANCE_ERROR: ")
     assert "30 units left for gemma-3-270m" in result.stderr
+
+
+STRICT = {"VEIL_INSECURE_NO_TEE": ""}
+
+
+def test_a_node_without_a_tee_is_refused_unless_opted_in(
+    client_deployment: Deployment, key: str
+) -> None:
+    base = ["--base-url", client_deployment.url, "--api-key", key, "--max-tokens", "2"]
+    refused = run("chat", "hi", *base, env=STRICT)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert refused.stderr.startswith("error: ATTESTATION_FAILED: ")
+    assert "--insecure-no-tee" in refused.stderr and "VEIL_INSECURE_NO_TEE=1" in refused.stderr
+    embed_refused = run(
+        "embed", "x", "--base-url", client_deployment.url, "--api-key", key, env=STRICT
+    )
+    assert embed_refused.stderr.startswith("error: ATTESTATION_FAILED: ")
+    flagged = run("chat", "hi", "--insecure-no-tee", "--no-stream", *base, env=STRICT)
+    assert flagged.returncode == 0, flagged.stderr
+    assert "NO TEE" in flagged.stderr
+
+
+def test_protocol_and_policy_options(
+    client_deployment: Deployment, key: str, tmp_path: Path
+) -> None:
+    base = ["--base-url", client_deployment.url, "--api-key", key]
+    v1 = run("embed", "x", "--protocol", "atoma-v1", *base)
+    assert v1.returncode == 0, v1.stderr
+    assert "atoma-v1" in v1.stderr.strip().splitlines()[-1]
+    policy = tmp_path / "dev-policy.toml"
+    policy.write_text("allow_no_tee = true\n")
+    allowed = run("embed", "x", "--policy", str(policy), *base, env=STRICT)
+    assert allowed.returncode == 0, allowed.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('allowed_tcb_statuses = ["Revoked"]\n')
+    refused = run("embed", "x", "--policy", str(bad), *base)
+    assert refused.returncode != 0 and refused.stderr.startswith("error: INVALID_POLICY: ")
+    unknown = run("embed", "x", "--protocol", "veil-v9", *base)
+    assert unknown.returncode != 0

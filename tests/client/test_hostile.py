@@ -1,6 +1,8 @@
 """A hostile gateway (the relay of conftest, between client and the real gateway) changes answers:
-every change is caught by a specific exception and no data from the answer is returned.
-Errors that mean "re-lock" are retried with a new lock and a new encryption; 402 is not retried."""
+every change is caught by a specific exception and no data from the answer is returned, under
+veil-v2 (the default) and atoma-v1 alike, except what only v2 can see (a chunk dropped from the
+middle). Errors that mean "re-lock" are retried with a new lock, a new attestation and a new
+encryption; 402 and 409 REPLAYED are not retried. The lock's evidence is checked every time."""
 
 from __future__ import annotations
 
@@ -23,9 +25,13 @@ def key(client_deployment: Deployment) -> str:
 
 
 def client_for(relay: HostileRelay, key: str, **kw: object) -> veil.Client:
-    return veil.Client(relay.url, key, backoff=0, **kw)  # type: ignore[arg-type]
+    return veil.Client(relay.url, key, backoff=0, insecure_no_tee=True, **kw)  # type: ignore[arg-type]
 
 
+PROTOCOLS = ["veil-v2", "atoma-v1"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize(
     ("mode", "exception"),
     [
@@ -36,9 +42,13 @@ def client_for(relay: HostileRelay, key: str, **kw: object) -> veil.Client:
     ],
 )
 def test_tampered_answer_is_rejected(
-    relay: HostileRelay, key: str, mode: str, exception: type[errors.IntegrityError]
+    relay: HostileRelay,
+    key: str,
+    mode: str,
+    exception: type[errors.IntegrityError],
+    protocol: str,
 ) -> None:
-    with client_for(relay, key) as client:
+    with client_for(relay, key, protocol=protocol) as client:
         relay.reset()
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)  # a signature
         relay.mode = mode
@@ -52,27 +62,38 @@ def test_tampered_embeddings_are_rejected(relay: HostileRelay, key: str) -> None
         client.embeddings.create(model=EMBED, input="hello")
 
 
+STREAM_ATTACKS = [
+    ("flip_ciphertext", errors.DecryptionError),
+    ("swap_hash", errors.ResponseHashMismatch),
+    ("swap_signature", errors.SignatureInvalid),
+    ("usage_in_clear", errors.UsageMismatch),
+    ("drop_final", errors.StreamTruncated),
+    ("drop_middle_and_final", errors.StreamTruncated),
+    ("done_early", errors.StreamTruncated),
+    ("reorder", errors.StreamCorrupt),
+    ("final_early", errors.StreamCorrupt),
+    ("duplicate", errors.StreamCorrupt),
+    ("garbage", errors.StreamCorrupt),
+    ("after_done", errors.StreamCorrupt),
+]
+
+
 @pytest.mark.parametrize(
-    ("mode", "exception"),
-    [
-        ("flip_ciphertext", errors.DecryptionError),
-        ("swap_hash", errors.ResponseHashMismatch),
-        ("swap_signature", errors.SignatureInvalid),
-        ("usage_in_clear", errors.UsageMismatch),
-        ("drop_final", errors.StreamTruncated),
-        ("drop_middle_and_final", errors.StreamTruncated),
-        ("reorder", errors.StreamCorrupt),
-        ("final_early", errors.StreamCorrupt),
-        ("duplicate", errors.StreamCorrupt),
-        ("garbage", errors.StreamCorrupt),
-    ],
+    ("protocol", "mode", "exception"),
+    [("veil-v2", mode, exc) for mode, exc in STREAM_ATTACKS]
+    + [("veil-v2", "drop_middle", errors.StreamCorrupt)]  # v1 cannot see this one
+    + [("atoma-v1", mode, exc) for mode, exc in STREAM_ATTACKS],
 )
 def test_tampered_stream_is_rejected(
-    relay: HostileRelay, key: str, mode: str, exception: type[errors.IntegrityError]
+    relay: HostileRelay,
+    key: str,
+    protocol: str,
+    mode: str,
+    exception: type[errors.IntegrityError],
 ) -> None:
     relay.reset(mode)
     received = []
-    with client_for(relay, key) as client, pytest.raises(exception):
+    with client_for(relay, key, protocol=protocol) as client, pytest.raises(exception):
         stream = client.chat.completions.create(
             model=CHAT, messages=MESSAGES, max_tokens=6, stream=True
         )
@@ -87,7 +108,7 @@ def test_tampered_async_stream_is_rejected(relay: HostileRelay, key: str) -> Non
     relay.reset("drop_final")
 
     async def main() -> None:
-        async with veil.AsyncClient(relay.url, key, backoff=0) as client:
+        async with veil.AsyncClient(relay.url, key, backoff=0, insecure_no_tee=True) as client:
             stream = await client.chat.completions.create(
                 model=CHAT, messages=MESSAGES, max_tokens=4, stream=True
             )
@@ -110,9 +131,11 @@ def test_relock_errors_are_retried_with_a_new_encryption(
     with client_for(relay, key) as client:
         answer = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
     assert answer.veil.attempts == 2 and answer.veil.signature_verified
-    assert len(relay.locks()) == 2  # locked again
+    first_lock, second_lock = relay.locks()  # locked again, attested again with a fresh nonce
+    assert first_lock["attestation_nonce"] != second_lock["attestation_nonce"]
     first, second = relay.confidential_bodies()
-    for field in ("ciphertext", "client_dh_public_key", "salt", "nonce"):
+    assert first["protocol"] == second["protocol"] == "veil-v2"
+    for field in ("ciphertext", "client_dh_public_key", "request_id", "plaintext_body_hash"):
         assert first[field] != second[field], field
 
 
@@ -141,14 +164,45 @@ def test_streams_are_retried_too(relay: HostileRelay, key: str) -> None:
     assert chunks[-1].usage is not None and stream.veil.attempts == 2
     first, second = relay.confidential_bodies()
     assert first["ciphertext"] != second["ciphertext"]
+    assert first["request_id"] != second["request_id"]
 
 
-def test_other_errors_are_not_retried(relay: HostileRelay, key: str) -> None:
+def test_v1_retries_re_encrypt_too(relay: HostileRelay, key: str) -> None:
+    relay.reset()
+    relay.errors = [(425, "UNAVAILABLE_STACK")]
+    with client_for(relay, key, protocol="atoma-v1") as client:
+        answer = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
+    assert answer.veil.attempts == 2 and answer.veil.protocol == "atoma-v1"
+    first, second = relay.confidential_bodies()
+    assert "protocol" not in first and "request_id" not in first
+    for field in ("ciphertext", "client_dh_public_key", "salt", "nonce"):
+        assert first[field] != second[field], field
+
+
+def test_replayed_is_not_retried(relay: HostileRelay, key: str) -> None:
     relay.reset()
     relay.errors = [(409, "REPLAYED")]
     with client_for(relay, key) as client, pytest.raises(errors.ReplayedError):
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
     assert len(relay.confidential_bodies()) == 1
+
+
+@pytest.mark.parametrize("mode", ["strip_evidence", "stale_evidence"])
+def test_a_lock_without_fresh_evidence_is_refused_before_encrypting(
+    relay: HostileRelay, key: str, mode: str
+) -> None:
+    with client_for(relay, key) as client:
+        relay.reset()
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+        relay.reset(mode)  # the relay keeps the evidence the last lock carried
+        with pytest.raises(errors.AttestationFailed) as caught:
+            client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+    assert len(relay.locks()) == 1 and relay.confidential_bodies() == []
+    if mode == "strip_evidence":
+        assert caught.value.report is None and "no attestation evidence" in caught.value.message
+    else:  # genuine evidence, but made for the previous lock's nonce
+        report = caught.value.report
+        assert report is not None and [s.name for s in report.failures] == ["nonce"]
 
 
 def test_balance_error_is_raised_at_once_with_what_is_left(

@@ -61,7 +61,7 @@ def key(client_deployment: Deployment) -> str:
 
 
 def openai_client(url: str, key: str, wire: httpx.BaseTransport) -> openai.OpenAI:
-    http = veil.openai_http_client(url, key, transport=wire, backoff=0)
+    http = veil.openai_http_client(url, key, transport=wire, backoff=0, insecure_no_tee=True)
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, http_client=http)
 
 
@@ -116,7 +116,9 @@ def test_async_openai_chat_and_stream(client_deployment: Deployment, key: str) -
     wire = AsyncRecording()
 
     async def main() -> tuple[str | None, list[openai.types.chat.ChatCompletionChunk]]:
-        http = veil.async_openai_http_client(client_deployment.url, key, transport=wire)
+        http = veil.async_openai_http_client(
+            client_deployment.url, key, transport=wire, insecure_no_tee=True
+        )
         async with openai.AsyncOpenAI(
             base_url=f"{client_deployment.url}/v1", api_key=key, http_client=http
         ) as client:
@@ -140,7 +142,7 @@ def test_openai_sees_server_errors_as_its_own(relay: HostileRelay) -> None:
     client = openai.OpenAI(
         base_url=f"{relay.url}/v1",
         api_key="veil_wrong",
-        http_client=veil.openai_http_client(relay.url),
+        http_client=veil.openai_http_client(relay.url, insecure_no_tee=True),
     )
     with client, pytest.raises(openai.AuthenticationError) as caught:
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
@@ -165,7 +167,7 @@ def test_a_mismatched_base_url_still_never_sends_plaintext(
     client_deployment: Deployment, key: str
 ) -> None:
     wire = Recording()
-    http = veil.openai_http_client(client_deployment.url, key, transport=wire)
+    http = veil.openai_http_client(client_deployment.url, key, transport=wire, insecure_no_tee=True)
     with openai.OpenAI(
         base_url=f"{client_deployment.url}/somewhere/else/v1", api_key=key, http_client=http
     ) as client:
@@ -176,6 +178,31 @@ def test_a_mismatched_base_url_still_never_sends_plaintext(
         "/v1/confidential/chat/completions",
     ]
     assert_nothing_plain(wire.requests)
+
+
+def test_the_drop_in_is_strict_about_attestation_by_default(relay: HostileRelay, key: str) -> None:
+    relay.reset()
+    http = veil.openai_http_client(relay.url, key)
+    client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=key, http_client=http)
+    with client, pytest.raises(errors.AttestationFailed):
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
+    assert len(relay.locks()) == 1 and relay.confidential_bodies() == []
+
+
+def test_the_drop_in_reports_protocol_and_attestation(
+    client_deployment: Deployment, key: str
+) -> None:
+    wire = Recording()
+    http = veil.openai_http_client(
+        client_deployment.url, key, transport=wire, insecure_no_tee=True, protocol="atoma-v1"
+    )
+    with openai.OpenAI(
+        base_url=f"{client_deployment.url}/v1", api_key=key, http_client=http
+    ) as client:
+        raw = client.embeddings.with_raw_response.create(model=EMBED, input="x")
+    assert raw.headers["x-veil-protocol"] == "atoma-v1"
+    assert raw.headers["x-veil-attestation"].startswith("NO TEE")
+    assert "protocol" not in json.loads(wire.requests[-1][1])
 
 
 def test_which_requests_are_sealed() -> None:

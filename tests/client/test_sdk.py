@@ -1,9 +1,12 @@
-"""The SDK against a real gateway and node: every call verified, nothing plain on the wire."""
+"""The SDK against a real gateway and node: every call attested and verified, nothing plain on the
+wire. The node has no TEE (evidence "none"): clients opt in with ``insecure_no_tee=True``, and the
+strict default is shown refusing it before anything is encrypted."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
 
 import pytest
 from openai.types import CreateEmbeddingResponse, ImagesResponse
@@ -12,6 +15,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 import veil
 from tests.client.conftest import CHAT, EMBED, IMAGES, HostileRelay
 from tests.e2e.conftest import Deployment
+from veil.attestation import Policy
 from veil.client import errors
 
 PROMPT = "Name a colour of the rainbow"
@@ -28,7 +32,7 @@ def user(client_deployment: Deployment) -> tuple[str, dict[str, int]]:
 def test_chat_round_trip(client_deployment: Deployment, user: tuple[str, dict[str, int]]) -> None:
     key, stacks = user
     before = client_deployment.stack(stacks[CHAT])["used_units"]
-    with veil.Client(client_deployment.url, key) as client:
+    with veil.Client(client_deployment.url, key, insecure_no_tee=True) as client:
         answer = client.chat.completions.create(
             model=CHAT, messages=MESSAGES, max_tokens=6, temperature=0
         )
@@ -45,13 +49,20 @@ def test_chat_round_trip(client_deployment: Deployment, user: tuple[str, dict[st
     after = client_deployment.stack(stacks[CHAT])
     assert after["used_units"] - before == receipt.units_charged
     assert after["reserved_units"] == 0
+    assert receipt.protocol == "veil-v2"
+    verdict = receipt.attestation
+    assert verdict is not None and verdict.ok and verdict.format == "none" and verdict.insecure
+    steps = {step.name: step for step in verdict.steps}
+    assert {"format", "binding", "expected keys", "nonce"} <= set(steps)
+    assert all(step.ok for step in steps.values())
+    assert "NO TEE" in receipt.summary() and "veil-v2" in receipt.summary()
 
 
 def test_chat_stream_round_trip(
     client_deployment: Deployment, user: tuple[str, dict[str, int]]
 ) -> None:
     key, _ = user
-    with veil.Client(client_deployment.url, key) as client:
+    with veil.Client(client_deployment.url, key, insecure_no_tee=True) as client:
         stream = client.chat.completions.create(
             model=CHAT, messages=MESSAGES, max_tokens=6, temperature=0, stream=True
         )
@@ -73,7 +84,7 @@ def test_embeddings_round_trip(
     client_deployment: Deployment, user: tuple[str, dict[str, int]]
 ) -> None:
     key, _ = user
-    with veil.Client(client_deployment.url, key) as client:
+    with veil.Client(client_deployment.url, key, insecure_no_tee=True) as client:
         result = client.embeddings.create(model=EMBED, input=["a private sentence", "another"])
     assert isinstance(result, CreateEmbeddingResponse)
     assert [len(d.embedding) for d in result.data] == [384, 384]
@@ -84,7 +95,7 @@ def test_embeddings_round_trip(
 def test_images_round_trip(client_deployment: Deployment, user: tuple[str, dict[str, int]]) -> None:
     key, stacks = user
     before = client_deployment.stack(stacks[IMAGES])["used_units"]
-    with veil.Client(client_deployment.url, key) as client:
+    with veil.Client(client_deployment.url, key, insecure_no_tee=True) as client:
         result = client.images.generate(
             model=IMAGES,
             prompt="a lighthouse at dusk",
@@ -109,7 +120,7 @@ def test_async_client_chat_and_stream(
     key, _ = user
 
     async def main() -> tuple[ChatCompletion, list[ChatCompletionChunk], veil.client.Receipt]:
-        async with veil.AsyncClient(client_deployment.url, key) as client:
+        async with veil.AsyncClient(client_deployment.url, key, insecure_no_tee=True) as client:
             answer = await client.chat.completions.create(
                 model=CHAT, messages=MESSAGES, max_tokens=4, temperature=0
             )
@@ -127,12 +138,12 @@ def test_async_client_chat_and_stream(
 
 
 def test_nothing_plain_goes_over_the_wire(
-    relay: HostileRelay, user: tuple[str, dict[str, int]]
+    relay: HostileRelay, user: tuple[str, dict[str, int]], client_deployment: Deployment
 ) -> None:
     key, _ = user
     relay.reset()
     secret = "my confidential prompt about project nightingale"
-    with veil.Client(relay.url, key) as client:
+    with veil.Client(relay.url, key, insecure_no_tee=True) as client:
         client.chat.completions.create(
             model=CHAT, messages=[{"role": "user", "content": secret}], max_tokens=4
         )
@@ -158,7 +169,13 @@ def test_nothing_plain_goes_over_the_wire(
         assert b"confidential prompt" not in seen.body
     bodies = relay.confidential_bodies()
     assert len({b["client_dh_public_key"] for b in bodies}) == 3  # a fresh key per request
-    assert len({b["salt"] for b in bodies}) == 3
+    assert len({b["request_id"] for b in bodies}) == 3
+    node_key_id = client_deployment.nodes[0].keyring.current.key_id
+    for body in bodies:
+        assert body["protocol"] == "veil-v2" and body["key_id"] == node_key_id
+        assert abs(body["timestamp"] - time.time()) < 60
+    nonces = [base64.b64decode(lock["attestation_nonce"]) for lock in relay.locks()]
+    assert len(set(nonces)) == 3 and all(len(n) == 32 for n in nonces)
 
 
 def test_model_list(client_deployment: Deployment) -> None:
@@ -173,7 +190,85 @@ def test_a_lock_that_cannot_be_verified_is_refused_before_encrypting(
 ) -> None:
     key, _ = user
     relay.reset(mode)
-    with veil.Client(relay.url, key) as client, pytest.raises(errors.UnverifiableNode):
+    with (
+        veil.Client(relay.url, key, insecure_no_tee=True) as client,
+        pytest.raises(errors.UnverifiableNode),
+    ):
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
     assert len(relay.locks()) == 1
     assert relay.confidential_bodies() == []  # nothing was encrypted, nothing was sent
+
+
+def test_the_default_client_refuses_a_node_without_a_tee_before_encrypting(
+    relay: HostileRelay, user: tuple[str, dict[str, int]]
+) -> None:
+    key, _ = user
+    relay.reset()
+    with veil.Client(relay.url, key) as client, pytest.raises(errors.AttestationFailed) as caught:
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
+    # One lock, carrying a fresh 32-byte nonce; no envelope was ever built or sent.
+    (lock,) = relay.locks()
+    assert len(base64.b64decode(lock["attestation_nonce"])) == 32
+    assert relay.confidential_bodies() == []
+    assert [s.path for s in relay.seen] == ["/v1/nodes/lock"]
+    report = caught.value.report
+    assert report is not None and not report.ok
+    assert [step.name for step in report.failures] == ["format"]  # the rest of it checks out
+    assert "no TEE" in report.step("format").detail
+    assert caught.value.code == "ATTESTATION_FAILED"
+    assert "--insecure-no-tee" in caught.value.message and "nothing was" in caught.value.message
+    assert isinstance(caught.value, errors.IntegrityError)
+
+
+def test_the_default_async_client_refuses_it_too(
+    relay: HostileRelay, user: tuple[str, dict[str, int]]
+) -> None:
+    key, _ = user
+    relay.reset()
+
+    async def main() -> None:
+        async with veil.AsyncClient(relay.url, key) as client:
+            await client.embeddings.create(model=EMBED, input="private")
+
+    with pytest.raises(errors.AttestationFailed):
+        asyncio.run(main())
+    assert relay.confidential_bodies() == [] and len(relay.locks()) == 1
+
+
+def test_a_policy_decides_what_is_accepted(
+    relay: HostileRelay, user: tuple[str, dict[str, int]]
+) -> None:
+    key, _ = user
+    relay.reset()
+    strict = Policy(allowed_tcb_statuses=("UpToDate", "SWHardeningNeeded"))
+    with (
+        veil.Client(relay.url, key, policy=strict) as client,
+        pytest.raises(errors.AttestationFailed),
+    ):
+        client.embeddings.create(model=EMBED, input="x")
+    # A policy file that allows no TEE is the same opt-in as insecure_no_tee.
+    with veil.Client(relay.url, key, policy=Policy(allow_no_tee=True)) as client:
+        assert client.embeddings.create(model=EMBED, input="x").veil.attestation is not None
+    # insecure_no_tee loosens only allow_no_tee; the rest of the policy is kept.
+    with veil.Client(relay.url, key, policy=strict, insecure_no_tee=True) as client:
+        assert client.policy.allowed_tcb_statuses == strict.allowed_tcb_statuses
+        assert client.policy.allow_no_tee and not strict.allow_no_tee
+    assert len(relay.confidential_bodies()) == 1
+
+
+def test_atoma_v1_is_still_available(relay: HostileRelay, user: tuple[str, dict[str, int]]) -> None:
+    key, _ = user
+    relay.reset()
+    with veil.Client(relay.url, key, protocol="atoma-v1", insecure_no_tee=True) as client:
+        answer = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
+        stream = client.chat.completions.create(
+            model=CHAT, messages=MESSAGES, max_tokens=4, stream=True
+        )
+        chunks = list(stream)
+    assert answer.veil.signature_verified and answer.veil.protocol == "atoma-v1"
+    assert chunks[-1].usage is not None and stream.veil.protocol == "atoma-v1"
+    assert stream.veil.attestation is not None and stream.veil.attestation.ok
+    for body in relay.confidential_bodies():
+        assert "protocol" not in body and "request_id" not in body
+    with pytest.raises(ValueError, match="protocol"):
+        veil.Client(relay.url, key, protocol="veil-v3")  # type: ignore[arg-type]

@@ -2,7 +2,8 @@
 (``openai_http_client``, ``async_openai_http_client``) and the exceptions both raise (``errors``).
 
 - ``errors``: the whole exception hierarchy, in its docstring.
-- ``sdk``: lock, seal, send, verify, retry; OpenAI-shaped resources returning OpenAI types.
+- ``sdk``: lock, attest, seal (veil-v2 by default), send, verify, retry; OpenAI-shaped resources
+  returning OpenAI types. ``Policy`` (from ``veil.attestation``) says which evidence is accepted.
 - ``streaming``: opening and verifying answers and streams; the ``Receipt`` of a request.
 - ``transport``: an httpx transport that makes the official ``openai`` package confidential.
 - ``cli``: the ``veil chat``, ``veil embed`` and ``veil models`` commands.
@@ -17,8 +18,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from veil.attestation.policy import Policy
     from veil.client.errors import (
         APIError,
+        AttestationFailed,
         BalanceError,
         DecryptionError,
         IntegrityError,
@@ -31,11 +34,12 @@ if TYPE_CHECKING:
         VeilClientError,
     )
     from veil.client.sdk import AsyncClient, Client
-    from veil.client.streaming import AsyncChatStream, ChatStream, Receipt
+    from veil.client.streaming import AsyncChatStream, AttestationVerdict, ChatStream, Receipt
     from veil.client.transport import async_openai_http_client, openai_http_client
 
 _WHERE = {
     "APIError": "errors",
+    "AttestationFailed": "errors",
     "BalanceError": "errors",
     "DecryptionError": "errors",
     "IntegrityError": "errors",
@@ -48,7 +52,9 @@ _WHERE = {
     "VeilClientError": "errors",
     "AsyncClient": "sdk",
     "Client": "sdk",
+    "Policy": "sdk",
     "AsyncChatStream": "streaming",
+    "AttestationVerdict": "streaming",
     "ChatStream": "streaming",
     "Receipt": "streaming",
     "async_openai_http_client": "transport",
@@ -59,11 +65,14 @@ __all__ = [
     "APIError",
     "AsyncChatStream",
     "AsyncClient",
+    "AttestationFailed",
+    "AttestationVerdict",
     "BalanceError",
     "ChatStream",
     "Client",
     "DecryptionError",
     "IntegrityError",
+    "Policy",
     "Receipt",
     "ResponseHashMismatch",
     "SignatureInvalid",

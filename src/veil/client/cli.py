@@ -2,6 +2,10 @@
 
 ``register(app)`` adds the commands to the ``veil`` Typer app. Every command takes ``--base-url``
 (env ``VEIL_BASE_URL``, default ``http://127.0.0.1:8080``) and ``--api-key`` (env ``VEIL_API_KEY``).
+``chat`` and ``embed`` also take ``--protocol`` (``veil-v2``, the default, or ``atoma-v1``),
+``--policy FILE`` (the attestation policy, JSON or TOML) and ``--insecure-no-tee`` (env
+``VEIL_INSECURE_NO_TEE=1``): accept a node without a TEE, for a local demo such as ``veil serve``
+only. Without it a node whose evidence says "no TEE" is refused before anything is encrypted.
 Answers go to stdout; the receipt line, ``--show-wire`` and errors go to stderr. An error is one
 line, ``error: CODE: message``, and a non-zero exit status.
 """
@@ -12,6 +16,8 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
@@ -41,6 +47,34 @@ ApiKey = Annotated[
 ]
 
 
+class WireProtocol(StrEnum):
+    v2 = "veil-v2"
+    v1 = "atoma-v1"
+
+
+ProtocolOption = Annotated[
+    WireProtocol,
+    typer.Option("--protocol", help="The suite to seal with (atoma-v1: Atoma-compatible)."),
+]
+PolicyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        metavar="FILE",
+        help="Attestation policy (JSON or TOML): TCB statuses, pinned measurements.",
+    ),
+]
+InsecureNoTee = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-tee",
+        envvar="VEIL_INSECURE_NO_TEE",
+        help="INSECURE: accept a node with no TEE (evidence 'none'). Local demos only "
+        "(veil serve): nothing then protects your prompt on the node.",
+    ),
+]
+
+
 def _fail(code: str, message: str) -> NoReturn:
     err.print(Text.assemble(("error:", "bold red"), f" {code}: {message}"))
     raise typer.Exit(1)
@@ -61,7 +95,9 @@ def _reported() -> Iterator[None]:
     except VeilClientError as exc:
         _fail(*_describe(exc))
     except ValueError as exc:
-        _fail("INVALID_REQUEST", str(exc))
+        from veil.attestation.policy import PolicyError  # loaded already if it is one
+
+        _fail("INVALID_POLICY" if isinstance(exc, PolicyError) else "INVALID_REQUEST", str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -92,12 +128,28 @@ def _wire_hook(request: httpx.Request) -> None:
 
 
 @contextmanager
-def _client(base_url: str, api_key: str | None, show_wire: bool) -> Iterator[Client]:
-    from veil.client.sdk import Client
+def _client(
+    base_url: str,
+    api_key: str | None,
+    show_wire: bool = False,
+    protocol: WireProtocol = WireProtocol.v2,
+    policy_file: Path | None = None,
+    insecure_no_tee: bool = False,
+) -> Iterator[Client]:
+    from veil.attestation.policy import Policy
+    from veil.client.sdk import Client, check_protocol
 
+    policy = Policy.load(policy_file) if policy_file is not None else None
     hooks: dict[str, list[Callable[..., Any]]] = {"request": [_wire_hook]} if show_wire else {}
     with httpx.Client(event_hooks=hooks, timeout=600) as http:
-        yield Client(base_url, api_key, http_client=http)
+        yield Client(
+            base_url,
+            api_key,
+            http_client=http,
+            protocol=check_protocol(protocol.value),
+            policy=policy,
+            insecure_no_tee=insecure_no_tee,
+        )
 
 
 def chat(
@@ -110,6 +162,9 @@ def chat(
     ] = False,
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
+    protocol: ProtocolOption = WireProtocol.v2,
+    policy: PolicyOption = None,
+    insecure_no_tee: InsecureNoTee = False,
 ) -> None:
     """Ask a chat model, end-to-end encrypted; prints a verified receipt to stderr."""
     from veil.client.sdk import chat_body
@@ -119,7 +174,10 @@ def chat(
     if show_wire:
         err.print("--- you sent (plaintext; encrypted on this machine before sending)")
         err.print(json.dumps(body, indent=2, ensure_ascii=False))
-    with _reported(), _client(base_url, key, show_wire) as client:
+    with (
+        _reported(),
+        _client(base_url, key, show_wire, protocol, policy, insecure_no_tee) as client,
+    ):
         messages = body["messages"]
         if stream:
             chunks = client.chat.completions.create(
@@ -158,10 +216,16 @@ def embed(
     as_json: Annotated[bool, typer.Option("--json", help="The full response as JSON.")] = False,
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
+    protocol: ProtocolOption = WireProtocol.v2,
+    policy: PolicyOption = None,
+    insecure_no_tee: InsecureNoTee = False,
 ) -> None:
     """Embed texts, end-to-end encrypted; vectors on stdout (abbreviated unless --json)."""
     key = _require(api_key)
-    with _reported(), _client(base_url, key, False) as client:
+    with (
+        _reported(),
+        _client(base_url, key, False, protocol, policy, insecure_no_tee) as client,
+    ):
         result = client.embeddings.create(model=model, input=list(texts))
         if as_json:
             sys.stdout.write(result.model_dump_json(indent=2) + "\n")
@@ -176,7 +240,7 @@ def embed(
 
 def models(base_url: BaseUrl = DEFAULT_BASE_URL, api_key: ApiKey = None) -> None:
     """List the models the gateway serves."""
-    with _reported(), _client(base_url, api_key, False) as client:
+    with _reported(), _client(base_url, api_key) as client:
         for model in client.models.list():
             kind = getattr(model, "kind", None)
             sys.stdout.write(f"{model.id}\t{kind}\n" if kind else f"{model.id}\n")

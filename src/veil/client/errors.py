@@ -20,16 +20,19 @@
     |   +-- EngineError                 502 ENGINE_ERROR       (also a sealed error ending a stream)
     |   +-- ServiceUnavailableError     503 SERVICE_UNAVAILABLE retried: re-lock, re-encrypt
     +-- IntegrityError                  a response failed a check: none of its data is returned
+    |   +-- AttestationFailed           the node's evidence failed the policy (.report); raised
+    |   |                               before anything was encrypted or sent
     |   +-- UnverifiableNode            the lock response lacks the node's signing key (or is bad)
     |   +-- MalformedResponse           a 200 answer that is not a sealed envelope / expected JSON
     |   +-- DecryptionError             the AES-GCM tag did not verify (alias: TagMismatch)
-    |   +-- ResponseHashMismatch        response_hash missing, or not BLAKE2b-256 of the plaintext
+    |   +-- ResponseHashMismatch        response_hash missing, or not the hash (v1: BLAKE2b-256,
+    |   |                               v2: HMAC) of the plaintext
     |   +-- SignatureInvalid            signature missing, or not the node's Ed25519 signature
     |   |                               over response_hash
     |   +-- UsageMismatch               the usage sent in clear differs from the signed usage
-    |   +-- StreamTruncated             a stream ended before its final (usage) chunk
-    |   +-- StreamCorrupt               a stream event out of place: unparsable, duplicated,
-    |                                   after the final chunk, or in an impossible order
+    |   +-- StreamTruncated             a stream ended before its final chunk
+    |   +-- StreamCorrupt               a stream event out of place: unparsable, dropped (v2),
+    |                                   duplicated, reordered, foreign, or after the final chunk
     +-- PlaintextRefused                the openai drop-in was asked to send a body it cannot
     |                                   seal (a route other than chat, embeddings, images)
     +-- TransportError                  the network failed (connect, read, timeout)
@@ -43,9 +46,12 @@ print one line ``error: CODE: message``. Messages never contain plaintext or key
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from veil.protocol.errors import error_from_body
+
+if TYPE_CHECKING:
+    from veil.attestation.report import VerificationReport
 
 
 class VeilClientError(Exception):
@@ -193,6 +199,21 @@ class IntegrityError(VeilClientError):
     """A response failed a check. Nothing from it is returned to the caller."""
 
     code = "INTEGRITY_ERROR"
+
+
+class AttestationFailed(IntegrityError):
+    """The node's attestation evidence did not satisfy the client's policy.
+
+    Raised after the lock and before anything is sealed: no envelope was built or sent. ``report``
+    is the ``VerificationReport`` (every step and its outcome; ``report.render()`` draws it), or
+    None when the lock response carried no readable evidence at all.
+    """
+
+    code = "ATTESTATION_FAILED"
+
+    def __init__(self, message: str, *, report: VerificationReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class UnverifiableNode(IntegrityError):

@@ -4,12 +4,23 @@
 ``images.generate`` and ``models.list`` with the OpenAI SDK's argument names and return the OpenAI
 SDK's own types (subclassed only to carry ``.veil``, the request's ``Receipt``).
 
-One call, one flow (PROTOCOL.md sections 1-3)::
+One call, one flow (PROTOCOL.md sections 1-6)::
 
-    POST /v1/nodes/lock        -> node X25519 key, node signing key, stack, reserved units
-    seal_request(...)          -> fresh ephemeral X25519 key and salt; AES-256-GCM body
-    POST /v1/confidential/...  -> sealed answer; every message opened and verified
-                                  (tag, hash, signature) before any of it is returned
+    POST /v1/nodes/lock        -> node X25519 key, node signing key, stack, reserved units, and
+      + attestation_nonce         the node's evidence for a fresh random 32-byte nonce
+    verify_evidence(...)       -> the evidence satisfies the policy and binds both node keys and
+                                  the nonce; otherwise AttestationFailed and nothing is sealed
+    v2.seal_request(...)       -> HPKE (fresh ephemeral key, request id, timestamp); the metadata
+                                  the gateway could swap is in the AAD
+    POST /v1/confidential/...  -> sealed answer; every message opened and verified (place, tag,
+                                  hash, signature) before any of it is returned
+
+``protocol="atoma-v1"`` seals with the Atoma-compatible suite instead (same lock and attestation).
+
+Attestation policy: ``policy`` (default ``Policy()``: strict, a real TEE with an UpToDate TCB) says
+what evidence is acceptable. ``insecure_no_tee=True`` additionally accepts a node with no TEE at all
+(evidence format "none"): **only for a local demo** - nothing then protects the node's keys or
+your plaintext on the node, and a hostile gateway can put itself in the node's place.
 
 What is reserved: chat holds ``max_tokens`` (default ``DEFAULT_CHAT_MAX_TOKENS``) plus the request's
 size in bytes, because the node's budget covers prompt and completion together and a byte bounds a
@@ -18,14 +29,19 @@ charges the node's signed usage and releases the rest. Images hold n x width x h
 hold the gateway's default.
 
 Retries: 409 STALE_NODE_KEY, 425 UNAVAILABLE_STACK and 503 SERVICE_UNAVAILABLE (from the lock or the
-confidential POST) start the flow again - a new lock and a new encryption, never the old ciphertext -
-up to ``max_attempts`` times, sleeping ``backoff * 2**n`` seconds in between. 402 BALANCE_ERROR is
-raised at once, with the caller's remaining units for the model.
+confidential POST) start the flow again - a new lock, a new attestation and a new encryption (new
+HPKE context and request id), never the old ciphertext - up to ``max_attempts`` times, sleeping
+``backoff * 2**n`` seconds in between. 409 REPLAYED and AttestationFailed are never retried. 402
+BALANCE_ERROR is raised at once, with the caller's remaining units for the model.
+
+A lock whose attestation fails is not used, so its reservation is not released by a request: the
+gateway releases it when the lock expires.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -33,7 +49,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Final, Literal, get_args, overload
 
 import httpx
 import openai.types
@@ -41,8 +57,12 @@ import openai.types.chat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import PrivateAttr, ValidationError
 
+from veil.attestation.evidence import Evidence
+from veil.attestation.policy import Policy
+from veil.attestation.report import verify_evidence
 from veil.client.errors import (
     APIError,
+    AttestationFailed,
     BalanceError,
     MalformedResponse,
     TransportError,
@@ -51,15 +71,18 @@ from veil.client.errors import (
 )
 from veil.client.streaming import (
     AsyncChatStream,
+    AttestationVerdict,
     ChatStream,
+    Opener,
     Receipt,
     ResponseOpener,
     StreamChecker,
+    V2ResponseOpener,
     aplain_chunks,
     open_single,
     plain_chunks,
 )
-from veil.protocol import v1
+from veil.protocol import v1, v2
 from veil.protocol.envelopes import NodesCreateLockResponse
 from veil.protocol.errors import InvalidBody
 from veil.protocol.openai import ImageGenerationRequest
@@ -69,6 +92,11 @@ DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF = 0.25
+ATTESTATION_NONCE_SIZE: Final = 32
+
+ProtocolName = Literal["veil-v2", "atoma-v1"]
+PROTOCOLS: tuple[ProtocolName, ...] = get_args(ProtocolName)
+DEFAULT_PROTOCOL: ProtocolName = "veil-v2"
 
 Endpoint = Literal["chat", "embeddings", "images"]
 ROUTES: dict[Endpoint, str] = {
@@ -76,6 +104,26 @@ ROUTES: dict[Endpoint, str] = {
     "embeddings": "embeddings",
     "images": "images/generations",
 }
+
+
+def confidential_path(endpoint: Endpoint) -> str:
+    """The node route a request is sealed for (v2 binds it into the HPKE ``info`` and the AAD)."""
+    return f"/v1/confidential/{ROUTES[endpoint]}"
+
+
+def resolve_policy(policy: Policy | None, insecure_no_tee: bool) -> Policy:
+    """``policy`` (default: the strict ``Policy()``), with ``allow_no_tee`` forced on if asked."""
+    chosen = policy if policy is not None else Policy()
+    if insecure_no_tee and not chosen.allow_no_tee:
+        chosen = chosen.model_copy(update={"allow_no_tee": True})
+    return chosen
+
+
+def check_protocol(protocol: str) -> ProtocolName:
+    for known in PROTOCOLS:
+        if protocol == known:
+            return known
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
 
 
 def gateway_root(base_url: str) -> str:
@@ -138,7 +186,8 @@ def chat_body(
 # -- the lock ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Lock:
-    """A lock response the client can use: the node's keys, checked for shape and consistency."""
+    """A lock response the client can use: the node's keys, checked for shape and consistency,
+    and attested (``attestation``) under the client's policy."""
 
     node_public_key: bytes
     signing_key: Ed25519PublicKey
@@ -146,6 +195,7 @@ class Lock:
     node_small_id: int
     stack_small_id: int
     reserved_units: int | None
+    attestation: AttestationVerdict
 
 
 def node_key_id(public_key: bytes) -> str:
@@ -153,14 +203,70 @@ def node_key_id(public_key: bytes) -> str:
     return hashlib.blake2b(public_key, digest_size=32).digest()[:8].hex()
 
 
-def lock_body(plan: Plan) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": plan.model}
+def new_attestation_nonce() -> bytes:
+    """A fresh random nonce for one lock: evidence made for anyone else's lock is refused."""
+    return os.urandom(ATTESTATION_NONCE_SIZE)
+
+
+def lock_body(plan: Plan, attestation_nonce: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": plan.model,
+        "attestation_nonce": base64.b64encode(attestation_nonce).decode("ascii"),
+    }
     if plan.units is not None:
         body["max_num_tokens"] = plan.units
     return body
 
 
-def accept_lock(raw: bytes) -> Lock:
+NO_TEE_HINT = (
+    "for a local demo on a machine without a TEE only, opt in with insecure_no_tee=True "
+    "(CLI: --insecure-no-tee or VEIL_INSECURE_NO_TEE=1)"
+)
+
+
+def attest(
+    document: Mapping[str, Any] | None,
+    policy: Policy,
+    *,
+    node_public_key: bytes,
+    signing_public_key: bytes,
+    nonce: bytes,
+) -> AttestationVerdict:
+    """Verify the lock's evidence: the policy, and that it binds both keys the lock named and our
+    own nonce. Raises ``AttestationFailed`` (carrying the report) unless every step passed."""
+    if document is None:
+        raise AttestationFailed(
+            "the lock response carries no attestation evidence, so the node cannot be trusted; "
+            "nothing was encrypted or sent"
+        )
+    try:
+        evidence = Evidence.model_validate(document)
+    except ValidationError:
+        raise AttestationFailed(
+            "the lock response's attestation evidence is malformed; nothing was encrypted or sent"
+        ) from None
+    report = verify_evidence(
+        evidence,
+        policy,
+        expect_x25519=node_public_key,
+        expect_ed25519=signing_public_key,
+        expect_nonce=nonce,
+    )
+    if not report.ok:
+        failed = "; ".join(f"{step.name}: {step.detail}" for step in report.failures)
+        hint = ""
+        if evidence.format == "none" and not policy.allow_no_tee:
+            hint = f" ({NO_TEE_HINT})"
+        raise AttestationFailed(
+            f"the node's {evidence.format} attestation did not verify ({failed}); nothing was "
+            f"encrypted or sent{hint}",
+            report=report,
+        )
+    return AttestationVerdict.of(evidence.format, report)
+
+
+def accept_lock(raw: bytes, policy: Policy, attestation_nonce: bytes) -> Lock:
+    """Check a lock response's shape and keys, then its attestation (before anything is sealed)."""
     try:
         answer = NodesCreateLockResponse.model_validate_json(raw)
     except ValidationError:
@@ -173,18 +279,37 @@ def accept_lock(raw: bytes) -> Lock:
     key_id = node_key_id(answer.public_key)
     if answer.key_id is not None and not hmac.compare_digest(answer.key_id, key_id):
         raise UnverifiableNode("the lock response's key_id does not match its public key")
+    try:
+        signing_key = Ed25519PublicKey.from_public_bytes(answer.node_signing_public_key)
+    except ValueError:
+        raise UnverifiableNode("the lock response's node signing key is unusable") from None
+    verdict = attest(
+        answer.evidence,
+        policy,
+        node_public_key=answer.public_key,
+        signing_public_key=answer.node_signing_public_key,
+        nonce=attestation_nonce,
+    )
     return Lock(
         node_public_key=answer.public_key,
-        signing_key=Ed25519PublicKey.from_public_bytes(answer.node_signing_public_key),
+        signing_key=signing_key,
         key_id=key_id,
         node_small_id=answer.node_small_id,
         stack_small_id=answer.stack_small_id,
         reserved_units=answer.reserved_units,
+        attestation=verdict,
     )
 
 
-def seal(plan: Plan, lock: Lock, attempt: int, started_at: float) -> tuple[bytes, ResponseOpener]:
-    """A fresh envelope (new ephemeral key, salt and nonce) and the opener of its answer."""
+def seal(
+    plan: Plan,
+    lock: Lock,
+    attempt: int,
+    started_at: float,
+    protocol: ProtocolName = DEFAULT_PROTOCOL,
+) -> tuple[bytes, Opener]:
+    """A fresh envelope (new ephemeral key; v2: new request id and timestamp) and the opener of
+    its answer."""
     receipt = Receipt(
         endpoint=plan.endpoint,
         model=plan.model,
@@ -195,21 +320,39 @@ def seal(plan: Plan, lock: Lock, attempt: int, started_at: float) -> tuple[bytes
         attempts=attempt,
         image_units=plan.units if plan.endpoint == "images" else None,
         started_at=started_at,
+        protocol=protocol,
+        attestation=lock.attestation,
     )
+    stream = plan.stream if plan.endpoint == "chat" else None
     started = time.perf_counter()
+    opener: Opener
     try:
-        envelope, session = v1.seal_request(
-            lock.node_public_key,
-            plan.body,
-            model_name=plan.model,
-            stack_small_id=lock.stack_small_id,
-            num_compute_units=plan.units,
-            stream=plan.stream if plan.endpoint == "chat" else None,
-        )
+        if protocol == "atoma-v1":
+            envelope, session = v1.seal_request(
+                lock.node_public_key,
+                plan.body,
+                model_name=plan.model,
+                stack_small_id=lock.stack_small_id,
+                num_compute_units=plan.units,
+                stream=stream,
+            )
+            opener = ResponseOpener(session, lock.signing_key, receipt)
+        else:
+            envelope, v2_session = v2.seal_request(
+                lock.node_public_key,
+                lock.key_id,
+                plan.body,
+                endpoint=confidential_path(plan.endpoint),
+                model_name=plan.model,
+                stack_small_id=lock.stack_small_id,
+                num_compute_units=plan.units,
+                stream=stream,
+            )
+            opener = V2ResponseOpener(v2_session, lock.signing_key, receipt)
     except InvalidBody:
         raise UnverifiableNode("the node public key in the lock response is unusable") from None
     receipt.crypto_seconds += time.perf_counter() - started
-    return envelope.model_dump_json().encode(), ResponseOpener(session, lock.signing_key, receipt)
+    return envelope.model_dump_json().encode(), opener
 
 
 def _json_or_none(response: httpx.Response) -> Any:
@@ -301,6 +444,9 @@ class _Base:
         api_key: str | None,
         max_attempts: int,
         backoff: float,
+        protocol: ProtocolName,
+        policy: Policy | None,
+        insecure_no_tee: bool,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -310,6 +456,21 @@ class _Base:
         self.api_key = api_key if api_key is not None else os.environ.get("VEIL_API_KEY")
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self.protocol: ProtocolName = check_protocol(protocol)
+        self.policy: Policy = resolve_policy(policy, insecure_no_tee)
+
+    def _lock_request(self, plan: Plan, api_key: str | None) -> tuple[bytes, dict[str, Any]]:
+        """A fresh attestation nonce, and the keyword arguments of the lock POST."""
+        nonce = new_attestation_nonce()
+        return nonce, {
+            "content": encode_json(lock_body(plan, nonce)),
+            "headers": self._headers(api_key),
+        }
+
+    def _accept_lock(self, response: httpx.Response, nonce: bytes) -> Lock:
+        if response.status_code != 200:
+            raise api_error(response.status_code, _json_or_none(response))
+        return accept_lock(response.content, self.policy, nonce)
 
     def _headers(self, api_key: str | None) -> dict[str, str]:
         key = api_key or self.api_key
@@ -330,7 +491,12 @@ class _Base:
 
 
 class Client(_Base):
-    """Synchronous Veil client. Thread-safe as far as its ``httpx.Client`` is."""
+    """Synchronous Veil client. Thread-safe as far as its ``httpx.Client`` is.
+
+    ``protocol``: ``"veil-v2"`` (default) or ``"atoma-v1"``. ``policy``: what attestation evidence
+    is acceptable (default ``Policy()``: a real TEE, TCB UpToDate). ``insecure_no_tee=True`` also
+    accepts a node without any TEE: a local demo only, never for anything confidential.
+    """
 
     def __init__(
         self,
@@ -342,8 +508,13 @@ class Client(_Base):
         backoff: float = DEFAULT_BACKOFF,
         http_client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
+        protocol: ProtocolName = DEFAULT_PROTOCOL,
+        policy: Policy | None = None,
+        insecure_no_tee: bool = False,
     ) -> None:
-        super().__init__(base_url, api_key, max_attempts, backoff)
+        super().__init__(
+            base_url, api_key, max_attempts, backoff, protocol, policy, insecure_no_tee
+        )
         self._owns_http = http_client is None
         self.http = http_client or httpx.Client(timeout=timeout, transport=transport)
         self.chat = _Chat(self)
@@ -377,15 +548,8 @@ class Client(_Base):
         return list(body.get("stacks", [])) if isinstance(body, dict) else []
 
     def _lock(self, plan: Plan, api_key: str | None) -> Lock:
-        response = self._send(
-            "POST",
-            "/v1/nodes/lock",
-            content=encode_json(lock_body(plan)),
-            headers=self._headers(api_key),
-        )
-        if response.status_code != 200:
-            raise api_error(response.status_code, _json_or_none(response))
-        return accept_lock(response.content)
+        nonce, request = self._lock_request(plan, api_key)
+        return self._accept_lock(self._send("POST", "/v1/nodes/lock", **request), nonce)
 
     def _balance(self, exc: BalanceError, model: str, api_key: str | None) -> BalanceError:
         exc.model = model
@@ -415,10 +579,10 @@ class Client(_Base):
         self, plan: Plan, api_key: str | None, attempt: int, started: float
     ) -> Answer | ChatStream:
         lock = self._lock(plan, api_key)
-        envelope, opener = seal(plan, lock, attempt, started)
+        envelope, opener = seal(plan, lock, attempt, started, self.protocol)
         request = self.http.build_request(
             "POST",
-            self._url(f"/v1/confidential/{ROUTES[plan.endpoint]}"),
+            self._url(confidential_path(plan.endpoint)),
             content=envelope,
             headers=self._headers(api_key),
         )
@@ -457,7 +621,12 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """Asynchronous twin of ``Client``."""
+    """Asynchronous twin of ``Client``.
+
+    ``protocol``: ``"veil-v2"`` (default) or ``"atoma-v1"``. ``policy``: what attestation evidence
+    is acceptable (default ``Policy()``: a real TEE, TCB UpToDate). ``insecure_no_tee=True`` also
+    accepts a node without any TEE: a local demo only, never for anything confidential.
+    """
 
     def __init__(
         self,
@@ -469,8 +638,13 @@ class AsyncClient(_Base):
         backoff: float = DEFAULT_BACKOFF,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        protocol: ProtocolName = DEFAULT_PROTOCOL,
+        policy: Policy | None = None,
+        insecure_no_tee: bool = False,
     ) -> None:
-        super().__init__(base_url, api_key, max_attempts, backoff)
+        super().__init__(
+            base_url, api_key, max_attempts, backoff, protocol, policy, insecure_no_tee
+        )
         self._owns_http = http_client is None
         self.http = http_client or httpx.AsyncClient(timeout=timeout, transport=transport)
         self.chat = _AsyncChat(self)
@@ -502,15 +676,8 @@ class AsyncClient(_Base):
         return list(body.get("stacks", [])) if isinstance(body, dict) else []
 
     async def _lock(self, plan: Plan, api_key: str | None) -> Lock:
-        response = await self._send(
-            "POST",
-            "/v1/nodes/lock",
-            content=encode_json(lock_body(plan)),
-            headers=self._headers(api_key),
-        )
-        if response.status_code != 200:
-            raise api_error(response.status_code, _json_or_none(response))
-        return accept_lock(response.content)
+        nonce, request = self._lock_request(plan, api_key)
+        return self._accept_lock(await self._send("POST", "/v1/nodes/lock", **request), nonce)
 
     async def _balance(self, exc: BalanceError, model: str, api_key: str | None) -> BalanceError:
         exc.model = model
@@ -539,10 +706,10 @@ class AsyncClient(_Base):
         self, plan: Plan, api_key: str | None, attempt: int, started: float
     ) -> Answer | AsyncChatStream:
         lock = await self._lock(plan, api_key)
-        envelope, opener = seal(plan, lock, attempt, started)
+        envelope, opener = seal(plan, lock, attempt, started, self.protocol)
         request = self.http.build_request(
             "POST",
-            self._url(f"/v1/confidential/{ROUTES[plan.endpoint]}"),
+            self._url(confidential_path(plan.endpoint)),
             content=envelope,
             headers=self._headers(api_key),
         )

@@ -1,21 +1,27 @@
 """Opening what the node sends back: one sealed response, or a stream of sealed chunks.
 
-Every message goes through ``ResponseOpener.open``, which returns plaintext only after three checks,
-in this order, each with its own exception:
+Every message goes through an opener, which returns plaintext only after these checks, each with
+its own exception:
 
-1. the AES-GCM tag (``DecryptionError``), under the key derived once for the request;
-2. ``response_hash`` equals BLAKE2b-256 of the decrypted bytes, compared in constant time
-   (``ResponseHashMismatch``; a missing hash fails too);
-3. ``signature`` is the node's Ed25519 signature over ``response_hash``, with the key the lock
-   response named (``SignatureInvalid``; a missing signature fails too).
+- **veil-v2** (``V2ResponseOpener``, the default suite): the message carries the v2 fields
+  (``MalformedResponse`` / ``StreamCorrupt`` otherwise); ``v2.ClientSession.open`` checks its
+  index is the next one, its response nonce is this answer's, nothing follows the final chunk
+  (``StreamCorrupt``), the AES-GCM tag with the request id, index and final flag in the AAD
+  (``DecryptionError``) and ``response_hash``, an HMAC under a key only the two ends hold
+  (``ResponseHashMismatch``); then the node's Ed25519 ``signature`` over ``response_hash``, with
+  the key the lock named (``SignatureInvalid``). A stream must end with the chunk the node sealed
+  as final (``StreamTruncated`` otherwise); ``data: [DONE]`` after it is accepted and ignored.
+- **atoma-v1** (``ResponseOpener``): the AES-GCM tag (``DecryptionError``), ``response_hash`` equal
+  to BLAKE2b-256 of the decrypted bytes (``ResponseHashMismatch``), then the signature as above.
+  v1 chunks carry no sequence number, so what can be caught is what their content and nonces
+  reveal: a repeated chunk (same nonce), anything after the final usage chunk, a chunk from
+  another completion (``id``), the opening ``role`` chunk moved later, content after a
+  ``finish_reason``, and a stream that ends before its usage chunk. Two content chunks swapped
+  in the middle are not detectable in v1; v2 binds each chunk's index for that.
 
-A stream (``text/event-stream``, one ``data:`` event per sealed chunk, ``:`` comment lines ignored)
-is checked as it arrives by ``StreamChecker``. v1 chunks carry no sequence number, so what can be
-caught is what the chunks' content and nonces reveal: a repeated chunk (same nonce), anything after
-the final usage chunk, a chunk from another completion (``id``), the opening ``role`` chunk moved
-later, content after a ``finish_reason``, usage in clear that differs from the signed usage, and a
-stream that ends before its final chunk (``StreamTruncated``). Two content chunks swapped in the
-middle are not detectable in v1; the v2 suite binds each chunk's index for that (PROTOCOL.md 5.5).
+For both, usage sent in clear must equal the signed usage (``UsageMismatch``), and the content
+checks of v1 run on v2 streams too. Comment lines (``: veil-receipt ...``) are ignored. Compared
+hashes and nonces are compared in constant time; no message carries plaintext or key material.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from openai.types.chat import ChatCompletionChunk
 from pydantic import ValidationError
 
+from veil.attestation.report import Step, VerificationReport
 from veil.client.errors import (
     DecryptionError,
+    IntegrityError,
     MalformedResponse,
     ResponseHashMismatch,
     SignatureInvalid,
@@ -44,9 +52,49 @@ from veil.client.errors import (
     UsageMismatch,
     api_error,
 )
-from veil.protocol import v1
+from veil.protocol import v1, v2
 from veil.protocol.envelopes import ConfidentialComputeResponse, Usage
 from veil.protocol.errors import DecryptionFailed
+
+DONE_DATA = "[DONE]"
+
+
+@dataclass(frozen=True)
+class AttestationVerdict:
+    """What the client concluded from the node's evidence, before it encrypted anything.
+
+    ``steps`` are the verifier's named checks (format, quote, TCB status, binding, expected keys,
+    nonce...) with their outcome; ``report`` is the full ``VerificationReport`` (``.render()``).
+    ``insecure`` is True when the node has no TEE and was accepted only because the policy allows
+    that (``insecure_no_tee``): nothing then protects the node's keys or the plaintext on it.
+    """
+
+    format: str
+    ok: bool
+    steps: tuple[Step, ...]
+    tcb_status: str | None = None
+    insecure: bool = False
+    report: VerificationReport | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, evidence_format: str, report: VerificationReport) -> AttestationVerdict:
+        return cls(
+            format=evidence_format,
+            ok=report.ok,
+            steps=tuple(report.steps),
+            tcb_status=report.tcb_status,
+            insecure=report.ok and evidence_format == "none",
+            report=report,
+        )
+
+    def describe(self) -> str:
+        if not self.ok:
+            failed = ", ".join(step.name for step in self.steps if not step.ok)
+            return f"attestation FAILED ({self.format}: {failed})"
+        if self.insecure:
+            return "NO TEE (evidence 'none', accepted by insecure_no_tee)"
+        status = f" {self.tcb_status}" if self.tcb_status else ""
+        return f"attested {self.format}{status}"
 
 
 @dataclass
@@ -56,6 +104,8 @@ class Receipt:
     ``usage`` is the signed usage (read from the decrypted, signature-verified plaintext), set once
     the response (or the stream's final chunk) has been verified. ``units_charged`` is what the
     node's signed usage charges: total tokens for chat and embeddings, n x width x height for images.
+    ``protocol`` is the suite the request was sealed with; ``attestation`` is the verdict on the
+    node's evidence that was checked before sealing.
     """
 
     endpoint: str
@@ -73,6 +123,8 @@ class Receipt:
     crypto_seconds: float = 0.0
     started_at: float = field(default_factory=time.perf_counter)
     elapsed_seconds: float = 0.0
+    protocol: str = v2.SUITE
+    attestation: AttestationVerdict | None = None
 
     def finish(self, usage: Usage | None) -> None:
         self.usage = usage
@@ -84,7 +136,7 @@ class Receipt:
         self.elapsed_seconds = time.perf_counter() - self.started_at
 
     def summary(self) -> str:
-        """One line for a person: tokens, units charged, node key, signature status."""
+        """One line for a person: tokens, units charged, node key, signature, attestation."""
         parts = []
         if self.usage is not None:
             parts.append(
@@ -95,20 +147,76 @@ class Receipt:
             parts.append(f"units charged {self.units_charged}")
         parts.append(f"node key {self.node_key_id}")
         parts.append("signature verified" if self.signature_verified else "NOT VERIFIED")
+        parts.append(self.protocol)
+        if self.attestation is not None:
+            parts.append(self.attestation.describe())
         return " | ".join(parts)
 
 
-class ResponseOpener:
-    """Opens and verifies the sealed messages of one request (its key was derived once)."""
+class Opener:
+    """Opens and verifies the sealed messages of one request; one subclass per suite."""
 
-    __slots__ = ("_key", "_session", "receipt")
+    __slots__ = ("_key", "receipt")
+    protocol: str = ""
+    #: v1 only: refuse a chunk whose nonce was already seen (v2 binds each chunk's index).
+    dedupe_nonces: bool = False
 
-    def __init__(self, session: v1.Session, signing_key: Ed25519PublicKey, receipt: Receipt):
-        self._session = session
+    def __init__(self, signing_key: Ed25519PublicKey, receipt: Receipt) -> None:
         self._key = signing_key
         self.receipt = receipt
 
-    def open(self, sealed: ConfidentialComputeResponse) -> bytes:
+    def open(
+        self,
+        sealed: ConfidentialComputeResponse,
+        *,
+        malformed: type[IntegrityError] = MalformedResponse,
+    ) -> bytes:
+        raise NotImplementedError
+
+    def is_final(self, sealed: ConfidentialComputeResponse, usage: Usage | None) -> bool:
+        """Whether this (opened) message is the last of the answer."""
+        raise NotImplementedError
+
+    def whole(self) -> None:
+        """After opening a non-streamed answer: it must be complete."""
+
+    def ended(self, final_seen: bool) -> None:
+        """The stream's transport ended: refuse it unless its final chunk arrived."""
+        if not final_seen:
+            raise StreamTruncated("the stream ended before its final chunk (usage never arrived)")
+
+    def _verify_signature(self, sealed: ConfidentialComputeResponse) -> None:
+        if sealed.signature is None or sealed.response_hash is None:
+            raise SignatureInvalid("the response is not signed by the node")
+        try:
+            self._key.verify(sealed.signature, sealed.response_hash)
+        except InvalidSignature:
+            raise SignatureInvalid(
+                "the response signature is not the node's signature over response_hash"
+            ) from None
+
+    def _verified(self, started: float) -> None:
+        self.receipt.crypto_seconds += time.perf_counter() - started
+        self.receipt.messages_verified += 1
+
+
+class ResponseOpener(Opener):
+    """atoma-v1: the request's key (derived once), BLAKE2b response hash, signature."""
+
+    __slots__ = ("_session",)
+    protocol = "atoma-v1"
+    dedupe_nonces = True
+
+    def __init__(self, session: v1.Session, signing_key: Ed25519PublicKey, receipt: Receipt):
+        super().__init__(signing_key, receipt)
+        self._session = session
+
+    def open(
+        self,
+        sealed: ConfidentialComputeResponse,
+        *,
+        malformed: type[IntegrityError] = MalformedResponse,
+    ) -> bytes:
         started = time.perf_counter()
         try:
             plaintext = self._session.open(sealed.nonce, sealed.ciphertext)
@@ -120,17 +228,70 @@ class ResponseOpener:
             raise ResponseHashMismatch("the response carries no response_hash")
         if not hmac.compare_digest(v1.body_hash(plaintext), sealed.response_hash):
             raise ResponseHashMismatch("response_hash is not the BLAKE2b-256 of the response")
+        self._verify_signature(sealed)
+        self._verified(started)
+        return plaintext
+
+    def is_final(self, sealed: ConfidentialComputeResponse, usage: Usage | None) -> bool:
+        return usage is not None
+
+
+class V2ResponseOpener(Opener):
+    """veil-v2: ``v2.ClientSession`` checks place, tag and HMAC; then the node's signature."""
+
+    __slots__ = ("_session",)
+    protocol = v2.SUITE
+
+    def __init__(
+        self, session: v2.ClientSession, signing_key: Ed25519PublicKey, receipt: Receipt
+    ) -> None:
+        super().__init__(signing_key, receipt)
+        self._session = session
+
+    def open(
+        self,
+        sealed: ConfidentialComputeResponse,
+        *,
+        malformed: type[IntegrityError] = MalformedResponse,
+    ) -> bytes:
+        started = time.perf_counter()
+        if sealed.response_nonce is None or sealed.index is None or sealed.final is None:
+            raise malformed(
+                "the answer is not a veil-v2 message (response_nonce, index or final missing)"
+            )
+        if sealed.response_hash is None:
+            raise ResponseHashMismatch("the response carries no response_hash")
         if sealed.signature is None:
             raise SignatureInvalid("the response is not signed by the node")
         try:
-            self._key.verify(sealed.signature, sealed.response_hash)
-        except InvalidSignature:
-            raise SignatureInvalid(
-                "the response signature is not the node's signature over response_hash"
+            plaintext = self._session.open(sealed)
+        except v2.StreamOrderError as exc:
+            raise StreamCorrupt(exc.message) from None
+        except DecryptionFailed as exc:
+            if "response_hash" in exc.message:
+                raise ResponseHashMismatch(
+                    "response_hash is not the HMAC of the decrypted response"
+                ) from None
+            raise DecryptionError(
+                "the response's AES-GCM tag did not verify: it was altered on the way, belongs to "
+                "another request or position, or was sealed by another node"
             ) from None
-        self.receipt.crypto_seconds += time.perf_counter() - started
-        self.receipt.messages_verified += 1
+        self._verify_signature(sealed)
+        self._verified(started)
         return plaintext
+
+    def is_final(self, sealed: ConfidentialComputeResponse, usage: Usage | None) -> bool:
+        return bool(sealed.final)
+
+    def whole(self) -> None:
+        if not self._session.complete:
+            raise MalformedResponse("the answer is not the node's complete (final) message")
+
+    def ended(self, final_seen: bool) -> None:
+        try:
+            self._session.finish()
+        except v2.StreamOrderError as exc:
+            raise StreamTruncated(exc.message) from None
 
 
 def parse_json_object(plaintext: bytes, error: type[Exception]) -> dict[str, Any]:
@@ -168,13 +329,14 @@ def signed_usage(
     return usage
 
 
-def open_single(opener: ResponseOpener, raw: bytes) -> tuple[bytes, dict[str, Any]]:
+def open_single(opener: Opener, raw: bytes) -> tuple[bytes, dict[str, Any]]:
     """A non-streamed answer: verified plaintext and its JSON; the receipt is completed."""
     try:
         sealed = ConfidentialComputeResponse.model_validate_json(raw)
     except ValidationError:
         raise MalformedResponse("the answer is not a sealed ConfidentialComputeResponse") from None
     plaintext = opener.open(sealed)
+    opener.whole()
     document = parse_json_object(plaintext, MalformedResponse)
     usage = signed_usage(sealed.usage, document, MalformedResponse)
     opener.receipt.finish(usage)
@@ -210,33 +372,44 @@ class SSEParser:
 class StreamChecker:
     """Opens each event of a chat stream and checks its place in the stream."""
 
-    def __init__(self, opener: ResponseOpener) -> None:
+    def __init__(self, opener: Opener) -> None:
         self.opener = opener
         self.final = False
+        self.done = False
         self._nonces: set[bytes] = set()
         self._completion_id: str | None = None
         self._events = 0
         self._finished: set[int] = set()
 
-    def event(self, data: str) -> tuple[bytes, dict[str, Any]]:
-        """One event's data -> (verified plaintext, its JSON). Raises on anything out of place."""
+    def event(self, data: str) -> tuple[bytes, dict[str, Any]] | None:
+        """One event's data -> (verified plaintext, its JSON), or None for the ``[DONE]`` that may
+        follow the final chunk. Raises on anything out of place."""
+        if data.strip() == DONE_DATA:
+            if not self.final:
+                raise StreamTruncated("the stream said [DONE] before its final chunk arrived")
+            if self.done:
+                raise StreamCorrupt("[DONE] arrived twice")
+            self.done = True
+            return None
         if self.final:
             raise StreamCorrupt("an event arrived after the stream's final chunk")
         try:
             sealed = ConfidentialComputeResponse.model_validate_json(data)
         except ValidationError:
             raise StreamCorrupt("a stream event is not a sealed chunk") from None
-        if sealed.nonce in self._nonces:
-            raise StreamCorrupt("a chunk arrived twice (its nonce was already used)")
-        self._nonces.add(sealed.nonce)
-        plaintext = self.opener.open(sealed)
+        if self.opener.dedupe_nonces:
+            if sealed.nonce in self._nonces:
+                raise StreamCorrupt("a chunk arrived twice (its nonce was already used)")
+            self._nonces.add(sealed.nonce)
+        plaintext = self.opener.open(sealed, malformed=StreamCorrupt)
         chunk = parse_json_object(plaintext, StreamCorrupt)
         if "error" in chunk and "choices" not in chunk:
             # The node's own sealed, signed account of a failure mid-stream.
+            self.final = True
             raise api_error(502, chunk)
         self._check_place(chunk)
         usage = signed_usage(sealed.usage, chunk, StreamCorrupt)
-        if usage is not None:
+        if self.opener.is_final(sealed, usage):
             self.final = True
             self.opener.receipt.finish(usage)
         self._events += 1
@@ -264,8 +437,8 @@ class StreamChecker:
                 self._finished.add(index)
 
     def end(self) -> None:
-        if not self.final:
-            raise StreamTruncated("the stream ended before its final chunk (usage never arrived)")
+        """The transport ended: the final chunk must have arrived."""
+        self.opener.ended(self.final)
 
 
 def _broken(exc: httpx.HTTPError) -> StreamTruncated:
@@ -280,8 +453,8 @@ def plain_chunks(
     try:
         for line in response.iter_lines():
             data = parser.feed(line)
-            if data is not None:
-                yield checker.event(data)
+            if data is not None and (opened := checker.event(data)) is not None:
+                yield opened
         checker.end()
     except httpx.HTTPError as exc:
         raise _broken(exc) from exc
@@ -297,8 +470,8 @@ async def aplain_chunks(
     try:
         async for line in response.aiter_lines():
             data = parser.feed(line)
-            if data is not None:
-                yield checker.event(data)
+            if data is not None and (opened := checker.event(data)) is not None:
+                yield opened
         checker.end()
     except httpx.HTTPError as exc:
         raise _broken(exc) from exc

@@ -15,6 +15,10 @@ envelope goes over the network. Requests without a body (``GET /v1/models``...) 
 already under ``/confidential/`` pass through unchanged; any other request with a body (e.g.
 ``/v1/completions``, ``/v1/responses``) raises ``PlaintextRefused`` and is not sent.
 
+Every lock is attested before anything is sealed, and requests are sealed with veil-v2, exactly as
+``veil.Client`` does; ``protocol``, ``policy`` and ``insecure_no_tee`` are the ``Client`` options of
+the same names (``insecure_no_tee=True``: a local demo without a TEE only).
+
 Errors: an error the server sent becomes an HTTP response with its status and body (marked
 ``x-should-retry: false``: the client has already retried what can be retried), so ``openai`` raises
 its usual status error. A response that fails a check raises the ``IntegrityError`` itself, which
@@ -30,10 +34,12 @@ from typing import Any
 
 import httpx
 
+from veil.attestation.policy import Policy
 from veil.client.errors import APIError, BalanceError, PlaintextRefused, TransportError
 from veil.client.sdk import (
     DEFAULT_BACKOFF,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PROTOCOL,
     DEFAULT_TIMEOUT,
     ROUTES,
     Answer,
@@ -41,6 +47,7 @@ from veil.client.sdk import (
     Client,
     Endpoint,
     Plan,
+    ProtocolName,
     plan_request,
 )
 from veil.client.streaming import AsyncChatStream, ChatStream, Receipt
@@ -117,7 +124,10 @@ def _receipt_headers(receipt: Receipt) -> dict[str, str]:
         "x-veil-node-key-id": receipt.node_key_id,
         "x-veil-stack": str(receipt.stack_small_id),
         "x-veil-attempts": str(receipt.attempts),
+        "x-veil-protocol": receipt.protocol,
     }
+    if receipt.attestation is not None:
+        headers["x-veil-attestation"] = receipt.attestation.describe()
     if receipt.reserved_units is not None:
         headers["x-veil-reserved-units"] = str(receipt.reserved_units)
     return headers
@@ -186,11 +196,21 @@ class VeilTransport(httpx.BaseTransport):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff: float = DEFAULT_BACKOFF,
+        protocol: ProtocolName = DEFAULT_PROTOCOL,
+        policy: Policy | None = None,
+        insecure_no_tee: bool = False,
     ) -> None:
         self._inner = transport or httpx.HTTPTransport()
         self._http = httpx.Client(transport=self._inner, timeout=timeout)
         self.client = Client(
-            base_url, api_key, http_client=self._http, max_attempts=max_attempts, backoff=backoff
+            base_url,
+            api_key,
+            http_client=self._http,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            protocol=protocol,
+            policy=policy,
+            insecure_no_tee=insecure_no_tee,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -231,11 +251,21 @@ class AsyncVeilTransport(httpx.AsyncBaseTransport):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff: float = DEFAULT_BACKOFF,
+        protocol: ProtocolName = DEFAULT_PROTOCOL,
+        policy: Policy | None = None,
+        insecure_no_tee: bool = False,
     ) -> None:
         self._inner = transport or httpx.AsyncHTTPTransport()
         self._http = httpx.AsyncClient(transport=self._inner, timeout=timeout)
         self.client = AsyncClient(
-            base_url, api_key, http_client=self._http, max_attempts=max_attempts, backoff=backoff
+            base_url,
+            api_key,
+            http_client=self._http,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            protocol=protocol,
+            policy=policy,
+            insecure_no_tee=insecure_no_tee,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -272,12 +302,16 @@ def openai_http_client(
     timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff: float = DEFAULT_BACKOFF,
+    protocol: ProtocolName = DEFAULT_PROTOCOL,
+    policy: Policy | None = None,
+    insecure_no_tee: bool = False,
 ) -> httpx.Client:
     """An ``httpx.Client`` for ``openai.OpenAI(http_client=...)`` that makes inference confidential.
 
     ``base_url`` is the gateway (with or without ``/v1``); ``api_key`` defaults to the bearer key
     ``openai`` sends. ``transport`` is what actually talks to the network (default
-    ``httpx.HTTPTransport()``); wrap it to observe the wire.
+    ``httpx.HTTPTransport()``); wrap it to observe the wire. ``protocol``, ``policy`` and
+    ``insecure_no_tee`` are ``veil.Client``'s options (strict attestation, veil-v2 by default).
     """
     veil = VeilTransport(
         base_url,
@@ -286,6 +320,9 @@ def openai_http_client(
         timeout=timeout,
         max_attempts=max_attempts,
         backoff=backoff,
+        protocol=protocol,
+        policy=policy,
+        insecure_no_tee=insecure_no_tee,
     )
     return httpx.Client(transport=veil, timeout=timeout)
 
@@ -298,6 +335,9 @@ def async_openai_http_client(
     timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff: float = DEFAULT_BACKOFF,
+    protocol: ProtocolName = DEFAULT_PROTOCOL,
+    policy: Policy | None = None,
+    insecure_no_tee: bool = False,
 ) -> httpx.AsyncClient:
     """Async twin of ``openai_http_client``, for ``openai.AsyncOpenAI(http_client=...)``."""
     veil = AsyncVeilTransport(
@@ -307,5 +347,8 @@ def async_openai_http_client(
         timeout=timeout,
         max_attempts=max_attempts,
         backoff=backoff,
+        protocol=protocol,
+        policy=policy,
+        insecure_no_tee=insecure_no_tee,
     )
     return httpx.AsyncClient(transport=veil, timeout=timeout)
