@@ -236,6 +236,7 @@ def run_gateway(settings: GatewaySettings, bootstrap_units: int = 0) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
     key = load_or_create_gateway_key(settings.data_dir)
     app = create_gateway_app(
         settings, key, on_admin_key=print_admin_key, bootstrap_units=bootstrap_units
