@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,7 +64,7 @@ def _check_data_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
-        probe.write_bytes(b"")
+        probe.write_bytes(b"\0" * 4096)  # not empty: an empty file fits on a full disk
         probe.unlink()
     except OSError as exc:
         raise fail(f"data directory {path} is not writable ({exc.strerror})") from None
@@ -224,6 +227,7 @@ def gateway(
     if not settings.nodes:
         raise fail("give at least one --node URL (or use `veil serve` for gateway + node)")
     _check_data_dir(settings.data_dir)
+    _check_ledger(settings)
     err.print(
         f"Veil gateway on http://{settings.host}:{settings.port}  nodes: {', '.join(settings.nodes)}\n"
         f"Nodes must trust its ticket key: veil node --gateway-key {_gateway_public_key(settings)}",
@@ -235,7 +239,31 @@ def gateway(
 def _gateway_public_key(settings: Any) -> str:
     from veil.gateway.identity import load_or_create_gateway_key, public_b64
 
-    return public_b64(load_or_create_gateway_key(settings.data_dir))
+    try:
+        return public_b64(load_or_create_gateway_key(settings.data_dir))
+    except OSError as exc:
+        raise fail(f"cannot use data directory {settings.data_dir}: {exc.strerror}") from None
+
+
+def _check_ledger(settings: Any) -> None:
+    """Open (and migrate) the ledger once before serving: a database that cannot be used (disk
+    full, server unreachable) is one error line here, not a traceback from the server's startup."""
+    import asyncio
+
+    from sqlalchemy.engine import make_url
+
+    from veil.gateway.ledger import Ledger
+
+    async def probe() -> None:
+        await (await Ledger.open(settings.resolved_database_url)).close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        where = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()
+        detail = reason[0] if reason else type(exc).__name__
+        raise fail(f"cannot open the ledger database {where}: {detail}") from None
 
 
 @app.command("serve")
@@ -259,6 +287,7 @@ def serve(
         nodes=[f"http://127.0.0.1:{node_port}"],
     )
     _check_data_dir(settings.data_dir)
+    _check_ledger(settings)
     node_dir = settings.data_dir / "node"
     command = [
         sys.executable,
@@ -276,7 +305,10 @@ def serve(
         "--log-level",
         log_level,
     ]
-    child = subprocess.Popen(command)  # noqa: S603 - our own interpreter and arguments
+    # A SIGTERM (uvicorn re-raises it after its shutdown) must run the `finally` below, and the
+    # node must not outlive us even if we are killed outright: no orphan holding the node port.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    child = subprocess.Popen(command, preexec_fn=_die_with_parent())  # noqa: S603
     try:
         if not _wait_for(f"http://127.0.0.1:{node_port}/health", child):
             raise fail("the embedded node did not start; see its output above")
@@ -293,6 +325,27 @@ def serve(
             child.wait(timeout=20)
         except subprocess.TimeoutExpired:
             child.kill()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """For a child process on Linux: have the kernel SIGTERM it when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def arm() -> None:  # runs in the child, between fork and exec
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _wait_for(url: str, child: Any) -> bool:

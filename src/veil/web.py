@@ -77,7 +77,7 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
 def parse_json_object(raw: bytes) -> dict[str, object]:
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # also: integers over 4300 digits, too-deep nesting
         raise InvalidBody("the request body is not valid JSON") from None
     if not isinstance(document, dict):
         raise InvalidBody("the request body must be a JSON object")

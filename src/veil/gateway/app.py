@@ -13,23 +13,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.config import GatewaySettings
-from veil.gateway.forward import Forwarder, new_request_id
+from veil.gateway.forward import Forwarder, database_unavailable, new_request_id
 from veil.gateway.identity import public_b64
 from veil.gateway.ledger import Ledger, User
 from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.registry import NodeInfo, NodeRegistry
 from veil.protocol.envelopes import (
+    MAX_ID,
     ConfidentialComputeRequest,
     NodesCreateLockRequest,
     NodesCreateLockResponse,
@@ -40,6 +41,7 @@ from veil.protocol.errors import (
     InvalidBody,
     NotFound,
     ServiceUnavailable,
+    StaleNodeKey,
 )
 from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 from veil.web import (
@@ -58,6 +60,10 @@ ROUTES: dict[Kind, str] = {
     "embeddings": "embeddings",
     "images": "images/generations",
 }
+
+
+# Ids live in signed 64-bit columns: a larger one is a bad request, not a database overflow.
+StackId = Annotated[int, Path(ge=0, le=MAX_ID)]
 
 
 class CreateUser(BaseModel):
@@ -115,7 +121,19 @@ class Gateway:
         self, route: str, request: Request, work: Callable[[], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response, code = await answer_or_error(work, route=route, log=log, service="gateway")
+
+        async def guarded() -> Response:
+            try:
+                return await work()
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("ledger database unavailable on %s: %s", route, type(exc).__name__)
+                raise ServiceUnavailable(
+                    "the ledger database is unavailable; retry shortly"
+                ) from None
+
+        response, code = await answer_or_error(guarded, route=route, log=log, service="gateway")
         self.metrics.requests.labels(route, code).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
         return response
@@ -176,6 +194,13 @@ class Gateway:
         evidence = None
         if ask.attestation_nonce is not None:
             evidence = await self.evidence(node, ask.attestation_nonce, reservation)
+            if (
+                evidence.get("x25519_public_key")
+                != base64.b64encode(node.current_public_key).decode()
+            ):
+                # The node rotated since our last refresh: learn its new key now, or the client
+                # would see evidence for one key and a lock for another.
+                await self.registry.refresh(node)
         answer = NodesCreateLockResponse(
             public_key=node.current_public_key,
             node_small_id=node.node_small_id,
@@ -218,7 +243,7 @@ class Gateway:
         reservation = await self.ledger.claim(
             user.id, envelope.stack_small_id, request_id=request_id
         )
-        return await self.forwarder.forward(
+        response = await self.forwarder.forward(
             node,
             f"/v1/confidential/{ROUTES[kind]}",
             raw,
@@ -226,6 +251,9 @@ class Gateway:
             envelope.model_name,
             request_id,
         )
+        if response.status_code == StaleNodeKey.status:  # stale key (or a replay: harmless)
+            await self.registry.refresh(node)  # the client will lock again: give it the new key
+        return response
 
     async def plain(self, kind: Kind, request: Request) -> Response:
         """Non-confidential OpenAI routes: the gateway sees plaintext here, by the caller's choice."""
@@ -396,7 +424,7 @@ def create_gateway_app(
         return JSONResponse({"stacks": [stack_json(s) for s in stacks]})
 
     @app.get("/admin/stacks/{stack_id}")
-    async def show_stack(stack_id: int, request: Request) -> Response:
+    async def show_stack(stack_id: StackId, request: Request) -> Response:
         async def work() -> Response:
             await gw().admin(request)
             return JSONResponse(stack_json(await gw().ledger.get_stack(stack_id)))
@@ -404,10 +432,12 @@ def create_gateway_app(
         return await gw().handle("admin_show_stack", request, work)
 
     @app.post("/admin/stacks/{stack_id}/top-up")
-    async def top_up(stack_id: int, request: Request) -> Response:
+    async def top_up(stack_id: StackId, request: Request) -> Response:
         async def work() -> Response:
             await gw().admin(request)
             ask = parse_model(await gw().body(request), TopUp, "top-up")
+            if (await gw().ledger.get_stack(stack_id)).total_units > MAX_ID - ask.units:
+                raise InvalidBody(f"a stack holds at most {MAX_ID} units in total")
             return JSONResponse(stack_json(await gw().ledger.top_up(stack_id, ask.units)))
 
         return await gw().handle("admin_top_up", request, work)

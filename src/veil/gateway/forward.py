@@ -19,6 +19,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from veil.gateway.ledger import Ledger, Reservation
 from veil.gateway.metrics import GatewayMetrics
@@ -40,10 +41,37 @@ log = logging.getLogger("veil.gateway.forward")
 
 _RECEIPT_PREFIX = RECEIPT_COMMENT.decode()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# How long settlement keeps retrying while the ledger database is unreachable (a restart, a
+# failover): settling is idempotent, and giving up leaves the units held until expiry.
+SETTLE_RETRY_SECONDS = 30.0
 
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the ledger database cannot be reached right now (down, restarting,
+    connection cut) rather than a bug: such a request fails with 503, never 500.
+
+    PostgreSQL SQLSTATE classes 08 (connection exception) and 57P (admin or crash shutdown,
+    cannot connect now), a connection SQLAlchemy invalidated, a DBAPI OperationalError, or an
+    ``OSError`` (refused, reset, timed out) anywhere in the cause chain.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | OperationalError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(("08", "57P")):
+            return True
+        orig = current.orig if isinstance(current, DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
 
 
 @dataclass
@@ -86,19 +114,39 @@ class Forwarder:
         # still be written.
         self.registry.release(reservation.id)
         with anyio.CancelScope(shield=True):
-            if receipt is None:
-                await self.ledger.release(reservation.id)
-                return
-            await self.ledger.settle(
-                reservation.id,
-                receipt.compute_units,
-                prompt_tokens=receipt.prompt_tokens,
-                completion_tokens=receipt.completion_tokens,
-                receipt=receipt.model_dump_json(),
-            )
-            self.metrics.units_charged.labels(model).inc(
-                min(receipt.compute_units, reservation.units)
-            )
+            deadline = time.monotonic() + SETTLE_RETRY_SECONDS
+            delay = 0.1
+            while True:
+                try:
+                    await self._write_settlement(reservation, receipt)
+                    break
+                except Exception as exc:
+                    if not database_unavailable(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    log.warning(
+                        "ledger unavailable while settling (%s); retrying", type(exc).__name__
+                    )
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            if receipt is not None:
+                self.metrics.units_charged.labels(model).inc(
+                    min(receipt.compute_units, reservation.units)
+                )
+
+    async def _write_settlement(
+        self, reservation: Reservation, receipt: UsageReceipt | None
+    ) -> None:
+        """One attempt; idempotent (a reservation already final is left as it is)."""
+        if receipt is None:
+            await self.ledger.release(reservation.id)
+            return
+        await self.ledger.settle(
+            reservation.id,
+            receipt.compute_units,
+            prompt_tokens=receipt.prompt_tokens,
+            completion_tokens=receipt.completion_tokens,
+            receipt=receipt.model_dump_json(),
+        )
 
     async def forward(
         self,

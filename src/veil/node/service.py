@@ -20,7 +20,7 @@ from veil.engines.base import (
     EngineFailure,
     ImageEngine,
 )
-from veil.protocol.errors import BalanceError, EngineError, NotFound
+from veil.protocol.errors import BalanceError, EngineError, InvalidBody, NotFound
 from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 E = TypeVar("E", bound=Engine)
@@ -92,6 +92,12 @@ class NodeService:
             prompt_tokens = await engine.count_prompt_tokens(request)
         except EngineFailure as exc:
             raise EngineError(engine_failure_message(exc)) from None
+        context = getattr(engine, "n_ctx", None)  # known for in-process engines
+        if isinstance(context, int) and prompt_tokens >= context:
+            # The caller's input, not a backend failure: 400, as OpenAI answers it.
+            raise InvalidBody(
+                f"the prompt takes {prompt_tokens} tokens; the model's context window is {context}"
+            )
         if prompt_tokens >= budget:
             raise BalanceError(
                 f"the prompt takes {prompt_tokens} tokens but the request carries {budget} "

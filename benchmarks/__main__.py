@@ -1,0 +1,307 @@
+"""Run every benchmark and write the report: ``python -m benchmarks [--quick] [--out PATH]``.
+
+Each benchmark in this directory runs as its own process (``python -m benchmarks.NAME``, quick
+arguments with ``--quick``), its standard output captured whole. The report (default
+``docs/BENCHMARKS.md``) gives, for each table: the machine, the date, what was measured, the
+baseline it is compared against *in the same run*, the headline ratio read from the output, and the
+output itself. A benchmark that fails is reported as failed, with the end of its error output, and
+the others still run. Exits 1 if any benchmark exited non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "docs" / "BENCHMARKS.md"
+BENCH_TIMEOUT = 3600.0  # per benchmark; the load benchmark at full size takes a few minutes
+
+
+def _find(pattern: str, text: str) -> str | None:
+    match = re.search(pattern, text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def crypto_headline(output: str) -> list[str]:
+    request = _find(r"^request: request total\s+\S+\s+\S+\s+(\S+x)", output)
+    chunk = _find(r"^chunk \(seal\+sign\+open\+verify\)\s+\S+\s+\S+\s+(\S+x)", output)
+    lines = []
+    if request:
+        verdict = _find(r"^request: request total.*?(met|NOT MET)\s*$", output) or "?"
+        lines.append(
+            f"veil-v2 / atoma-v1 crypto per request: **{request}** (target <= 1.5x: {verdict})"
+        )
+    if chunk:
+        verdict = _find(r"^chunk \(seal\+sign\+open\+verify\).*?(met|NOT MET)\s*$", output) or "?"
+        lines.append(
+            f"veil-v2 / atoma-v1 crypto per stream chunk: **{chunk}** (target <= 1.2x: {verdict})"
+        )
+    return lines
+
+
+def client_headline(output: str) -> list[str]:
+    lines = []
+    if ratio := _find(r"like-for-like ratio: (\S+x)", output):
+        verdict = _find(r"like-for-like ratio: .*\(target >= 10x: (met|NOT met)\)", output) or "?"
+        lines.append(
+            f"opening a 500-chunk stream, atoma-sdk's per-chunk decrypt / Veil's: **{ratio}** "
+            f"faster (target >= 10x: {verdict})"
+        )
+    if share := _find(r"largest crypto share: (\S+%)", output):
+        verdict = _find(r"largest crypto share: .*\(target < 1%: (met|NOT met)\)", output) or "?"
+        lines.append(
+            f"client crypto as a share of a real request's time: at most **{share}** "
+            f"(target < 1%: {verdict})"
+        )
+    return lines
+
+
+def load_headline(output: str) -> list[str]:
+    lines = []
+    single = _find(r"^\(a\) .*?\s+\d+\s+(\S+)\s+\d+\s+\d+\s+\d+\s+\S+x", output)
+    cluster = _find(r"^\(b\) .*?\s+\d+\s+(\S+)\s+\d+\s+\d+\s+\d+\s+\S+x", output)
+    ratio = _find(r"^throughput ratio, .*: (\S+x)", output)
+    if single:
+        lines.append(f"load, `veil serve` (1 gateway + 1 node): **{single} requests/s** (baseline)")
+    if cluster and ratio:
+        lines.append(
+            f"load, 2 gateways x 2 nodes on PostgreSQL: **{cluster} requests/s = {ratio}** the "
+            "baseline, on the same 2 cores"
+        )
+    balanced = re.findall(r"signed usage seen by clients \d+: (yes|NO); reserved after: (\d+); "
+                          r"reconcile\(\): (\S+)", output)  # fmt: skip
+    if balanced:
+        exact = all(b[0] == "yes" and b[1] == "0" and b[2] == "clean" for b in balanced)
+        lines.append(
+            "ledger after load: "
+            + ("**exact** in every setup (charged == signed usage, 0 reserved, reconcile clean)"
+               if exact else "**does NOT balance** (see the table)")
+        )  # fmt: skip
+    return lines
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    module: str
+    title: str
+    measures: str
+    baseline: str
+    args: tuple[str, ...]
+    quick_args: tuple[str, ...]
+    headline: Callable[[str], list[str]]
+
+
+BENCHMARKS = (
+    Benchmark(
+        "crypto",
+        "Protocol crypto: atoma-v1 against veil-v2",
+        "CPU time of each cryptographic step of one request (client seal, node open, node "
+        "seal + sign, client open + verify) and of one stream chunk, for both suites on the same "
+        "payloads and the same Ed25519 key.",
+        "atoma-v1 (Atoma-compatible suite) measured in the same process, rounds interleaved with "
+        "veil-v2. Ratio = v2 time / v1 time (lower is better; above 1 means v2 costs more).",
+        (),
+        ("--iterations", "100", "--rounds", "5"),
+        crypto_headline,
+    ),
+    Benchmark(
+        "client",
+        "Client: opening streams, and crypto's share of a real request",
+        "1) Opening a 500-chunk sealed stream on the client. 2) Client crypto time per request "
+        "against the whole request time, through a real gateway + node on the embedded models.",
+        "1) atoma-sdk 0.1.3's per-chunk `decrypt_message` (X25519 + HKDF + AES-GCM setup per "
+        "chunk), re-implemented operation for operation, in the same run. Ratio = baseline time / "
+        "Veil time (higher is better). 2) the request's own total time.",
+        (),
+        ("--rounds", "3"),
+        client_headline,
+    ),
+    Benchmark(
+        "load",
+        "Load: concurrent clients against one and against several gateways",
+        "N concurrent clients, each looping lock + sealed request + open/verify over a mix of "
+        "embeddings, short chat and streamed chat (atoma-v1 and veil-v2), for T seconds; "
+        "requests/s, latency percentiles, errors by code, and the ledger afterwards.",
+        "(a) `veil serve` (one gateway, SQLite ledger, one node), started and measured in the same "
+        "run. Ratio = (b) requests/s / (a) requests/s.",
+        (),
+        ("--quick",),
+        load_headline,
+    ),
+)
+
+
+@dataclass
+class Outcome:
+    benchmark: Benchmark
+    command: str
+    seconds: float
+    returncode: int
+    stdout: str
+    stderr_tail: str
+    load_before: float  # 1-minute load average when it started: other work skews timings
+
+
+def run(benchmark: Benchmark, quick: bool) -> Outcome:
+    args = benchmark.quick_args if quick else benchmark.args
+    command = [sys.executable, "-m", f"benchmarks.{benchmark.module}", *args]
+    shown = " ".join(["python", "-m", f"benchmarks.{benchmark.module}", *args])
+    print(f"running: {shown}", file=sys.stderr, flush=True)
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=BENCH_TIMEOUT, check=False
+        )
+        stdout, stderr, code = done.stdout, done.stderr, done.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout if isinstance(exc.stdout, str) else ""
+        stderr, code = f"timed out after {BENCH_TIMEOUT:.0f} s", -1
+    seconds = time.monotonic() - started
+    print(f"  exit {code} after {seconds:.0f} s", file=sys.stderr, flush=True)
+    return Outcome(benchmark, shown, seconds, code, stdout, stderr[-3000:], load_before)
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    ram = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    return {
+        "CPU": cpu,
+        "cores": str(os.cpu_count()),
+        "RAM": ram,
+        "GPU / TEE": "none / none (CPU only; attestation 'none')",
+        "OS": platform.platform(),
+        "Python": platform.python_version(),
+        "commit": git_revision(),
+    }
+
+
+def git_revision() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+            timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+            timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
+def render(outcomes: list[Outcome], quick: bool, when: datetime.datetime) -> str:
+    mode = (
+        "**quick mode** (`--quick`: fewer iterations, 8 clients x 10 s of load)"
+        if quick
+        else "full mode (each benchmark's defaults: 64 clients x 60 s of load)"
+    )
+    total = sum(o.seconds for o in outcomes)
+    cores = os.cpu_count() or 1
+    busiest = max((o.load_before for o in outcomes), default=0.0)
+    busy = (
+        f" **Other work was running on this machine during the run** (1-minute load average up "
+        f"to {busiest:.1f} on {cores} cores when a benchmark started): absolute times are "
+        "inflated and the ratios noisier than on an idle machine."
+        if busiest > cores / 2
+        else ""
+    )
+    out = [
+        "# Benchmarks",
+        "",
+        f"Generated by `python -m benchmarks{' --quick' if quick else ''}` (or `veil bench`) on "
+        f"{when:%Y-%m-%d %H:%M} UTC in {mode}; the whole run took {total / 60:.1f} minutes. "
+        "Do not edit by hand: rerun to refresh. Every ratio compares two things measured in the "
+        f"same run on the same machine.{busy}",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {key} | {value} |" for key, value in machine().items()],
+        "",
+        "Everything ran on this one machine over loopback: the clients, the gateways, the nodes, "
+        "PostgreSQL, Redis and the models (Gemma 3 270M Q4_K_M on llama.cpp, all-MiniLM-L6-v2 on "
+        "CPU torch). There is no TEE and no GPU here, so these numbers say how Veil's own work "
+        "(crypto, routing, ledger) compares with its baselines, not how fast a production "
+        "deployment is (see `docs/SCALING.md`).",
+        "",
+        "## Headlines",
+        "",
+    ]
+    for outcome in outcomes:
+        lines = outcome.benchmark.headline(outcome.stdout) if outcome.returncode == 0 else []
+        if outcome.returncode != 0:
+            lines = [
+                f"`benchmarks/{outcome.benchmark.module}.py` FAILED (exit {outcome.returncode})"
+            ]
+            lines += outcome.benchmark.headline(outcome.stdout)
+        out += [f"- {line}" for line in lines or [f"{outcome.benchmark.title}: see below"]]
+    for number, outcome in enumerate(outcomes, 1):
+        b = outcome.benchmark
+        out += [
+            "",
+            f"## {number}. {b.title} (`benchmarks/{b.module}.py`)",
+            "",
+            f"- **Measures:** {b.measures}",
+            f"- **Baseline (same run):** {b.baseline}",
+            f"- **Command:** `{outcome.command}` - {outcome.seconds:.0f} s, exit {outcome.returncode}",
+            f"- **Date:** {when:%Y-%m-%d} - **machine:** as above; 1-minute load average when it "
+            f"started: {outcome.load_before:.2f} on {os.cpu_count()} cores",
+            "",
+            "```text",
+            outcome.stdout.strip() or "(no output)",
+            "```",
+        ]
+        if outcome.returncode != 0:
+            out += ["", "Error output (end):", "", "```text", outcome.stderr_tail.strip(), "```"]
+    out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Run every benchmark and write the report."
+    )
+    parser.add_argument("--quick", action="store_true", help="each benchmark's quick arguments")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown report")
+    parser.add_argument(
+        "--only", action="append", choices=[b.module for b in BENCHMARKS], help="repeatable"
+    )
+    args = parser.parse_args(argv)
+    when = datetime.datetime.now(datetime.UTC)
+    chosen = [b for b in BENCHMARKS if not args.only or b.module in args.only]
+    outcomes = [run(benchmark, args.quick) for benchmark in chosen]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(outcomes, args.quick, when))
+    print(f"wrote {args.out}", file=sys.stderr)
+    for outcome in outcomes:
+        for line in outcome.benchmark.headline(outcome.stdout):
+            print(f"- {line}")
+    return 0 if all(o.returncode == 0 for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

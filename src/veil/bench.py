@@ -1,0 +1,48 @@
+"""``veil bench``: run the repository's benchmarks and write their report.
+
+The benchmarks live in the source checkout (``benchmarks/`` beside ``src/``), not in the installed
+package: they start real gateways and nodes on the test models and compare against baselines
+measured in the same run. This module only finds the checkout and runs ``python -m benchmarks``
+there with the same interpreter.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH_TIMEOUT_SECONDS = 4 * 3600  # the runner bounds each benchmark; this bounds the whole run
+
+
+def find_checkout(start: Path | None = None) -> Path | None:
+    """The source checkout this ``veil`` was installed from (editable install), if any."""
+    here = (start or Path(__file__)).resolve()
+    for candidate in here.parents:
+        if (candidate / "benchmarks" / "__main__.py").is_file():
+            return candidate
+    return None
+
+
+def run_all(out: Path, quick: bool) -> int:
+    """Run every benchmark and write the Markdown report to ``out``; the runner's exit code
+    (0: every benchmark ran cleanly; 1: one failed, still reported; 2: no checkout found)."""
+    root = find_checkout()
+    if root is None:
+        print(
+            "error: veil bench needs a source checkout of Veil (benchmarks/ beside src/); "
+            "install it with `pip install -e .` from the checkout",
+            file=sys.stderr,
+        )
+        return 2
+    command = [sys.executable, "-m", "benchmarks", "--out", str(Path(out).resolve())]
+    if quick:
+        command.append("--quick")
+    try:
+        done = subprocess.run(  # noqa: S603 - our own interpreter and arguments
+            command, cwd=root, timeout=BENCH_TIMEOUT_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        print(f"error: benchmarks still running after {BENCH_TIMEOUT_SECONDS} s", file=sys.stderr)
+        return 1
+    return done.returncode
