@@ -46,6 +46,25 @@ def crypto_headline(output: str) -> list[str]:
         lines.append(
             f"veil-v2 / atoma-v1 crypto per stream chunk: **{chunk}** (target <= 1.2x: {verdict})"
         )
+    atoma = _find(r"^2 KiB request: total\s+\S+\s+\S+\s+(\S+x)", output)
+    if atoma:
+        verdict = _find(r"^2 KiB request: total.*?(met|NOT MET)\s*$", output) or "?"
+        lines.append(
+            f"Veil (atoma-v1) / atoma-sdk 0.1.3 crypto per 2 KiB request: **{atoma}** "
+            f"(target <= 1.0x: {verdict})"
+        )
+    if faster := _find(r"\(veil (\S+x) faster; target >= 10x", output):
+        verdict = _find(r"faster; target >= 10x\s+(met|NOT MET)\)", output) or "?"
+        lines.append(
+            f"opening 200 B chunks, atoma-sdk's `decrypt_message` / Veil's: **{faster}** faster "
+            f"(target >= 10x: {verdict})"
+        )
+    if gcm := _find(r"AES-256-GCM throughput ratio, veil/openssl: (\S+x)", output):
+        verdict = _find(r"AES-256-GCM throughput ratio.*\(target >= 0.7x: (met|NOT MET)\)", output)
+        lines.append(
+            f"AES-256-GCM on 1 MiB, Veil's calls / `openssl speed`: **{gcm}** "
+            f"(target >= 0.7x: {verdict or '?'})"
+        )
     return lines
 
 
@@ -90,6 +109,103 @@ def load_headline(output: str) -> list[str]:
     return lines
 
 
+def node_overhead_headline(output: str) -> list[str]:
+    lines = []
+    for suite in ("atoma-v1", "veil-v2"):
+        line = _find(rf"^(embeddings p50 ratio, confidential/plain \({suite}\): .*)$", output)
+        ratio = _find(r": (\S+x) \(", line or "")
+        verdict = _find(r"\(target <= 1\.10: (met|NOT MET)\)", line or "") or "?"
+        if ratio:
+            lines.append(
+                f"node, embeddings p50 latency, confidential {suite} / plain route of the same "
+                f"node: **{ratio}** (target <= 1.10x: {verdict})"
+            )
+    for suite in ("atoma-v1", "veil-v2"):
+        line = _find(
+            rf"^(streamed chat tokens/s ratio, confidential/plain \({suite}\): .*)$", output
+        )
+        ratio = _find(r": (\S+x) \(", line or "")
+        verdict = _find(r"\(target >= 0\.97: (met|NOT MET)\)", line or "") or "?"
+        if ratio:
+            lines.append(
+                f"node, streamed chat tokens/s, confidential {suite} / plain route of the same "
+                f"node: **{ratio}** (target >= 0.97x: {verdict})"
+            )
+    line = _find(r"^(node RSS with both models loaded: .*)$", output)
+    rss = _find(r": (\d+ MB) \(", line or "")
+    verdict = _find(r"\(target <= 1\.5 GB: (met|NOT MET)\)", line or "") or "?"
+    if rss:
+        lines.append(
+            f"node RSS with both embedded models loaded: **{rss}** (target <= 1.5 GB: {verdict})"
+        )
+    return lines
+
+
+def gateway_headline(output: str) -> list[str]:
+    lines = []
+    if overhead := _find(r"^gateway p50 overhead: (\S+ ms)", output):
+        verdict = _find(r"^gateway p50 overhead: .*\(target <= 3 ms: (met|NOT met)\)", output)
+        postgres = _find(r"^gateway p50 overhead, PostgreSQL ledger: (\S+ ms)", output)
+        lines.append(
+            "latency the gateway adds to a confidential embeddings request (p50, request leg "
+            f"against the same request sent to the node directly): **{overhead}** on SQLite"
+            + (f", {postgres} on PostgreSQL" if postgres else "")
+            + f" (target <= 3 ms: {verdict or '?'})"
+        )
+    rates = re.search(
+        r"^lock\+request throughput, (\d+) clients: SQLite (\S+) req/s, PostgreSQL (\S+) req/s "
+        r"\(PostgreSQL/SQLite (\S+x)\)",
+        output,
+        re.MULTILINE,
+    )
+    if rates:
+        clients, sqlite, postgres, ratio = rates.groups()
+        ceiling = _find(r"^node alone, \d+ clients: (\S+) req/s", output)
+        lines.append(
+            f"lock + request through the gateway, {clients} clients: **SQLite {sqlite} req/s, "
+            f"PostgreSQL {postgres} req/s** (PostgreSQL/SQLite {ratio})"
+            + (f"; the node alone, same clients: {ceiling} req/s" if ceiling else "")
+        )
+    if rss := _find(r"^gateway RSS after load: (\S+ MB)", output):
+        verdict = _find(r"^gateway RSS after load: .*\(target <= 200 MB: (met|NOT met)\)", output)
+        lines.append(
+            f"gateway memory after the load: **{rss}** RSS (target <= 200 MB: {verdict or '?'})"
+        )
+    books = re.findall(r"signed usage seen by clients \d+: (yes|NO); reserved after: (\d+); "
+                       r"reconcile\(\): (\S+)", output)  # fmt: skip
+    if books:
+        exact = all(b == ("yes", "0", "clean") for b in books)
+        lines.append(
+            "ledger after the gateway runs: "
+            + ("**exact** on SQLite and PostgreSQL (charged == signed usage, 0 reserved, "
+               "reconcile clean)" if exact else "**does NOT balance** (see the output)")
+        )  # fmt: skip
+    return lines
+
+
+def ledger_headline(output: str) -> list[str]:
+    lines = []
+    rates = re.search(
+        r"^ledger reserve\+settle, (\d+) tasks: SQLite (\S+) ops/s, PostgreSQL (\S+) ops/s "
+        r"\(PostgreSQL/SQLite (\S+x)\)",
+        output,
+        re.MULTILINE,
+    )
+    if rates:
+        tasks, sqlite, postgres, ratio = rates.groups()
+        lines.append(
+            f"ledger reserve + settle, {tasks} concurrent tasks: **SQLite {sqlite} ops/s, "
+            f"PostgreSQL {postgres} ops/s** (PostgreSQL/SQLite {ratio})"
+        )
+    if (overspend := _find(r"^overspend: (\d+) units", output)) is not None:
+        checks = _find(r"^ledger checks: (passed|FAILED.*)$", output) or "?"
+        lines.append(
+            f"ledger overspend under contention: **{overspend} units** (must be 0; every stack "
+            f"balanced and reconcile clean: {checks})"
+        )
+    return lines
+
+
 @dataclass(frozen=True)
 class Benchmark:
     module: str
@@ -107,12 +223,32 @@ BENCHMARKS = (
         "Protocol crypto: atoma-v1 against veil-v2",
         "CPU time of each cryptographic step of one request (client seal, node open, node "
         "seal + sign, client open + verify) and of one stream chunk, for both suites on the same "
-        "payloads and the same Ed25519 key.",
-        "atoma-v1 (Atoma-compatible suite) measured in the same process, rounds interleaved with "
-        "veil-v2. Ratio = v2 time / v1 time (lower is better; above 1 means v2 costs more).",
+        "payloads and the same Ed25519 key; then Veil's atoma-v1 suite against the published "
+        "atoma-sdk 0.1.3 on a 2 KiB request and on 200-byte stream chunks; then AES-256-GCM "
+        "throughput on 1 MiB.",
+        "1) atoma-v1 (Atoma-compatible suite) measured in the same process, rounds interleaved "
+        "with veil-v2; ratio = v2 time / v1 time (lower is better). 2) atoma-sdk 0.1.3's own "
+        "`crypto_utils` in its own venv, rounds alternating with Veil's on identical inputs; "
+        "ratio = Veil time / atoma-sdk time. 3) `openssl speed -evp aes-256-gcm` run in the same "
+        "benchmark; ratio = Veil's MB/s / OpenSSL's.",
         (),
         ("--iterations", "100", "--rounds", "5"),
         crypto_headline,
+    ),
+    Benchmark(
+        "node_overhead",
+        "Node: confidential routes against the plain routes of the same node",
+        "One `veil node` (embedded models, no gateway): 1) latency (p50/p95) of one embeddings "
+        "request sealed with atoma-v1 and with veil-v2 to /v1/confidential/embeddings, client-side "
+        "from building/sealing to the opened, signature-checked answer; 2) tokens/s of the same "
+        "streamed chat (max_tokens 32, temperature 0) through /v1/confidential/chat/completions "
+        "(both suites), from the usage the node reports; 3) the node's RSS with both models loaded.",
+        "The plain routes (/v1/embeddings, /v1/chat/completions, streamed) of the same node in the "
+        "same run, variants interleaved round by round. Ratios = confidential / plain: embeddings "
+        "p50 (target <= 1.10x), chat tokens/s (target >= 0.97x); RSS target <= 1.5 GB.",
+        (),
+        ("--quick",),
+        node_overhead_headline,
     ),
     Benchmark(
         "client",
@@ -125,6 +261,37 @@ BENCHMARKS = (
         (),
         ("--rounds", "3"),
         client_headline,
+    ),
+    Benchmark(
+        "gateway",
+        "Gateway: the latency it adds, lock + request throughput, memory",
+        "One `veil node` and one `veil gateway` per ledger database (SQLite, then a fresh "
+        "PostgreSQL database); confidential veil-v2 embeddings requests, cheap so that the gateway "
+        "and not the model is measured. 1) Latency of the request leg through the gateway against "
+        "the same request sent straight to the node with a ticket the benchmark signs, rounds "
+        "interleaved; 2) 32 clients looping lock + request for T seconds (requests/s, p50/p95, "
+        "errors by code, the ledger afterwards); 3) the gateway's RSS after the load.",
+        "1) The same request sent directly to the same node process in the same rounds; overhead = "
+        "p50 via gateway - p50 direct (target <= 3 ms). 2) SQLite measured in the same run: ratio "
+        "= PostgreSQL req/s / SQLite req/s; the node alone under the same clients, for scale. "
+        "3) Target <= 200 MB.",
+        (),
+        ("--quick",),
+        gateway_headline,
+    ),
+    Benchmark(
+        "ledger",
+        "Ledger: reserve + settle under contention, SQLite against PostgreSQL",
+        "`Ledger` itself in one process: 64 asyncio tasks looping reserve -> settle (a random part "
+        "of the reservation; some ask for more, which must be capped) for T seconds on 4 shared "
+        "stacks, one kept so tight that reservations are refused for lack of units; ops/s, "
+        "latency per call, refusals by error, and every stack checked afterwards (overspend, "
+        "nothing reserved, used == settled, reconcile clean).",
+        "SQLite (a file) measured in the same run with the same workload and seeds. Ratio = "
+        "PostgreSQL ops/s / SQLite ops/s (above 1 means PostgreSQL is faster). Overspend must be 0.",
+        (),
+        ("--quick",),
+        ledger_headline,
     ),
     Benchmark(
         "load",

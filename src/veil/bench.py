@@ -24,7 +24,7 @@ def find_checkout(start: Path | None = None) -> Path | None:
     return None
 
 
-def run_all(out: Path, quick: bool) -> int:
+def run_all(out: Path | None, quick: bool, only: list[str] | None = None) -> int:
     """Run every benchmark and write the Markdown report to ``out``; the runner's exit code
     (0: every benchmark ran cleanly; 1: one failed, still reported; 2: no checkout found)."""
     root = find_checkout()
@@ -35,9 +35,12 @@ def run_all(out: Path, quick: bool) -> int:
             file=sys.stderr,
         )
         return 2
-    command = [sys.executable, "-m", "benchmarks", "--out", str(Path(out).resolve())]
+    report = (root / "docs" / "BENCHMARKS.md") if out is None else Path(out).resolve()
+    command = [sys.executable, "-m", "benchmarks", "--out", str(report)]
     if quick:
         command.append("--quick")
+    for name in only or []:
+        command += ["--only", name]
     try:
         done = subprocess.run(  # noqa: S603 - our own interpreter and arguments
             command, cwd=root, timeout=BENCH_TIMEOUT_SECONDS, check=False

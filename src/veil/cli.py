@@ -327,6 +327,28 @@ def serve(
             child.kill()
 
 
+@app.command("bench")
+def bench(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="The Markdown report (default: docs/BENCHMARKS.md in the checkout)."
+        ),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer iterations and a short load run (minutes).")
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run just this benchmark (repeatable), e.g. crypto."),
+    ] = None,
+) -> None:
+    """Run every benchmark in the checkout's benchmarks/ and write the report (docs/BENCHMARKS.md)."""
+    from veil.bench import run_all
+
+    raise typer.Exit(run_all(out, quick, only or []))
+
+
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 

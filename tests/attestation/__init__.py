@@ -26,7 +26,7 @@ OUTDATED_QUOTE = SAMPLES / "tdx_quote_outdated"
 OUTDATED_COLLATERAL = SAMPLES / "tdx_quote_outdated_collateral.json"
 
 GOOD_AT = datetime(2025, 7, 1, tzinfo=UTC)
-TODAY = datetime(2026, 11, 26, tzinfo=UTC)
+TODAY = datetime.now(UTC)  # the real date: the sample collateral has long expired by now
 OUTDATED_AT = datetime(2026, 3, 1, tzinfo=UTC)
 
 SAMPLE_MR_TD = (

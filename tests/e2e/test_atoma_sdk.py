@@ -3,43 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import venv
 from pathlib import Path
 
 import pytest
 
+from tests.atoma_venv import ensure_atoma_python
 from tests.e2e.conftest import CHAT, EMBED, Deployment
-
-ROOT = Path(__file__).resolve().parents[2]
-ATOMA_VENV = Path(os.environ.get("VEIL_ATOMA_VENV", ROOT / ".cache" / "atoma-sdk-venv"))
 
 
 @pytest.fixture(scope="session")
 def atoma_python() -> Path:
     """atoma-sdk in its own venv (it pins pydantic<2.11); built once, then reused."""
-    python = ATOMA_VENV / "bin" / "python"
-    probe = [
-        str(python),
-        "-c",
-        "import atoma_sdk, importlib.metadata as m; assert m.version('atoma-sdk') == '0.1.3'",
-    ]
-    if not python.exists() or subprocess.run(probe, capture_output=True).returncode != 0:
-        venv.EnvBuilder(with_pip=True, clear=True).create(ATOMA_VENV)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "atoma-sdk==0.1.3",
-            ],
-            check=True,
-        )
-    return python
+    return ensure_atoma_python()
 
 
 def test_atoma_sdk_works_unmodified(deployment: Deployment, atoma_python: Path) -> None:

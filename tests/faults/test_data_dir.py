@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_MODEL_DIR
-from tests.faults.conftest import VEIL
+from tests.faults.conftest import VEIL, unavailable
 from tests.servers import free_port
 
 
@@ -23,7 +23,7 @@ def _mount_tmpfs(target: Path, options: str) -> None:
     """Mount a tmpfs, or skip this case saying why (needs root and CAP_SYS_ADMIN)."""
     mount = shutil.which("mount")
     if mount is None or os.geteuid() != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root and mount): case not run")
+        unavailable("cannot mount a tmpfs here (needs root and mount)")
     target.mkdir()
     result = subprocess.run(
         [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
@@ -33,7 +33,7 @@ def _mount_tmpfs(target: Path, options: str) -> None:
         check=False,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}): case not run")
+        unavailable(f"cannot mount a tmpfs here ({result.stderr.strip()})")
 
 
 def _fill(directory: Path) -> None:

@@ -8,7 +8,6 @@ picks up by itself.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -143,8 +142,6 @@ def test_veil_client_reports_a_killed_node_as_a_truncated_stream(deployment: Dep
     import veil
     from veil.client.errors import StreamTruncated, TransportError
 
-    if "insecure_no_tee" not in inspect.signature(veil.Client).parameters:
-        pytest.skip("veil.Client cannot talk to a node without a TEE yet (no insecure_no_tee)")
     d = deployment
     d.up()
     used_before = d.used()

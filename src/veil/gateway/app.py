@@ -143,7 +143,8 @@ class Gateway:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("missing bearer API key")
-        return await self.ledger.authenticate(token.strip())
+        with self.metrics.ledger_latency.labels("authenticate").time():
+            return await self.ledger.authenticate(token.strip())
 
     async def admin(self, request: Request) -> User:
         user = await self.user(request)
@@ -176,9 +177,10 @@ class Gateway:
         for node in self.registry.candidates(model):
             if not await self.alive(node):
                 continue
-            reservation = await self.ledger.reserve(
-                user.id, model, units, node_small_id=node.node_small_id, ttl_seconds=ttl
-            )
+            with self.metrics.ledger_latency.labels("reserve").time():
+                reservation = await self.ledger.reserve(
+                    user.id, model, units, node_small_id=node.node_small_id, ttl_seconds=ttl
+                )
             self.registry.hold(node.node_small_id, reservation.id, reservation.expires_at)
             return node, reservation
         raise ServiceUnavailable(f"no node serving {model!r} is reachable right now")
@@ -240,9 +242,10 @@ class Gateway:
         if envelope.model_name not in node.models:
             raise NotFound(f"model {envelope.model_name!r} is not served by that node")
         request_id = new_request_id()
-        reservation = await self.ledger.claim(
-            user.id, envelope.stack_small_id, request_id=request_id
-        )
+        with self.metrics.ledger_latency.labels("claim").time():
+            reservation = await self.ledger.claim(
+                user.id, envelope.stack_small_id, request_id=request_id
+            )
         response = await self.forwarder.forward(
             node,
             f"/v1/confidential/{ROUTES[kind]}",
@@ -268,9 +271,10 @@ class Gateway:
             user, model, units, self.settings.lock_timeout_seconds
         )
         request_id = new_request_id()
-        claimed = await self.ledger.claim(
-            user.id, reservation.stack_id, request_id=request_id, reservation_id=reservation.id
-        )
+        with self.metrics.ledger_latency.labels("claim").time():
+            claimed = await self.ledger.claim(
+                user.id, reservation.stack_id, request_id=request_id, reservation_id=reservation.id
+            )
         return await self.forwarder.forward(
             node, f"/v1/{ROUTES[kind]}", raw, claimed, model, request_id
         )

@@ -3,11 +3,15 @@
 Every path settles exactly once: a signed final receipt charges what it says (never more than was
 reserved: the ledger caps it); a stream cut short (client gone, node gone) charges the last signed
 running receipt, i.e. what was produced; a node error status or an unreachable node charges nothing.
-The gateway never sees plaintext here: it moves bytes and reads signed receipts.
+A node that answers something no Veil node would (a 200 without a valid signed receipt or without a
+JSON body, an error status without the error shape) gets the caller a 502 ``ENGINE_ERROR`` instead
+of its bytes, and charges nothing. The gateway never sees plaintext here: it moves bytes and reads
+signed receipts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -24,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from veil.gateway.ledger import Ledger, Reservation
 from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.registry import NodeInfo, NodeRegistry
-from veil.protocol.errors import ServiceUnavailable
+from veil.protocol.errors import EngineError, ServiceUnavailable
 from veil.protocol.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
@@ -118,7 +122,9 @@ class Forwarder:
             delay = 0.1
             while True:
                 try:
-                    await self._write_settlement(reservation, receipt)
+                    op = "release" if receipt is None else "settle"
+                    with self.metrics.ledger_latency.labels(op).time():
+                        await self._write_settlement(reservation, receipt)
                     break
                 except Exception as exc:
                     if not database_unavailable(exc) or time.monotonic() + delay > deadline:
@@ -169,7 +175,8 @@ class Forwarder:
             timeout=httpx.Timeout(self.node_timeout, connect=5.0),
         )
         try:
-            upstream = await self.client.send(request, stream=True)
+            with self.metrics.node_latency.labels(path).time():
+                upstream = await self.client.send(request, stream=True)
         except httpx.HTTPError:
             self.registry.mark_unhealthy(node, "connection failed")
             await self.settle(reservation, None, model)
@@ -193,6 +200,21 @@ class Forwarder:
         receipt = None
         if upstream.status_code == 200:
             receipt = self._receipt(upstream.headers.get(RECEIPT_HEADER), node, request_id)
+            malformed = receipt is None or not _is_json_object(content)
+        else:
+            malformed = not _is_error_body(content)
+        if malformed:
+            await self.settle(reservation, None, model)
+            log.error(
+                "node %d answered HTTP %d with a malformed answer (%d bytes)",
+                node.node_small_id,
+                upstream.status_code,
+                len(content),
+            )
+            raise EngineError(
+                f"the node answered HTTP {upstream.status_code} with a malformed answer (no "
+                "signed usage receipt or not the expected JSON); nothing was charged"
+            )
         await self.settle(reservation, receipt, model)
         return Response(
             content,
@@ -226,3 +248,25 @@ class Forwarder:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
             await self.settle(reservation, latest, model)
+
+
+def _json(content: bytes) -> object:
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_json_object(content: bytes) -> bool:
+    return isinstance(_json(content), dict)
+
+
+def _is_error_body(content: bytes) -> bool:
+    """``{"error": {"code": str, "message": str}}``: what every Veil node error looks like."""
+    document = _json(content)
+    error = document.get("error") if isinstance(document, dict) else None
+    return (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    )

@@ -26,6 +26,20 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.ledger_latency = Histogram(
+            "veil_gateway_ledger_seconds",
+            "Time spent in ledger database calls, by operation.",
+            ["op"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+        self.node_latency = Histogram(
+            "veil_gateway_node_seconds",
+            "Time from forwarding a request to a node until its response headers.",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0),
+        )
         self.expired = Counter(
             "veil_gateway_reservations_expired",
             "Reservations released because they expired.",
