@@ -387,13 +387,17 @@ def render(outcomes: list[Outcome], quick: bool, when: datetime.datetime) -> str
     )
     total = sum(o.seconds for o in outcomes)
     cores = os.cpu_count() or 1
-    busiest = max((o.load_before for o in outcomes), default=0.0)
+    # Only the first start says whether *other* work was running: later load averages include the
+    # previous benchmarks' own processes (a 1-minute average decays slowly).
+    before = outcomes[0].load_before if outcomes else 0.0
     busy = (
-        f" **Other work was running on this machine during the run** (1-minute load average up "
-        f"to {busiest:.1f} on {cores} cores when a benchmark started): absolute times are "
-        "inflated and the ratios noisier than on an idle machine."
-        if busiest > cores / 2
-        else ""
+        f" **Other work was running on this machine when the run started** (1-minute load "
+        f"average {before:.1f} on {cores} cores): absolute times are inflated and the ratios "
+        "noisier than on an idle machine."
+        if before > cores / 2
+        else f" The machine was otherwise idle when the run started (1-minute load average "
+        f"{before:.2f} on {cores} cores); the load average printed for each later benchmark "
+        "includes the tail of the benchmarks before it."
     )
     out = [
         "# Benchmarks",
