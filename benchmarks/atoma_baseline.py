@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from veil.protocol import v1
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("atoma_worker.py")
+
+
+def veil_decrypt(session: v1.Session, message: dict[str, Any]) -> bytes:
+    """Veil's counterpart of atoma-sdk's ``decrypt_message`` for one sealed message, with the same
+    checks (AES-GCM tag, BLAKE2b-256 ``response_hash``): the key was derived once, before."""
+    plaintext = session.open(
+        base64.b64decode(message["nonce"]), base64.b64decode(message["ciphertext"])
+    )
+    if not secrets.compare_digest(
+        v1.body_hash(plaintext), base64.b64decode(message["response_hash"])
+    ):
+        raise ValueError("response_hash mismatch")
+    return plaintext
 
 
 def b64(data: bytes) -> str:

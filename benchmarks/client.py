@@ -73,17 +73,6 @@ def atoma_decrypt_message(
     return plaintext
 
 
-def veil_decrypt(session: v1.Session, message: dict[str, Any]) -> bytes:
-    """Veil's per-chunk work for the same checks: the key was derived once, before the stream."""
-    plaintext = session.open(
-        base64.b64decode(message["nonce"]), base64.b64decode(message["ciphertext"])
-    )
-    expected = base64.b64decode(message["response_hash"])
-    if not secrets.compare_digest(v1.body_hash(plaintext), expected):
-        raise ValueError("response_hash mismatch")
-    return plaintext
-
-
 def sealed_stream(
     node_sk: X25519PrivateKey, client_pk: bytes, salt: bytes, signer: Ed25519PrivateKey
 ) -> list[dict[str, Any]]:
@@ -142,7 +131,7 @@ def bench_stream() -> list[tuple[str, float]]:
     def veil_same_checks() -> None:
         session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
         for event in events:
-            veil_decrypt(session, event)
+            atoma_baseline.veil_decrypt(session, event)
 
     def veil_full() -> None:
         session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
@@ -155,7 +144,8 @@ def bench_stream() -> list[tuple[str, float]]:
     # Sanity: all three read the same plaintexts.
     session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
     assert all(
-        atoma_decrypt_message(client_sk, node_pk, salt, e) == veil_decrypt(session, e)
+        atoma_decrypt_message(client_sk, node_pk, salt, e)
+        == atoma_baseline.veil_decrypt(session, e)
         for e in events[:3]
     )
     ConfidentialComputeResponse.model_validate_json(data[0])

@@ -55,6 +55,7 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.load import (
     DEFAULT_POSTGRES_URL,
@@ -348,15 +349,18 @@ async def gateway_timings(url: str) -> dict[str, tuple[float, float]]:
     (``veil_gateway_ledger_seconds``) and for the node hop (``veil_gateway_node_seconds``)."""
     async with httpx.AsyncClient(timeout=10.0) as http:
         text = (await http.get(f"{url}/metrics")).text
+    labels = {"veil_gateway_ledger_seconds": "op", "veil_gateway_node_seconds": "route"}
     found: dict[str, list[float]] = {}
-    for line in text.splitlines():
-        for metric, label in (("veil_gateway_ledger_seconds", "op"),
-                              ("veil_gateway_node_seconds", "route")):  # fmt: skip
-            for part, index in (("_sum{", 0), ("_count{", 1)):
-                if line.startswith(metric + part):
-                    name = line.split(f'{label}="', 1)[1].split('"', 1)[0]
-                    name = "node hop" if label == "route" else name
-                    found.setdefault(name, [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        if family.name not in labels:
+            continue
+        for sample in family.samples:
+            index = {"_sum": 0, "_count": 1}.get(sample.name.removeprefix(family.name))
+            if index is None:
+                continue
+            name = sample.labels[labels[family.name]]
+            name = "node hop" if family.name == "veil_gateway_node_seconds" else name
+            found.setdefault(name, [0.0, 0.0])[index] += sample.value
     return {name: (v[0], v[1]) for name, v in found.items()}
 
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from tests.e2e.conftest import EMBED, Deployment
+from tests.e2e.conftest import EMBED, Deployment, deploy
 from tests.node.conftest import start_node
 from tests.servers import ServerThread, wait_until
 from veil.config import GatewaySettings
@@ -192,17 +192,9 @@ def test_concurrent_locks_racing_for_the_last_units_exactly_the_affordable_ones_
 def test_lock_with_no_healthy_node_is_503_and_reserves_nothing(
     tmp_path: Path, node_registry: EngineRegistry
 ) -> None:
-    gateway_key = load_or_create_gateway_key(tmp_path / "gateway")
-    node_server, _node = start_node(
-        tmp_path / "node", node_registry, gateway_keys=[public_b64(gateway_key)]
-    )
-    captured: list[str] = []
-    settings = GatewaySettings(
-        data_dir=tmp_path / "gateway", nodes=[node_server.url], expire_interval_seconds=0.2
-    )
-    app = create_gateway_app(settings, gateway_key, on_admin_key=captured.append)
-    with node_server, ServerThread(app) as gateway:
-        deployment = Deployment(gateway.url, "", [], gateway_key, printed_keys=captured).started()
+    (node_server, gateway), deployed = deploy(tmp_path, [node_registry])
+    with node_server, gateway:
+        deployment = deployed.started()
         wait_until(lambda: serves(deployment, EMBED), 20, "the gateway to learn the node's models")
         key, stacks = deployment.new_user("orphan", {EMBED: 5000})
         assert deployment.lock(key, EMBED, max_num_tokens=10).status_code == 200

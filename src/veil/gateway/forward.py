@@ -11,7 +11,6 @@ signed receipts.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -28,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from veil.gateway.ledger import Ledger, Reservation
 from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.registry import NodeInfo, NodeRegistry
-from veil.protocol.errors import EngineError, ServiceUnavailable
+from veil.protocol.errors import EngineError, InvalidBody, ServiceUnavailable
 from veil.protocol.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
@@ -40,6 +39,7 @@ from veil.protocol.tickets import (
     sign_token,
     verify_token,
 )
+from veil.web import parse_json_object
 
 log = logging.getLogger("veil.gateway.forward")
 
@@ -200,7 +200,7 @@ class Forwarder:
         receipt = None
         if upstream.status_code == 200:
             receipt = self._receipt(upstream.headers.get(RECEIPT_HEADER), node, request_id)
-            malformed = receipt is None or not _is_json_object(content)
+            malformed = receipt is None or _json_object(content) is None
         else:
             malformed = not _is_error_body(content)
         if malformed:
@@ -250,21 +250,17 @@ class Forwarder:
             await self.settle(reservation, latest, model)
 
 
-def _json(content: bytes) -> object:
+def _json_object(content: bytes) -> dict[str, object] | None:
     try:
-        return json.loads(content)
-    except (ValueError, RecursionError):
+        return parse_json_object(content)
+    except InvalidBody:
         return None
-
-
-def _is_json_object(content: bytes) -> bool:
-    return isinstance(_json(content), dict)
 
 
 def _is_error_body(content: bytes) -> bool:
     """``{"error": {"code": str, "message": str}}``: what every Veil node error looks like."""
-    document = _json(content)
-    error = document.get("error") if isinstance(document, dict) else None
+    document = _json_object(content)
+    error = document.get("error") if document is not None else None
     return (
         isinstance(error, dict)
         and isinstance(error.get("code"), str)

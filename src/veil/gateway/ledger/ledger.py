@@ -88,6 +88,7 @@ from veil.gateway.ledger.schema import (
     UsageReceiptRow,
     UserRow,
 )
+from veil.protocol.envelopes import MAX_ID
 from veil.protocol.errors import (
     AuthError,
     BalanceError,
@@ -619,18 +620,21 @@ class Ledger:
         return stack
 
     async def top_up(self, stack_id: int, units: int) -> Stack:
-        """Add ``units`` to a stack's total (an atomic increment)."""
+        """Add ``units`` to a stack's total (an atomic increment). Totals live in signed 64-bit
+        columns: a top-up that would pass ``MAX_ID`` is refused (``InvalidBody``) in the same
+        guarded statement, so concurrent top-ups cannot overflow it either."""
         _check_count(units, "units", minimum=1)
 
         async def body(conn: AsyncConnection) -> Stack:
             done = await conn.execute(
                 update(S)
-                .where(S.id == stack_id)
+                .where(S.id == stack_id, S.total_units <= MAX_ID - units)
                 .values(total_units=S.total_units + units)
                 .returning(S.id)
             )
             if done.first() is None:
-                raise NotFound(f"no stack {stack_id}")
+                await self._stack(conn, stack_id)  # NotFound for an unknown stack
+                raise InvalidBody(f"a stack holds at most {MAX_ID} units in total")
             return await self._stack(conn, stack_id)
 
         return await self._write(body)
