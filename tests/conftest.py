@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from sqlalchemy.pool import NullPool
 # Nothing in the suite may fetch weights from a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Collateral the tests fetch (from loopback stand-ins) is cached per run, never in ~/.cache.
+os.environ["VEIL_CACHE_DIR"] = tempfile.mkdtemp(prefix="veil-test-cache-")
 
 from veil.engines import (
     CHAT_MODEL_ID,

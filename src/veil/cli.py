@@ -27,6 +27,7 @@ app.add_typer(node_app, name="node")
 
 def _mount_subcommands() -> None:
     from veil.attestation.cli import attest_app
+    from veil.attestation.release_cli import release_app
     from veil.client.cli import register
 
     register(app)
@@ -35,6 +36,7 @@ def _mount_subcommands() -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(stacks_app, name="stacks")
     app.add_typer(attest_app, name="attest")
+    app.add_typer(release_app, name="release")
 
 
 _mount_subcommands()
@@ -99,7 +101,26 @@ def node(
     ] = None,
     attestation: Annotated[
         str | None,
-        typer.Option(help="Evidence source: auto, tdx, sev-snp, nvidia or none (development)."),
+        typer.Option(help="CPU TEE evidence: auto, tdx, sev-snp or none (development)."),
+    ] = None,
+    gpu_attestation: Annotated[
+        str | None,
+        typer.Option(help="GPU evidence in the same bundle: auto, nvidia (required) or off."),
+    ] = None,
+    release_manifest: Annotated[
+        Path | None,
+        typer.Option(help="The release manifest this node runs, served with its evidence."),
+    ] = None,
+    release_signature: Annotated[
+        Path | None,
+        typer.Option(help="The manifest's Ed25519 signature document (veil release sign)."),
+    ] = None,
+    release_bundle: Annotated[
+        Path | None, typer.Option(help="The manifest's Sigstore bundle (keyless CI signing).")
+    ] = None,
+    event_log: Annotated[
+        Path | None,
+        typer.Option(help="Runtime event log (dstack JSON) whose replay gives the RTMRs."),
     ] = None,
     replay_cache: Annotated[
         str | None,
@@ -131,6 +152,11 @@ def node(
         embedded=embedded,
         gateway_keys=gateway_key or None,
         attestation=attestation,
+        gpu_attestation=gpu_attestation,
+        release_manifest=release_manifest,
+        release_signature=release_signature,
+        release_bundle=release_bundle,
+        event_log=event_log,
         replay_cache=replay_cache,
         max_body_bytes=max_body_bytes,
         key_grace_seconds=key_grace_seconds,

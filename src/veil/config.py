@@ -37,8 +37,17 @@ class NodeSettings(BaseSettings):
     # Ed25519 public keys (base64) of gateways whose tickets this node honours. Empty: no ticket
     # is required (a node used directly, without a gateway in front).
     gateway_keys: list[str] = Field(default_factory=list)
-    # auto (first available: configfs-tsm, nvidia, none), tdx, sev-snp, nvidia or none.
+    # The CPU TEE: auto (configfs-tsm where it exists, else none), tdx, sev-snp or none.
     attestation: str = "auto"
+    # GPU evidence beside it: auto (NVIDIA CC GPUs where present), nvidia (required) or off.
+    gpu_attestation: str = "auto"
+    # The release this node runs: its manifest and one signature (Ed25519 document or Sigstore
+    # bundle), served in every evidence bundle for clients that pin releases.
+    release_manifest: Path | None = None
+    release_signature: Path | None = None
+    release_bundle: Path | None = None
+    # A dstack-style runtime event log (JSON list) whose replay gives the quote's RTMRs.
+    event_log: Path | None = None
     # Where v2 request ids are remembered: "memory" (one node process) or redis://HOST:PORT/DB
     # (several node processes behind one gateway share it).
     replay_cache: str = "memory"

@@ -9,17 +9,37 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from veil.attestation.evidence import Evidence, EvidenceError, report_data
+from veil.attestation.evidence import (
+    Evidence,
+    EvidenceError,
+    gpu_digest,
+    gpu_nonce,
+    report_data,
+)
 
 X = bytes(range(32))
 ED = bytes(range(32, 64))
 NONCE = b"n" * 32
 
 
-def test_report_data_is_sha512_of_label_keys_and_nonce() -> None:
-    expected = hashlib.sha512(b"veil-v1 report" + X + ED + NONCE).digest()
+def test_report_data_is_sha512_of_label_keys_gpu_digest_and_nonce() -> None:
+    no_gpus = hashlib.sha256(b"veil gpus").digest()
+    expected = hashlib.sha512(b"veil-v2 report" + X + ED + no_gpus + NONCE).digest()
     assert report_data(X, ED, NONCE) == expected
     assert len(expected) == 64
+
+
+def test_gpu_evidence_is_bound_by_its_digest_and_signs_a_nonce_bound_to_the_keys() -> None:
+    one = gpu_digest([(b"report", b"chain")])
+    framed = b"veil gpus" + b"\0\0\0\x06report" + b"\0\0\0\x05chain"
+    assert one == hashlib.sha256(framed).digest()
+    # Moving bytes between report and chain, or reordering GPUs, changes the digest.
+    assert gpu_digest([(b"repor", b"tchain")]) != one
+    pair = [(b"a", b"1"), (b"b", b"2")]
+    assert gpu_digest(pair) != gpu_digest(pair[::-1])
+    assert report_data(X, ED, NONCE, one) != report_data(X, ED, NONCE)
+    assert gpu_nonce(X, ED, NONCE) == hashlib.sha256(b"veil gpu nonce" + X + ED + NONCE).digest()
+    assert gpu_nonce(X, ED, b"m" * 32) != gpu_nonce(X, ED, NONCE)
 
 
 def test_report_data_changes_with_each_input() -> None:
@@ -65,7 +85,14 @@ def test_document_round_trips_through_json_byte_for_byte() -> None:
     evidence = Evidence.model_validate(_document())
     again = Evidence.model_validate(json.loads(evidence.to_json()))
     assert again == evidence
-    assert json.loads(evidence.to_json()) == _document()
+    defaults = {
+        "vcek": None,
+        "cert_chain": None,
+        "event_log": None,
+        "gpus": [],
+        "release": None,
+    }
+    assert json.loads(evidence.to_json()) == {**_document(), **defaults}
     assert evidence.expected_report_data() == evidence.report_data
 
 

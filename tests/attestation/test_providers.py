@@ -21,6 +21,7 @@ from veil.attestation.providers import (
     ProviderUnavailable,
     TsmRaceError,
     build_evidence,
+    choose_gpu_provider,
     choose_provider,
 )
 
@@ -150,14 +151,23 @@ def test_named_provider_that_is_missing_is_a_clear_error(
         choose_provider("sgx")
 
 
+def test_nvidia_is_not_a_cpu_tee() -> None:
+    with pytest.raises(ProviderUnavailable, match="nvidia is GPU evidence"):
+        choose_provider("nvidia")
+
+
 @pytest.mark.skipif(NvidiaProvider.available(), reason="a CC GPU is present here")
-def test_nvidia_reports_why_it_is_unavailable() -> None:
+def test_nvidia_gpu_evidence_reports_why_it_is_unavailable() -> None:
     with pytest.raises(
         ProviderUnavailable, match=r"nvidia evidence unavailable: (nv-attestation|no NVIDIA)"
     ):
-        choose_provider("nvidia")
+        choose_gpu_provider("nvidia")
+    assert choose_gpu_provider("auto") is None  # no CC GPU here: the bundle carries none
+    assert choose_gpu_provider("off") is None
+    with pytest.raises(ValueError, match="unknown GPU attestation"):
+        choose_gpu_provider("amd")
     with pytest.raises(ProviderUnavailable):
-        NvidiaProvider().get_evidence(bytes(64))
+        NvidiaProvider().get_gpu_evidence(bytes(32))
 
 
 @pytest.mark.skipif(NvidiaProvider.available(), reason="a CC GPU is present here")

@@ -268,7 +268,7 @@ def substitute_keys(forge: str, attacker_x: bytes, attacker_ed: bytes) -> Callab
     [
         ("relay_genuine_evidence", False, {"expected keys"}),
         ("forged_no_tee_evidence", True, {"format"}),
-        ("rewrapped_tdx_quote", True, {"quote", "binding"}),
+        ("rewrapped_tdx_quote", True, {"collateral", "quote", "binding"}),
     ],
 )
 def test_key_substitution_is_refused_before_anything_is_encrypted(
@@ -295,6 +295,109 @@ def test_key_substitution_is_refused_before_anything_is_encrypted(
     assert report is not None and not report.ok
     assert {step.name for step in report.failures} & failing_steps
     # Refused before sealing: nothing was encrypted to the attacker's key, nothing was sent.
+    assert hostile.paths() == ["/v1/nodes/lock"] and hostile.forwarded == []
+    assert_balanced(deployment, before)
+
+
+# -- 1b. a genuine enclave that runs no release the client pinned ------------------------------
+TINFOIL_WORKFLOW = (
+    "https://github.com/tinfoilsh/confidential-model-router/.github/workflows/"
+    "tinfoil-release-publish.yml@refs/tags/v0.0.110"
+)
+GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+
+
+def genuine_snp_lock(release: dict[str, Any]) -> Callable[..., Any]:
+    """The gateway answers the lock with a genuine AMD SEV-SNP report (Tinfoil's Genoa router
+    enclave, its VCEK and AMD's chain: real, vendor-signed evidence) and the release given."""
+
+    def rewrite(asked: dict[str, Any], lock: dict[str, Any]) -> dict[str, Any]:
+        evidence = dict(lock["evidence"])
+        snp = SAMPLES / "sev-snp"
+        evidence.update(
+            format="sev-snp",
+            quote=base64.b64encode((snp / "teep_tinfoil_genoa_report.bin").read_bytes()).decode(),
+            vcek=base64.b64encode((snp / "teep_genoa_vcek.der").read_bytes()).decode(),
+            cert_chain=(snp / "ask_ark_genoa.pem").read_text(),
+            release=release,
+            warning=None,
+        )
+        lock["evidence"] = evidence
+        return lock
+
+    return rewrite
+
+
+def test_a_genuine_enclave_outside_every_pinned_release_is_sent_nothing(
+    deployment: Deployment, hostile: HostileGateway, user: tuple[str, dict[str, int]]
+) -> None:
+    """The client pins releases signed by its own release key; the node shows a genuine SNP
+    enclave and a release, signed by that key, that lists another measurement. The chain, the
+    signature and the release all verify, and the measurement step refuses it: nothing sealed."""
+    from veil.attestation.policy import Policy
+    from veil.attestation.release import sign_manifest
+
+    key, stacks = user
+    before = used(deployment, stacks)
+    release_key = Ed25519PrivateKey.generate()
+    manifest = json.dumps(
+        {"release": "veil-node@1.0.0", "sev_snp": [{"measurement": "ab" * 48}]}
+    ).encode()
+    release = {
+        "manifest": base64.b64encode(manifest).decode(),
+        "signature": sign_manifest(manifest, release_key),
+    }
+    hostile.reset().rewrite_lock = genuine_snp_lock(release)
+    trusted = base64.b64encode(release_key.public_key().public_bytes_raw()).decode()
+    policy = Policy(release_signers=[{"ed25519_public_key": trusted}])
+    with (
+        client(hostile, key, insecure_no_tee=False, policy=policy) as victim,
+        pytest.raises(errors.AttestationFailed) as caught,
+    ):
+        victim.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+    report = caught.value.report
+    assert report is not None
+    steps = {step.name: step for step in report.steps}
+    for genuine in ("SNP signature", "SNP certificate chain", "SNP VCEK extensions", "release"):
+        assert steps[genuine].outcome == "pass", steps[genuine]
+    assert steps["measurements"].outcome == "FAIL"
+    assert "7adcb574" in (steps["measurements"].actual or steps["measurements"].detail)
+    assert hostile.paths() == ["/v1/nodes/lock"] and hostile.forwarded == []
+    assert_balanced(deployment, before)
+
+
+def test_the_release_tinfoil_signed_proves_its_enclave_and_still_binds_no_veil_keys(
+    deployment: Deployment, hostile: HostileGateway, user: tuple[str, dict[str, int]]
+) -> None:
+    """Release -> running enclave, end to end through a client: the real Sigstore bundle of
+    Tinfoil's release verifies offline under the workflow identity the client pinned, its SNP
+    measurement is the genuine report's, and the report still does not bind the lock's keys, so
+    nothing is sealed."""
+    from veil.attestation.policy import Policy
+
+    key, stacks = user
+    before = used(deployment, stacks)
+    bundle = json.loads(
+        (
+            SAMPLES / "sigstore" / "tinfoil_confidential-model-router_v0.0.110.sigstore.json"
+        ).read_text()
+    )
+    hostile.reset().rewrite_lock = genuine_snp_lock({"sigstore_bundle": bundle})
+    policy = Policy(
+        release_signers=[{"sigstore_identity": TINFOIL_WORKFLOW, "sigstore_issuer": GITHUB_ISSUER}],
+        sigstore_trusted_root=str(SAMPLES / "sigstore" / "trusted_root.json"),
+    )
+    with (
+        client(hostile, key, insecure_no_tee=False, policy=policy) as victim,
+        pytest.raises(errors.AttestationFailed) as caught,
+    ):
+        victim.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+    report = caught.value.report
+    assert report is not None
+    outcomes = {step.name: step.outcome for step in report.steps}
+    assert outcomes["release"] == "pass" and outcomes["measurements"] == "pass"
+    assert outcomes["binding"] == "FAIL"
+    assert "tinfoilsh/confidential-model-router" in report.facts["release"]
     assert hostile.paths() == ["/v1/nodes/lock"] and hostile.forwarded == []
     assert_balanced(deployment, before)
 

@@ -1,18 +1,26 @@
-"""The evidence document a node hands out, and the report_data binding (PROTOCOL.md section 6).
+"""The evidence bundle a node hands out, and the report_data binding (PROTOCOL.md section 6).
 
-``report_data`` is the 64 bytes a TEE signs into its quote. Veil fills it with::
+One bundle per node: the CPU TEE's evidence (a TDX quote or an SEV-SNP report), the evidence of
+every confidential GPU, the node's public keys, and the release manifest the node claims to run.
+``report_data`` is the 64 bytes the CPU TEE signs into its report. Veil fills it with::
 
-    SHA-512(b"veil-v1 report" || x25519_public_key || ed25519_public_key || nonce)
+    gpu_nonce   = SHA-256(b"veil gpu nonce" || x25519 || ed25519 || nonce)
+    gpu_digest  = SHA-256(b"veil gpus" || for each GPU: u32 len(report) || report
+                                                   || u32 len(cert_chain) || cert_chain)
+    report_data = SHA-512(b"veil-v2 report" || x25519 || ed25519 || gpu_digest || nonce)
 
-so a verified quote vouches for exactly one encryption key and one signing key, and (through the
-nonce) for having been produced after the verifier chose that nonce. Both keys have a fixed size,
-so the concatenation is unambiguous even though the nonce's length varies.
+so a verified CPU report vouches for exactly one encryption key, one signing key and the exact GPU
+evidence beside it, and (through the nonce) for having been produced after the verifier chose the
+nonce. Each GPU signs ``gpu_nonce``, so its report is fresh and made for these keys too: nobody can
+pair a genuine GPU report with a foreign VM. Keys and digests have fixed sizes, so the
+concatenation is unambiguous even though the nonce's length varies.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,7 +38,9 @@ REPORT_DATA_SIZE = 64
 KEY_SIZE = 32
 NONCE_MIN_SIZE = 16
 NONCE_MAX_SIZE = 64
-REPORT_DATA_LABEL = b"veil-v1 report"
+REPORT_DATA_LABEL = b"veil-v2 report"
+GPU_NONCE_LABEL = b"veil gpu nonce"
+GPU_DIGEST_LABEL = b"veil gpus"
 NO_TEE_WARNING = "no TEE: development only"
 
 EvidenceFormat = Literal["tdx", "sev-snp", "nvidia", "none"]
@@ -52,13 +62,39 @@ def _check_size(name: str, value: bytes, low: int, high: int | None = None) -> N
         raise EvidenceError(f"{name} must be {want} bytes, got {len(value)}")
 
 
-def report_data(x25519_public_key: bytes, ed25519_public_key: bytes, nonce: bytes) -> bytes:
-    """The 64 bytes that bind both node keys and the verifier's nonce into a quote."""
+def _check_keys(x25519_public_key: bytes, ed25519_public_key: bytes, nonce: bytes) -> None:
     _check_size("x25519_public_key", x25519_public_key, KEY_SIZE)
     _check_size("ed25519_public_key", ed25519_public_key, KEY_SIZE)
     _check_size("nonce", nonce, NONCE_MIN_SIZE, NONCE_MAX_SIZE)
+
+
+def gpu_nonce(x25519_public_key: bytes, ed25519_public_key: bytes, nonce: bytes) -> bytes:
+    """The 32-byte nonce each GPU signs: fresh (the verifier's nonce) and bound to both keys."""
+    _check_keys(x25519_public_key, ed25519_public_key, nonce)
+    return hashlib.sha256(GPU_NONCE_LABEL + x25519_public_key + ed25519_public_key + nonce).digest()
+
+
+def gpu_digest(gpus: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """SHA-256 over every GPU's (report, certificate chain), length-prefixed, in order."""
+    digest = hashlib.sha256(GPU_DIGEST_LABEL)
+    for report, chain in gpus:
+        digest.update(struct.pack(">I", len(report)) + report)
+        digest.update(struct.pack(">I", len(chain)) + chain)
+    return digest.digest()
+
+
+def report_data(
+    x25519_public_key: bytes,
+    ed25519_public_key: bytes,
+    nonce: bytes,
+    gpus_digest: bytes | None = None,
+) -> bytes:
+    """The 64 bytes that bind both node keys, the GPU evidence and the verifier's nonce."""
+    _check_keys(x25519_public_key, ed25519_public_key, nonce)
+    bound_gpus = gpu_digest(()) if gpus_digest is None else gpus_digest
+    _check_size("gpu_digest", bound_gpus, 32)
     digest = hashlib.sha512()
-    for part in (REPORT_DATA_LABEL, x25519_public_key, ed25519_public_key, nonce):
+    for part in (REPORT_DATA_LABEL, x25519_public_key, ed25519_public_key, bound_gpus, nonce):
         digest.update(part)
     return digest.digest()
 
@@ -84,12 +120,40 @@ Nonce = Annotated[
 Blob = Annotated[bytes, BeforeValidator(_decoder()), _AS_B64, _B64_SCHEMA]
 
 
-class Evidence(BaseModel):
-    """What ``GET /v1/attestation`` returns: the keys, the nonce, and the TEE's signed statement.
+class GpuEvidence(BaseModel):
+    """One confidential GPU's evidence: its SPDM measurement report (over ``gpu_nonce``) and
+    device certificate chain; optionally the vendor-signed RIMs and OCSP replies the node
+    fetched (vendor-signed, so a verifier may use them under the same rules as its own)."""
 
-    ``quote`` is the raw evidence of the format (a TDX or SEV-SNP report from configfs-tsm, NVIDIA
-    GPU evidence as JSON); ``collateral`` is optional verification material the node attached
-    (for TDX, the dcap-qvl ``QuoteCollateralV3`` JSON object). Structure is checked here; whether
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    arch: Literal["HOPPER", "BLACKWELL"] = "HOPPER"
+    report: Blob
+    cert_chain: str
+    rims: tuple[Blob, ...] = ()
+    ocsp: tuple[Blob, ...] = ()
+
+
+class ReleaseEvidence(BaseModel):
+    """The release the node claims to run: the manifest's exact bytes and its signature (an
+    Ed25519 signature document or a Sigstore bundle). The verifier trusts only the signers its
+    own policy names; the node chooses nothing here but which release to show."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    manifest: Blob | None = None
+    signature: dict[str, Any] | None = None
+    sigstore_bundle: dict[str, Any] | None = None
+
+
+class Evidence(BaseModel):
+    """What ``GET /v1/attestation`` returns: the node's evidence bundle for the caller's nonce.
+
+    ``quote`` is the CPU TEE's raw report (a TDX quote or an SEV-SNP attestation report from
+    configfs-tsm). Optional verification material the node attached: ``collateral`` (TDX, the
+    dcap-qvl ``QuoteCollateralV3`` JSON object), ``vcek`` and ``cert_chain`` (SNP, as AMD's KDS
+    serves them), ``event_log`` (dstack-style runtime measurements into RTMRs). ``gpus`` holds
+    each GPU's evidence, ``release`` the release manifest. Structure is checked here; whether
     anything is true is for ``veil.attestation.report.verify_evidence`` to say.
     """
 
@@ -102,6 +166,11 @@ class Evidence(BaseModel):
     ed25519_public_key: PublicKey32
     quote: Blob | None = None
     collateral: dict[str, Any] | None = None
+    vcek: Blob | None = None
+    cert_chain: str | None = None
+    event_log: list[dict[str, Any]] | None = None
+    gpus: tuple[GpuEvidence, ...] = ()
+    release: ReleaseEvidence | None = None
     warning: str | None = None
 
     @model_validator(mode="after")
@@ -113,9 +182,17 @@ class Evidence(BaseModel):
             raise ValueError(f"evidence of format {self.format!r} must carry a quote")
         return self
 
+    def gpus_digest(self) -> bytes:
+        return gpu_digest([(g.report, g.cert_chain.encode()) for g in self.gpus])
+
+    def gpu_nonce(self) -> bytes:
+        return gpu_nonce(self.x25519_public_key, self.ed25519_public_key, self.nonce)
+
     def expected_report_data(self) -> bytes:
-        """What ``report_data`` must be if the document is honest about its keys and nonce."""
-        return report_data(self.x25519_public_key, self.ed25519_public_key, self.nonce)
+        """What ``report_data`` must be if the bundle is honest about its keys, GPUs and nonce."""
+        return report_data(
+            self.x25519_public_key, self.ed25519_public_key, self.nonce, self.gpus_digest()
+        )
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -1,9 +1,35 @@
-"""What a verifier accepts: TCB statuses, pinned measurements, and whether "no TEE" is tolerable.
+"""What a verifier accepts: the references evidence must match, and where collateral comes from.
 
-A policy file is JSON or TOML (by its suffix; anything but ``.toml`` is read as JSON)::
+**Strict means pinned.** A policy passes evidence only when it matches a reference the *client*
+configured: values pinned here, or a release manifest signed by one of ``release_signers``. With
+neither, the measurement step fails and says what to pin (``veil attest pin`` writes a policy
+from a node it sees, as trust on first use). A policy file is JSON or TOML (by its suffix)::
 
-    allowed_tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
-    mr_td = "91eb2b44...118b7"      # 48 bytes, hex; optional, like rtmr0 .. rtmr3
+    # Intel TDX
+    allowed_tcb_statuses = ["UpToDate"]
+    mr_td = "91eb2b44...118b7"          # 48 bytes, hex; rtmr0..rtmr3, mr_seam, mr_config_id,
+    rtmr1 = "..."                        # mr_owner, mr_owner_config work the same way
+    td_attributes = "0000001000000000"   # 8 bytes, hex: pinned exactly when given
+    xfam = "e702060000000000"            # 8 bytes, hex
+    app_compose_hash = "..."             # 32 bytes, hex: dstack runtime measurement (event log)
+    # AMD SEV-SNP
+    snp_measurement = "7adcb574..."      # 48 bytes, hex
+    snp_min_tcb = { bootloader = 10, tee = 0, snp = 23, microcode = 84 }
+    snp_allow_debug = false              # guest policy bits that must be off
+    snp_allow_migration_agent = false
+    # NVIDIA GPUs
+    gpu_driver_versions = ["550.90.07"]
+    gpu_vbios_versions = ["96.00.9F.00.01"]
+    # collateral the client fetches itself, and how old it may be
+    pccs_url = "https://api.trustedservices.intel.com"
+    kds_url = "https://kdsintf.amd.com"
+    max_collateral_age_days = 30
+    # signed releases the client accepts (instead of, or besides, raw pins)
+    [[release_signers]]
+    sigstore_identity = "https://github.com/ORG/REPO/.github/workflows/release.yml@refs/tags/v1.0.0"
+    sigstore_issuer = "https://token.actions.githubusercontent.com"
+    [[release_signers]]
+    ed25519_public_key = "BASE64"
     allow_no_tee = false
 
 Unknown keys and unknown status names are errors, so a typo cannot silently loosen a policy.
@@ -12,8 +38,11 @@ Unknown keys and unknown status names are errors, so a typo cannot silently loos
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +54,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from veil.attestation.abi_tdx import MEASUREMENT_SIZE
@@ -46,45 +76,119 @@ KNOWN_TCB_STATUSES = frozenset(
         NO_MATCHING_TCB_LEVEL,
     }
 )
-MEASUREMENT_NAMES = ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
+# The TDX measurement registers a policy may pin, in the order reports show them.
+MEASUREMENT_NAMES = (
+    "mr_td",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "mr_seam",
+    "mr_config_id",
+    "mr_owner",
+    "mr_owner_config",
+)
+SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+DEFAULT_PCCS_URL = "https://api.trustedservices.intel.com"
+DEFAULT_KDS_URL = "https://kdsintf.amd.com"
+DEFAULT_MAX_COLLATERAL_AGE_DAYS = 30
 
 
 class PolicyError(AttestationError, ValueError):
     """A policy file that cannot be read or says something invalid."""
 
 
-def _measurement(value: object) -> bytes:
-    if isinstance(value, bytes):
-        raw = value
-    elif isinstance(value, str):
-        text = value.strip().lower().removeprefix("0x")
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            raise ValueError("must be hex") from None
-    else:
-        raise ValueError("must be a hex string")
-    if len(raw) != MEASUREMENT_SIZE:
-        raise ValueError(f"must be {MEASUREMENT_SIZE} bytes ({2 * MEASUREMENT_SIZE} hex digits)")
-    return raw
+def _hex_of(size: int) -> Callable[[object], bytes]:
+    def decode(value: object) -> bytes:
+        if isinstance(value, bytes):
+            raw = value
+        elif isinstance(value, str):
+            text = value.strip().lower().removeprefix("0x")
+            try:
+                raw = bytes.fromhex(text)
+            except ValueError:
+                raise ValueError("must be hex") from None
+        else:
+            raise ValueError("must be a hex string")
+        if len(raw) != size:
+            raise ValueError(f"must be {size} bytes ({2 * size} hex digits)")
+        return raw
+
+    return decode
 
 
-Measurement = Annotated[
-    bytes,
-    BeforeValidator(_measurement),
-    PlainSerializer(lambda raw: raw.hex(), return_type=str, when_used="always"),
-]
+_AS_HEX = PlainSerializer(lambda raw: raw.hex(), return_type=str, when_used="always")
+Measurement = Annotated[bytes, BeforeValidator(_hex_of(MEASUREMENT_SIZE)), _AS_HEX]
+Attributes8 = Annotated[bytes, BeforeValidator(_hex_of(8)), _AS_HEX]
+Digest32 = Annotated[bytes, BeforeValidator(_hex_of(32)), _AS_HEX]
+
+
+class ReleaseSignerRef(BaseModel):
+    """One signer whose release manifests the client accepts: Sigstore keyless or an Ed25519 key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sigstore_identity: str | None = None
+    sigstore_issuer: str | None = None
+    ed25519_public_key: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReleaseSignerRef:
+        sigstore = self.sigstore_identity is not None or self.sigstore_issuer is not None
+        if sigstore == (self.ed25519_public_key is not None):
+            raise ValueError(
+                "a release signer is either sigstore_identity + sigstore_issuer or "
+                "ed25519_public_key"
+            )
+        if sigstore and not (self.sigstore_identity and self.sigstore_issuer):
+            raise ValueError("a Sigstore signer needs both sigstore_identity and sigstore_issuer")
+        if self.ed25519_public_key is not None:
+            try:
+                raw = base64.b64decode(self.ed25519_public_key, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("ed25519_public_key must be base64") from None
+            if len(raw) != 32:
+                raise ValueError("ed25519_public_key must be 32 bytes")
+        return self
+
+    def describe(self) -> str:
+        if self.ed25519_public_key is not None:
+            return f"ed25519 key {self.ed25519_public_key}"
+        return f"sigstore {self.sigstore_identity} (issuer {self.sigstore_issuer})"
 
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # -- Intel TDX
     allowed_tcb_statuses: tuple[str, ...] = Field(default=("UpToDate",), min_length=1)
     mr_td: Measurement | None = None
     rtmr0: Measurement | None = None
     rtmr1: Measurement | None = None
     rtmr2: Measurement | None = None
     rtmr3: Measurement | None = None
+    mr_seam: Measurement | None = None
+    mr_config_id: Measurement | None = None
+    mr_owner: Measurement | None = None
+    mr_owner_config: Measurement | None = None
+    td_attributes: Attributes8 | None = None
+    xfam: Attributes8 | None = None
+    app_compose_hash: tuple[Digest32, ...] = ()
+    # -- AMD SEV-SNP
+    snp_measurement: tuple[Measurement, ...] = ()
+    snp_min_tcb: dict[str, int] = Field(default_factory=dict)
+    snp_allow_debug: bool = False
+    snp_allow_migration_agent: bool = False
+    # -- NVIDIA GPUs
+    gpu_driver_versions: tuple[str, ...] = ()
+    gpu_vbios_versions: tuple[str, ...] = ()
+    # -- collateral and releases
+    pccs_url: str = DEFAULT_PCCS_URL
+    kds_url: str = DEFAULT_KDS_URL
+    max_collateral_age_days: int = Field(default=DEFAULT_MAX_COLLATERAL_AGE_DAYS, ge=0, le=3650)
+    release_signers: tuple[ReleaseSignerRef, ...] = ()
+    sigstore_trusted_root: str | None = None
+    # -- development only
     allow_no_tee: bool = False
 
     @field_validator("allowed_tcb_statuses")
@@ -98,8 +202,27 @@ class Policy(BaseModel):
             raise ValueError(f"unknown TCB status {', '.join(unknown)} (known: {known})")
         return value
 
+    @field_validator("snp_measurement", "app_compose_hash", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str | bytes) else value
+
+    @field_validator("snp_min_tcb")
+    @classmethod
+    def _tcb_components(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(SNP_TCB_COMPONENTS))
+        if unknown:
+            raise ValueError(
+                f"unknown SNP TCB component {', '.join(unknown)} "
+                f"(known: {', '.join(SNP_TCB_COMPONENTS)})"
+            )
+        for name, level in value.items():
+            if not 0 <= level <= 255:
+                raise ValueError(f"{name} must be 0..255")
+        return value
+
     def pins(self) -> dict[str, bytes]:
-        """The measurements this policy pins, by name (mr_td, rtmr0 .. rtmr3)."""
+        """The TDX registers this policy pins, by name (mr_td, rtmr0 .. rtmr3, ...)."""
         pinned = {name: getattr(self, name) for name in MEASUREMENT_NAMES}
         return {name: value for name, value in pinned.items() if value is not None}
 

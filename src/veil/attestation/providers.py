@@ -8,15 +8,17 @@ Every provider turns the 64-byte ``report_data`` into the TEE's signed statement
   ``outblob`` (the quote / attestation report), ``provider`` says which TEE answered, and
   ``generation`` counts writes so a racing writer is noticed; ``rmdir`` it afterwards.
 - ``NvidiaProvider``: NVIDIA confidential-computing GPUs, via ``nv-attestation-sdk`` when that
-  package is installed and a GPU with CC mode on is present.
+  package is installed and a GPU with CC mode on is present. GPU evidence is not a CPU TEE: it
+  rides in the same bundle, bound by the CPU report (``choose_gpu_provider``).
 - ``NoTeeProvider``: no TEE at all. For development only; the evidence says so in plain words and a
   verifier refuses it unless its policy sets ``allow_no_tee``.
 
-``choose_provider("auto")`` takes the first available in that order.
+``choose_provider("auto")`` takes configfs-tsm where it exists, else "none".
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import importlib.util
@@ -33,6 +35,10 @@ from veil.attestation.evidence import (
     AttestationError,
     Evidence,
     EvidenceFormat,
+    GpuEvidence,
+    ReleaseEvidence,
+    gpu_digest,
+    gpu_nonce,
     report_data,
 )
 
@@ -196,10 +202,9 @@ class ConfigfsTsmProvider:
 
 
 class NvidiaProvider:
-    """NVIDIA GPU evidence through ``nv-attestation-sdk`` (only where it and a CC GPU exist).
-
-    The GPU takes a 32-byte nonce: the first 32 bytes of ``report_data`` (a truncated SHA-512 is
-    still a 256-bit commitment to the keys and the verifier's nonce).
+    """NVIDIA confidential GPUs' evidence through ``nv-attestation-sdk`` (only where it and a CC
+    GPU exist). Not a CPU TEE: its evidence rides beside a TDX or SEV-SNP report, which commits to
+    its digest (see ``evidence.py``), and each GPU signs ``gpu_nonce`` of the bundle's keys.
     """
 
     name = "nvidia"
@@ -233,8 +238,10 @@ class NvidiaProvider:
             return "nv-attestation-sdk is not installed"
         return "no NVIDIA GPU with confidential computing enabled was found"
 
-    def get_evidence(self, report_data: bytes) -> bytes:
-        nonce = _check_report_data(report_data)[:NVIDIA_NONCE_SIZE]
+    def get_gpu_evidence(self, nonce: bytes) -> list[GpuEvidence]:
+        """Every GPU's SPDM report over ``nonce`` (32 bytes) and its device certificate chain."""
+        if len(nonce) != NVIDIA_NONCE_SIZE:
+            raise AttestationError(f"the GPU nonce must be {NVIDIA_NONCE_SIZE} bytes")
         if not self.available():
             raise ProviderUnavailable(f"nvidia evidence unavailable: {self.unavailable_reason()}")
         sdk: Any = importlib.import_module("nv_attestation_sdk.attestation")
@@ -248,7 +255,19 @@ class NvidiaProvider:
             collected = collected[1]
         if not collected:
             raise AttestationError("the NVIDIA SDK returned no GPU evidence")
-        return json.dumps(collected, separators=(",", ":"), default=str).encode()
+        try:
+            return [
+                GpuEvidence(
+                    arch=str(item.get("arch", "HOPPER")).upper(),
+                    report=base64.b64decode(item["evidence"]),
+                    cert_chain=base64.b64decode(item["certificate"]).decode("ascii"),
+                )
+                for item in collected
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise AttestationError(
+                "the NVIDIA SDK returned GPU evidence of an unknown shape"
+            ) from None
 
 
 class NoTeeProvider:
@@ -264,16 +283,22 @@ class NoTeeProvider:
         return None
 
 
-PROVIDER_NAMES = ("auto", "tdx", "sev-snp", "nvidia", "none")
+PROVIDER_NAMES = ("auto", "tdx", "sev-snp", "none")
+GPU_PROVIDER_NAMES = ("auto", "nvidia", "off")
 
 
 def choose_provider(
     name: str = "auto", *, tsm_root: Path = TSM_REPORT_ROOT, kernel: TsmKernel | None = None
 ) -> AttestationProvider:
-    """The named provider, or with ``"auto"`` the first available: configfs-tsm, nvidia, none.
+    """The named CPU TEE provider, or with ``"auto"`` configfs-tsm where it exists, else none.
 
     A named provider that is not available here is an error, never a silent fallback.
     """
+    if name == "nvidia":
+        raise ProviderUnavailable(
+            "nvidia is GPU evidence, collected beside a CPU TEE's (TDX or SEV-SNP) that binds it; "
+            "choose the CPU TEE with --attestation and the GPUs with --gpu-attestation"
+        )
     if name not in PROVIDER_NAMES:
         raise ValueError(f"unknown attestation provider {name!r} (choose from {PROVIDER_NAMES})")
     if name in ("auto", "tdx", "sev-snp"):
@@ -287,13 +312,22 @@ def choose_provider(
                 else f"{tsm_root} is missing (a {name} guest with Linux 6.7+ configfs-tsm is needed)"
             )
             raise ProviderUnavailable(f"{name} evidence is unavailable: {seen}")
-    if name in ("auto", "nvidia"):
-        nvidia = NvidiaProvider()
-        if nvidia.available():
-            return nvidia
-        if name == "nvidia":
-            raise ProviderUnavailable(f"nvidia evidence unavailable: {nvidia.unavailable_reason()}")
     return NoTeeProvider()
+
+
+def choose_gpu_provider(name: str = "auto") -> NvidiaProvider | None:
+    """GPU evidence: ``auto`` takes NVIDIA's where a CC GPU is present, ``off`` none; a named
+    provider that is not available is an error."""
+    if name not in GPU_PROVIDER_NAMES:
+        raise ValueError(f"unknown GPU attestation {name!r} (choose from {GPU_PROVIDER_NAMES})")
+    if name == "off":
+        return None
+    nvidia = NvidiaProvider()
+    if nvidia.available():
+        return nvidia
+    if name == "nvidia":
+        raise ProviderUnavailable(f"nvidia evidence unavailable: {nvidia.unavailable_reason()}")
+    return None
 
 
 def build_evidence(
@@ -302,10 +336,20 @@ def build_evidence(
     ed25519_public_key: bytes,
     nonce: bytes,
     *,
+    gpu_provider: NvidiaProvider | None = None,
     collateral: dict[str, Any] | None = None,
+    release: ReleaseEvidence | None = None,
+    event_log: list[dict[str, Any]] | None = None,
 ) -> Evidence:
-    """Bind both keys and ``nonce`` into fresh evidence from ``provider``."""
-    bound = report_data(x25519_public_key, ed25519_public_key, nonce)
+    """One evidence bundle: GPU reports over ``gpu_nonce`` first, then the CPU TEE's report over
+    ``report_data``, which commits to both keys, the GPU evidence's digest and ``nonce``."""
+    gpus: list[GpuEvidence] = []
+    if gpu_provider is not None:
+        gpus = gpu_provider.get_gpu_evidence(
+            gpu_nonce(x25519_public_key, ed25519_public_key, nonce)
+        )
+    digest = gpu_digest([(g.report, g.cert_chain.encode()) for g in gpus])
+    bound = report_data(x25519_public_key, ed25519_public_key, nonce, digest)
     quote = provider.get_evidence(bound)
     fmt: EvidenceFormat = "none" if quote is None else _format_of(provider)
     return Evidence(
@@ -316,12 +360,66 @@ def build_evidence(
         ed25519_public_key=ed25519_public_key,
         quote=quote,
         collateral=collateral if quote is not None else None,
+        event_log=event_log if quote is not None else None,
+        gpus=tuple(gpus),
+        release=release,
         warning=NO_TEE_WARNING if quote is None else None,
     )
 
 
 def _format_of(provider: AttestationProvider) -> EvidenceFormat:
     name = provider.name
-    if name in ("tdx", "sev-snp", "nvidia"):
+    if name in ("tdx", "sev-snp"):
         return cast(EvidenceFormat, name)
     raise AttestationError(f"provider {name!r} returned evidence of an unknown format")
+
+
+def _read_json_file(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise AttestationError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AttestationError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def load_release_evidence(settings: Any) -> ReleaseEvidence | None:
+    """The node's release manifest and its signature, from the files its settings name."""
+    manifest_path = getattr(settings, "release_manifest", None)
+    signature_path = getattr(settings, "release_signature", None)
+    bundle_path = getattr(settings, "release_bundle", None)
+    if manifest_path is None and signature_path is None and bundle_path is None:
+        return None
+    if signature_path is None and bundle_path is None:
+        raise AttestationError(
+            "a release manifest needs its signature: --release-signature or --release-bundle"
+        )
+    manifest = None
+    if manifest_path is not None:
+        try:
+            manifest = Path(manifest_path).read_bytes()
+        except OSError as exc:
+            raise AttestationError(
+                f"cannot read release manifest {manifest_path}: {exc.strerror or exc}"
+            ) from None
+    return ReleaseEvidence(
+        manifest=manifest,
+        signature=None
+        if signature_path is None
+        else _read_json_file(Path(signature_path), "release signature"),
+        sigstore_bundle=None
+        if bundle_path is None
+        else _read_json_file(Path(bundle_path), "Sigstore bundle"),
+    )
+
+
+def load_event_log(settings: Any) -> list[dict[str, Any]] | None:
+    path = getattr(settings, "event_log", None)
+    if path is None:
+        return None
+    document = _read_json_file(Path(path), "event log")
+    if isinstance(document, dict) and isinstance(document.get("event_log"), list):
+        document = document["event_log"]
+    if not isinstance(document, list) or not all(isinstance(e, dict) for e in document):
+        raise AttestationError(f"event log {path} is not a JSON list of events")
+    return document

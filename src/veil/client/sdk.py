@@ -245,12 +245,18 @@ def attest(
         raise AttestationFailed(
             "the lock response's attestation evidence is malformed; nothing was encrypted or sent"
         ) from None
+    source = None
+    if evidence.format in ("tdx", "sev-snp"):
+        from veil.attestation.collateral import fetcher_for
+
+        source = fetcher_for(policy)
     report = verify_evidence(
         evidence,
         policy,
         expect_x25519=node_public_key,
         expect_ed25519=signing_public_key,
         expect_nonce=nonce,
+        collateral_source=source,
     )
     if not report.ok:
         failed = "; ".join(f"{step.name}: {step.detail}" for step in report.failures)

@@ -75,9 +75,14 @@ class AttestationVerdict:
     tcb_status: str | None = None
     insecure: bool = False
     report: VerificationReport | None = field(default=None, repr=False, compare=False)
+    # The release the node proved (a manifest signed by a signer the client's policy names).
+    release: str | None = None
+    release_signer: str | None = None
 
     @classmethod
     def of(cls, evidence_format: str, report: VerificationReport) -> AttestationVerdict:
+        release = report.facts.get("release")
+        signer = report.facts.get("release_signer")
         return cls(
             format=evidence_format,
             ok=report.ok,
@@ -85,6 +90,8 @@ class AttestationVerdict:
             tcb_status=report.tcb_status,
             insecure=report.ok and evidence_format == "none",
             report=report,
+            release=None if release is None else str(release),
+            release_signer=None if signer is None else str(signer),
         )
 
     def describe(self) -> str:
@@ -94,7 +101,8 @@ class AttestationVerdict:
         if self.insecure:
             return "NO TEE (evidence 'none', accepted by insecure_no_tee)"
         status = f" {self.tcb_status}" if self.tcb_status else ""
-        return f"attested {self.format}{status}"
+        release = f", release {self.release} proved" if self.release else ", pinned measurements"
+        return f"attested {self.format}{status}{release}"
 
 
 @dataclass

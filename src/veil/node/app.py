@@ -8,6 +8,7 @@ stack frames only, because exception messages can quote their input.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.attestation.evidence import AttestationError
-from veil.attestation.providers import build_evidence, choose_provider
+from veil.attestation.providers import (
+    build_evidence,
+    choose_gpu_provider,
+    choose_provider,
+    load_event_log,
+    load_release_evidence,
+)
 from veil.config import NodeSettings
 from veil.engines.base import EngineFailure
 from veil.node.keyring import Keyring
@@ -76,6 +83,9 @@ class NodeApp:
         self.service = NodeService(engines, settings.default_units)
         self.metrics = NodeMetrics()
         self.attestation_provider = choose_provider(settings.attestation)
+        self.gpu_provider = choose_gpu_provider(settings.gpu_attestation)
+        self.release = load_release_evidence(settings)
+        self.event_log = load_event_log(settings)
         self.replay = make_replay_cache(settings.replay_cache)
         self.tickets = TicketChecker([public_key_from_b64(key) for key in settings.gateway_keys])
 
@@ -277,11 +287,16 @@ class NodeApp:
             raise InvalidBody("nonce must be 16 to 64 bytes, base64")
         try:
             evidence = await asyncio.to_thread(
-                build_evidence,
-                self.attestation_provider,
-                self.keyring.current.public_key,
-                self.keyring.signing_public_key,
-                nonce,
+                functools.partial(
+                    build_evidence,
+                    self.attestation_provider,
+                    self.keyring.current.public_key,
+                    self.keyring.signing_public_key,
+                    nonce,
+                    gpu_provider=self.gpu_provider,
+                    release=self.release,
+                    event_log=self.event_log,
+                )
             )
         except AttestationError as exc:
             log.error("attestation failed: %s", exc)
