@@ -183,6 +183,19 @@ def gateway_headline(output: str) -> list[str]:
     return lines
 
 
+def ratelimit_headline(output: str) -> list[str]:
+    lines = []
+    for name in ("in process", "Redis"):
+        row = re.search(rf"^{name}\s+(\S+)\s+(\S+)\s+(\S+)", output, re.MULTILINE)
+        if row:
+            median, ratio, alone = row.groups()
+            lines.append(
+                f"rate limiter {name}: request median {median} ms, **{ratio}x** the unlimited "
+                f"baseline (limiter alone {alone} µs)"
+            )
+    return lines
+
+
 def ledger_headline(output: str) -> list[str]:
     lines = []
     rates = re.search(
@@ -304,6 +317,19 @@ BENCHMARKS = (
         (),
         ("--quick",),
         load_headline,
+    ),
+    Benchmark(
+        "ratelimit",
+        "Gateway: what the per-user rate limiter costs",
+        "The same authenticated `GET /v1/stacks` through a gateway, three ways, rounds "
+        "interleaved: an admin key (not limited), a user limited in process, and a user limited "
+        "through Redis (limits set far above the load, so every request is admitted); then the "
+        "limiter's own admit + release in a loop, without HTTP.",
+        "The admin key's requests to the same gateway in the same rounds. Ratio = median latency "
+        "of the variant / median latency of the unlimited baseline.",
+        (),
+        ("--requests", "100", "--rounds", "3"),
+        ratelimit_headline,
     ),
 )
 

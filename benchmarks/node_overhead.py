@@ -134,7 +134,9 @@ def start_node(tmp: Path, models_dir: Path) -> Iterator[tuple[str, int]]:
     """``veil node`` in a session of its own; stopped (whole session) however the block ends."""
     port, log = free_port(), tmp / "node.log"
     args = ["node", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp / "node"),
-            "--models-dir", str(models_dir), "--log-level", "warning"]  # fmt: skip
+            "--models-dir", str(models_dir), "--log-level", "warning",
+            "--insecure-no-gateway"]  # fmt: skip
+    # The benchmark talks to the node directly, without a gateway and its tickets.
     with veil_process(args, log, child_env(models_dir)) as process:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process, log)  # polls /health, bounded; raises with the log's tail

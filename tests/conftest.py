@@ -27,6 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Collateral the tests fetch (from loopback stand-ins) is cached per run, never in ~/.cache.
 os.environ["VEIL_CACHE_DIR"] = tempfile.mkdtemp(prefix="veil-test-cache-")
+# ... and the node keys clients remember (known_nodes.json) never land in the real home either.
+os.environ.setdefault("VEIL_HOME", tempfile.mkdtemp(prefix="veil-test-home-"))
 
 from veil.engines import (
     CHAT_MODEL_ID,

@@ -95,8 +95,15 @@ def node(
     gateway_key: Annotated[
         list[str] | None,
         typer.Option(
-            help="Base64 Ed25519 key of a gateway whose tickets to honour (repeatable); with one "
-            "or more, requests without a valid ticket are refused.",
+            help="Base64 Ed25519 key of a gateway whose tickets to honour (repeatable); paid "
+            "requests without a valid ticket are refused.",
+        ),
+    ] = None,
+    insecure_no_gateway: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure-no-gateway",
+            help="Serve paid routes to anyone, without gateway tickets (development only).",
         ),
     ] = None,
     attestation: Annotated[
@@ -151,6 +158,7 @@ def node(
         upstreams=upstream or None,
         embedded=embedded,
         gateway_keys=gateway_key or None,
+        insecure_no_gateway=insecure_no_gateway,
         attestation=attestation,
         gpu_attestation=gpu_attestation,
         release_manifest=release_manifest,
@@ -166,6 +174,11 @@ def node(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _check_data_dir(settings.data_dir)
+    if not settings.gateway_keys and not settings.insecure_no_gateway:
+        raise fail(
+            "a node serves paid routes only with gateway tickets: give --gateway-key KEY (the "
+            "key `veil gateway` prints), or --insecure-no-gateway to serve anyone without tickets"
+        )
     from veil.attestation.evidence import AttestationError
     from veil.node.app import create_app
 
@@ -237,6 +250,13 @@ def gateway(
     node_url: Annotated[
         list[str] | None, typer.Option("--node", help="URL of a node to route to (repeatable).")
     ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="redis://HOST:PORT/DB: rate limits shared by every gateway on it "
+            "[env: VEIL_REDIS_URL]; none: per process."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the gateway alone, in front of nodes started with `veil node`."""
@@ -248,6 +268,7 @@ def gateway(
         data_dir=data_dir,
         database_url=database_url,
         nodes=node_url or None,
+        redis_url=redis_url,
         log_level=log_level,
     )
     if not settings.nodes:

@@ -34,9 +34,15 @@ class NodeSettings(BaseSettings):
     # prompt + completion tokens for chat, input tokens for embeddings.
     default_units: int = Field(default=4096, ge=1)
     chat_context_tokens: int = Field(default=2048, ge=128)
-    # Ed25519 public keys (base64) of gateways whose tickets this node honours. Empty: no ticket
-    # is required (a node used directly, without a gateway in front).
+    # Ed25519 public keys (base64) of gateways whose tickets this node honours. Paid routes are
+    # served only with a valid ticket from one of them.
     gateway_keys: list[str] = Field(default_factory=list)
+    # Serve paid routes without tickets (a node used directly, no gateway in front): anyone who
+    # reaches it is served free and sets their own budget. Ignored when gateway_keys are given.
+    insecure_no_gateway: bool = False
+    # Longest a request may run on the node (seconds); past it the engine is stopped and the
+    # signed receipt covers what was produced. A ticket's own deadline, if earlier, wins.
+    request_timeout_seconds: float = Field(default=600.0, gt=0)
     # The CPU TEE: auto (configfs-tsm where it exists, else none), tdx, sev-snp or none.
     attestation: str = "auto"
     # GPU evidence beside it: auto (NVIDIA CC GPUs where present), nvidia (required) or off.
@@ -51,6 +57,11 @@ class NodeSettings(BaseSettings):
     # Where v2 request ids are remembered: "memory" (one node process) or redis://HOST:PORT/DB
     # (several node processes behind one gateway share it).
     replay_cache: str = "memory"
+    # Bounds of the in-memory replay caches, and each tenant's (stack's) share of the v2 id space;
+    # the Redis key prefix (the ticket ids live under PREFIX + "ticket:").
+    replay_max_entries: int = Field(default=200_000, ge=1)
+    replay_max_per_tenant: int = Field(default=10_000, ge=1)
+    replay_prefix: str = Field(default="veil:replay:", min_length=1, max_length=200)
     log_level: str = "info"
 
     @property
@@ -77,7 +88,20 @@ class GatewaySettings(BaseSettings):
     default_image_units: int = Field(default=1024 * 1024, ge=1)
     health_interval_seconds: float = Field(default=10.0, gt=0)
     expire_interval_seconds: float = Field(default=5.0, gt=0)
+    # How long the gateway waits for a node's answer; also the lease a claim gives a request,
+    # renewed while it is served (a request is never forgiven for being long).
     node_timeout_seconds: float = Field(default=300.0, gt=0)
+    # How overdue an in-flight lease may be (its gateway gone) before expiry releases its units.
+    in_flight_grace_seconds: float = Field(default=300.0, ge=0)
+    # Rate limits per user (``veil users set-limits`` overrides them per user; admin keys are not
+    # limited). Defaults a single honest user never hits.
+    default_requests_per_minute: int = Field(default=600, ge=1, le=2**31 - 1)
+    default_concurrency: int = Field(default=32, ge=1, le=2**31 - 1)
+    # A request the node refused (HTTP 4xx) counts as this many requests in the caller's minute.
+    failed_request_weight: int = Field(default=5, ge=1, le=1000)
+    # redis://HOST:PORT/DB: rate limits shared by every gateway on it (none: in process only).
+    redis_url: str | None = None
+    rate_limit_prefix: str = Field(default="veil:rl:", min_length=1, max_length=64)
     log_level: str = "info"
 
     @property

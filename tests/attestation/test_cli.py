@@ -407,3 +407,16 @@ def test_release_commands_are_mounted_on_veil() -> None:
 
     result = runner.invoke(app, ["release", "--help"])
     assert result.exit_code == 0 and "sign" in result.stdout and "verify" in result.stdout
+
+
+def test_url_fetches_a_fresh_bundle_and_checks_its_nonce(
+    node: tuple[str, Keyring], tmp_path: Path
+) -> None:
+    url, _ = node
+    code, stdout, _ = invoke("--url", url, "--json")
+    assert code == 1  # strict: the node has no TEE
+    dev_policy = tmp_path / "dev.json"
+    dev_policy.write_text(json.dumps({"allow_no_tee": True}))
+    code, stdout, _ = invoke("--url", url, "--policy", dev_policy, "--json")
+    steps = {s["name"]: s["outcome"] for s in json.loads(stdout)["steps"]}
+    assert code == 0 and steps["nonce"] == "pass" and steps["binding"] == "pass"

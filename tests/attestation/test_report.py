@@ -23,9 +23,9 @@ from tests.attestation import (
 )
 from veil.attestation.abi_tdx import parse_tdx_quote
 from veil.attestation.evidence import Evidence, GpuEvidence, report_data
-from veil.attestation.policy import Policy, ReleaseSignerRef
+from veil.attestation.policy import Policy
 from veil.attestation.providers import NoTeeProvider, build_evidence
-from veil.attestation.release import sign_manifest
+from veil.attestation.release import ReleaseSigner, sign_manifest
 from veil.attestation.report import NodeKey, verify_evidence, verify_quote
 from veil.attestation.verify_tdx import NO_MATCHING_TCB_LEVEL
 
@@ -325,7 +325,7 @@ def test_the_tinfoil_release_proves_the_genoa_enclave_end_to_end() -> None:
     impostor = policy.model_copy(
         update={
             "release_signers": (
-                ReleaseSignerRef(
+                ReleaseSigner(
                     sigstore_identity=TINFOIL_SIGNER["sigstore_identity"].replace(
                         "v0.0.110", "v0.0.111"
                     ),

@@ -406,10 +406,13 @@ def test_the_release_tinfoil_signed_proves_its_enclave_and_still_binds_no_veil_k
 @pytest.mark.parametrize(
     ("attack", "status", "exception"),
     [
-        ("model_swap", 422, errors.EnvelopeRejectedError),
-        ("model_swap_other_kind", 404, errors.NotFoundError),
+        # The honest gateway behind the hostile one already refuses a claim whose model or stack
+        # disagrees with the caller's reservation (425, retried with a fresh lock); the node's own
+        # AAD check of the same swaps is tested on the node alone (tests/node/test_v2_node.py).
+        ("model_swap", 425, errors.UnavailableStackError),
+        ("model_swap_other_kind", 425, errors.UnavailableStackError),
         ("model_swap_unserved", 404, errors.NotFoundError),
-        ("stack_swap", 422, errors.EnvelopeRejectedError),
+        ("stack_swap", 425, errors.UnavailableStackError),
         ("units_inflation", 422, errors.EnvelopeRejectedError),
         ("route_swap", 404, errors.NotFoundError),  # the node routes on model kind first
     ],
@@ -447,6 +450,11 @@ def test_rewritten_envelopes_are_refused_and_nothing_is_charged(
     with client(hostile, key) as victim, pytest.raises(exception) as caught:
         victim.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
     assert caught.value.status == status
+    if status == 425:  # retried with a new lock and a new encryption, refused every time
+        assert len(hostile.forwarded) == victim.max_attempts
+        assert {f.status for f in hostile.forwarded} == {425}
+        assert_balanced(deployment, before)
+        return
     (forwarded,) = hostile.forwarded  # refused, and not retried
     assert forwarded.status == status
     if status == 422:

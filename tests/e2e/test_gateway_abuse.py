@@ -30,7 +30,7 @@ from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
 from veil.node.service import EngineRegistry
 from veil.protocol import v1
-from veil.protocol.tickets import RECEIPT_HEADER
+from veil.protocol.tickets import RECEIPT_HEADER, TICKET_HEADER
 
 # What the proxy answers instead of the node: (status, content type, body, keep the receipt?)
 GARBAGE: dict[str, tuple[int, str, bytes, bool]] = {
@@ -67,7 +67,10 @@ class TamperingProxy:
                 for k, v in upstream.headers.items()
                 if k.lower() not in {"content-length", "content-encoding", "transfer-encoding"}
             }
-            if self.mode is None or not path.startswith("v1/confidential/"):
+            ticketed = TICKET_HEADER.lower() in {k.lower() for k in request.headers}
+            if self.mode is None or not path.startswith("v1/confidential/") or not ticketed:
+                # The gateway's unticketed probe (does the node demand tickets?) passes through:
+                # this node is broken only for the paid requests it serves.
                 return Response(upstream.content, upstream.status_code, headers=headers)
             status, media_type, body, keep_receipt = GARBAGE[self.mode]
             forged = {RECEIPT_HEADER: headers[RECEIPT_HEADER]} if keep_receipt else {}

@@ -3,7 +3,13 @@ services Veil's upstream engines talk to.
 
 - chat and embeddings are served by Veil's own embedded engines, so answers are real model output
   with real usage (the way vLLM or TEI report it, including streamed usage on request);
-- ``/tokenize`` answers the vLLM way (``messages`` or ``prompt``), unless built without it;
+- ``/tokenize`` answers the vLLM way (``messages`` or ``prompt``, with the tokenizer of the model the
+  body names), unless built without it;
+- ``merge=N`` streams N tokens a chunk, as servers that batch their output do (and, with
+  ``continuous_usage_stats`` in ``stream_options`` or ``continuous_usage=True``, usage in every
+  chunk, as vLLM does);
+- ``ignore_max_tokens=True`` is an upstream that overruns the ``max_tokens`` it is sent (up to 400
+  tokens), reporting honestly what it produced;
 - images stand in for a remote images service, since no small text-to-image model ships on PyPI:
   each PNG is drawn procedurally from the prompt's hash (stdlib zlib + struct).
 
@@ -30,7 +36,13 @@ from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageG
 
 
 def create_openai_stand_in(
-    chat: ChatEngine, embeddings: EmbeddingEngine, *, tokenize: bool = True
+    chat: ChatEngine,
+    embeddings: EmbeddingEngine,
+    *,
+    tokenize: bool = True,
+    merge: int = 1,
+    continuous_usage: bool = False,
+    ignore_max_tokens: bool = False,
 ) -> FastAPI:
     app = FastAPI()
 
@@ -54,12 +66,44 @@ def create_openai_stand_in(
             return failure
         parsed = ChatCompletionRequest.model_validate(body)
         max_tokens = parsed.requested_max_tokens() or 16
+        if ignore_max_tokens:
+            max_tokens = 400
         if not parsed.stream:
             return JSONResponse(await chat.complete(parsed, max_tokens))
-        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        options = parsed.stream_options
+        include_usage = bool(options and options.include_usage)
+        asked = bool(options and (options.model_extra or {}).get("continuous_usage_stats"))
+        continuous = continuous_usage or asked
+        prompt_tokens = await chat.count_prompt_tokens(parsed) if continuous else 0
 
         async def events() -> AsyncIterator[str]:
+            held: list[dict[str, Any]] = []  # content chunks not sent yet (merge > 1)
+            produced = 0
+
+            def merged() -> str:
+                first = dict(held[0])
+                text = "".join(c["choices"][0]["delta"].get("content") or "" for c in held)
+                first["choices"] = [{**held[0]["choices"][0], "delta": {"content": text}}]
+                if continuous:
+                    first["usage"] = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": produced,
+                        "total_tokens": prompt_tokens + produced,
+                    }
+                held.clear()
+                return f"data: {json.dumps(first)}\n\n"
+
             async for chunk in chat.stream(parsed, max_tokens):
+                # Veil's own running count: the stand-in's source of truth, not sent upstream-style
+                produced = chunk.pop("x_veil_completion_tokens", produced)
+                delta = chunk["choices"][0].get("delta", {}) if chunk["choices"] else {}
+                if delta.get("content"):
+                    held.append(chunk)
+                    if len(held) >= merge:
+                        yield merged()
+                    continue
+                if held:
+                    yield merged()
                 if chunk["choices"] or include_usage:
                     yield f"data: {json.dumps(chunk)}\n\n"
             yield "data: [DONE]\n\n"
@@ -81,6 +125,9 @@ def create_openai_stand_in(
         if "messages" in body:
             parsed = ChatCompletionRequest.model_validate({"model": chat.model_id, **body})
             count = await chat.count_prompt_tokens(parsed)
+        elif isinstance(body.get("prompt"), str) and body.get("model") == chat.model_id:
+            special = bool(body.get("add_special_tokens", True))
+            count = await chat.count_text_tokens(body["prompt"], special)  # type: ignore[attr-defined]
         elif isinstance(body.get("prompt"), str):
             parsed_input = EmbeddingRequest(model=embeddings.model_id, input=body["prompt"])
             count = await embeddings.count_tokens(parsed_input)

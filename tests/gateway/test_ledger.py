@@ -6,18 +6,21 @@ import asyncio
 import hashlib
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from tests.gateway.conftest import LedgerHarness
-from veil.gateway.ledger import Ledger, Stack, User
+from veil.gateway.ledger import DEFAULT_LEASE_SECONDS, Ledger, Stack, User, alembic_config
 from veil.gateway.ledger.schema import metadata
+from veil.protocol.envelopes import MAX_ID
 from veil.protocol.errors import (
     AuthError,
     BalanceError,
@@ -79,7 +82,9 @@ def test_migrated_schema_matches_the_models(h: LedgerHarness) -> None:
             )
 
     assert h.run(diff()) == []
-    assert h.sql("SELECT version_num FROM alembic_version") == [("0001",)]
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    assert h.sql("SELECT version_num FROM alembic_version") == [(head,)]
 
 
 def test_gateways_starting_together_migrate_once(db_url: str) -> None:
@@ -139,7 +144,9 @@ def test_gateway_processes_starting_together_migrate_once(db_url: str) -> None:
         finally:
             await ledger.close()
 
-    assert asyncio.run(version()) == [("0001",)]
+    assert asyncio.run(version()) == [
+        (ScriptDirectory.from_config(alembic_config()).get_current_head(),)
+    ]
 
 
 def test_check_constraint_rejects_overcommitting_a_stack(h: LedgerHarness, w: World) -> None:
@@ -258,29 +265,77 @@ def test_expired_reservation_cannot_be_claimed_even_before_the_sweep(
         h.claim(w.alice.id, w.stack.id, request_id="late", now=T0 + TTL)
 
 
-def test_expiry_releases_in_flight_reservations_only_after_the_grace(
+def test_a_request_being_served_past_its_lock_timeout_is_still_charged(
     h: LedgerHarness, w: World
 ) -> None:
+    """Issue 12 #1: the sweep used to expire an in-flight reservation once its *lock* deadline was
+    a grace period old, and the settle that followed charged nothing. A claim leases the
+    reservation for the request instead (DEFAULT_LEASE_SECONDS unless the gateway says)."""
     grace = h.ledger.in_flight_grace
-    assert grace == 300.0
     r = reserve(h, w, 300)
-    h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0 + TTL - 1)
-    assert h.expire(now=T0 + TTL + grace - 1) == 0
+    claimed = h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0 + 1)
+    assert claimed.expires_at == T0 + 1 + DEFAULT_LEASE_SECONDS
+    assert h.expire(now=T0 + TTL + grace) == 0
+    assert h.get_reservation(r.id).state == "in_flight"
+    done = h.settle(r.id, 250, now=T0 + TTL + grace + 1)
+    assert (done.state, done.charged_units) == ("settled", 250)
+    assert units(h, w.stack.id) == (1000, 0, 250)
+
+
+def test_heartbeats_keep_a_request_covered_however_long_it_runs(h: LedgerHarness, w: World) -> None:
+    """An hour-long request with a 60 s lock, a 100 s lease and a 5 s grace: every renewal moves
+    the lease, a sweep between renewals finds nothing, and the settle charges in full."""
+    h.reopen(in_flight_grace=5.0)
+    r = reserve(h, w, 300)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", lease_seconds=100, now=T0 + 1)
+    for beat in range(31, 3600, 30):
+        assert h.heartbeat(r.id, lease_seconds=100, now=T0 + beat) == T0 + beat + 100
+        assert h.expire(now=T0 + beat + 90) == 0
+    assert h.get_reservation(r.id).state == "in_flight"
+    done = h.settle(r.id, 300, now=T0 + 3600)
+    assert (done.state, done.charged_units) == ("settled", 300)
+    assert units(h, w.stack.id) == (1000, 0, 300)
+
+
+def test_a_lease_nobody_renews_expires_after_the_grace(h: LedgerHarness, w: World) -> None:
+    """The gateway serving it is gone (crashed mid-request): its units must not stay pinned.
+    Expiry is then final, for a late heartbeat and a late settle alike."""
+    h.reopen(in_flight_grace=10.0)
+    r = reserve(h, w, 300)
+    h.claim(w.alice.id, w.stack.id, request_id="req-1", lease_seconds=100, now=T0)
+    assert h.expire(now=T0 + 100 + 9) == 0
     assert units(h, w.stack.id) == (1000, 300, 0)
-    assert h.expire(now=T0 + TTL + grace) == 1
+    assert h.expire(now=T0 + 100 + 10) == 1
     assert units(h, w.stack.id) == (1000, 0, 0)
-    # The node answering after that charges nothing: the units were handed back already.
+    assert h.heartbeat(r.id, lease_seconds=100, now=T0 + 111) is None
     late = h.settle(r.id, 200)
     assert (late.state, late.charged_units) == ("expired", 0)
     assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_a_claim_never_shortens_the_lock_and_heartbeats_touch_only_in_flight(
+    h: LedgerHarness, w: World
+) -> None:
+    long_lock = reserve(h, w, 100, ttl_seconds=3600)
+    claimed = h.claim(w.alice.id, w.stack.id, request_id="r", lease_seconds=100, now=T0 + 1)
+    assert claimed.expires_at == T0 + 3600
+    assert h.heartbeat(long_lock.id, lease_seconds=100, now=T0 + 2) == T0 + 3600
+    held = reserve(h, w, 100)
+    assert h.heartbeat(held.id, now=T0 + 1) is None  # not claimed: the lock's deadline stands
+    assert h.get_reservation(held.id).expires_at == T0 + TTL
+    h.settle(long_lock.id, 10)
+    assert h.heartbeat(long_lock.id, now=T0 + 3) is None
+    assert h.heartbeat("no-such-reservation", now=T0 + 3) is None
+    with pytest.raises(ValueError):
+        h.heartbeat(held.id, lease_seconds=0)
 
 
 def test_in_flight_grace_is_configurable(h: LedgerHarness, w: World) -> None:
     h.reopen(in_flight_grace=10.0)
     reserve(h, w, 300)
     h.claim(w.alice.id, w.stack.id, request_id="req-1", now=T0)
-    assert h.expire(now=T0 + TTL + 9) == 0
-    assert h.expire(now=T0 + TTL + 10) == 1
+    assert h.expire(now=T0 + DEFAULT_LEASE_SECONDS + 9) == 0
+    assert h.expire(now=T0 + DEFAULT_LEASE_SECONDS + 10) == 1
 
 
 def test_expiry_survives_a_gateway_restart(h: LedgerHarness, w: World) -> None:
@@ -291,7 +346,7 @@ def test_expiry_survives_a_gateway_restart(h: LedgerHarness, w: World) -> None:
     assert units(h, w.stack.id) == (1000, 500, 0)
     assert h.expire(now=T0 + TTL) == 1
     assert h.get_reservation(held.id).state == "expired"
-    assert h.expire(now=T0 + TTL + h.ledger.in_flight_grace) == 1
+    assert h.expire(now=T0 + DEFAULT_LEASE_SECONDS + h.ledger.in_flight_grace) == 1
     assert units(h, w.stack.id) == (1000, 0, 0)
 
 
@@ -431,6 +486,112 @@ def test_claim_a_named_reservation(h: LedgerHarness, w: World) -> None:
     assert got.id == newer.id
     with pytest.raises(UnavailableStack):
         h.claim(w.bob.id, w.stack.id, request_id="b", reservation_id=newer.id, now=T0 + 2)
+
+
+def test_a_named_reservation_must_be_a_live_lock_of_the_caller_on_that_stack_and_model(
+    h: LedgerHarness, w: World
+) -> None:
+    """Issue 12 #7: a request carrying its lock's handle takes exactly that reservation, or none."""
+    mine = reserve(h, w, 100, now=T0)
+    theirs = reserve(h, w, 100, user=w.bob, now=T0)
+    other_stack = h.create_stack("alice", MODEL, 500)
+    elsewhere = reserve(h, w, 100, stack_id=other_stack.id, now=T0)
+    refused = [
+        dict(user_id=w.alice.id, stack_id=w.stack.id, reservation_id=theirs.id),  # not mine
+        dict(user_id=w.alice.id, stack_id=w.bobs.id, reservation_id=theirs.id),  # their stack
+        dict(user_id=w.alice.id, stack_id=w.stack.id, reservation_id=elsewhere.id),  # stack
+        dict(user_id=w.alice.id, stack_id=w.stack.id, reservation_id=mine.id, model="other"),
+        dict(user_id=w.alice.id, stack_id=w.stack.id, reservation_id="0" * 32),  # unknown
+    ]
+    for n, ask in enumerate(refused):
+        with pytest.raises(UnavailableStack, match="lock again"):
+            h.claim(request_id=f"bad-{n}", now=T0 + 1, **ask)
+    with pytest.raises(UnavailableStack):  # expired, even before a sweep
+        h.claim(w.alice.id, w.stack.id, request_id="late", reservation_id=mine.id, now=T0 + TTL)
+    assert [h.get_reservation(r.id).state for r in (mine, theirs, elsewhere)] == ["held"] * 3
+    got = h.claim(
+        w.alice.id, w.stack.id, request_id="ok", reservation_id=mine.id, model=MODEL, now=T0 + 1
+    )
+    assert (got.id, got.state) == (mine.id, "in_flight")
+    with pytest.raises(UnavailableStack):  # each reservation serves one request
+        h.claim(w.alice.id, w.stack.id, request_id="again", reservation_id=mine.id, now=T0 + 1)
+
+
+def test_a_claim_for_another_model_than_the_stack_is_unavailable(
+    h: LedgerHarness, w: World
+) -> None:
+    """Without a handle too: a lock on a cheap model's stack cannot pay for another model."""
+    reserve(h, w, 100)
+    with pytest.raises(UnavailableStack):
+        h.claim(w.alice.id, w.stack.id, request_id="r", model="pricier-model", now=T0)
+    assert h.claim(w.alice.id, w.stack.id, request_id="r", model=MODEL, now=T0).state == (
+        "in_flight"
+    )
+
+
+def test_concurrent_requests_with_handles_take_their_own_reservations(
+    h: LedgerHarness, w: World
+) -> None:
+    """Locks made in one order, requests arriving in the other, on two gateways at once."""
+    locks = [reserve(h, w, 10 * (i + 1), now=T0 + i) for i in range(8)]
+    second = h.open_another()
+
+    async def one(i: int) -> Any:
+        ledger = h.ledger if i % 2 else second
+        return await ledger.claim(
+            w.alice.id, w.stack.id, request_id=f"r{i}", reservation_id=locks[i].id, now=T0 + 20
+        )
+
+    results = h.run(asyncio.gather(*(one(i) for i in reversed(range(8)))))
+    assert [r.id for r in results] == [lock.id for lock in reversed(locks)]
+    assert [r.request_id for r in results] == [f"r{i}" for i in reversed(range(8))]
+
+
+# -- integer edges (issue 12 #6) -----------------------------------------------------------
+
+
+def test_units_near_the_64_bit_edge_are_refused_not_overflowed(h: LedgerHarness, w: World) -> None:
+    """A stack holding 2**63 - 1 units, most of them reserved: a reservation past what is free is
+    a BalanceError on both backends (the guard once added reserved + used + units, which
+    overflows BIGINT on PostgreSQL and turns into a float on SQLite)."""
+    big = h.create_stack("alice", "edge-model", MAX_ID)
+    first = reserve(h, w, MAX_ID - 10, model="edge-model", stack_id=big.id)
+    for asked in (11, 2**62, MAX_ID):
+        with pytest.raises(BalanceError, match="10 free units"):
+            reserve(h, w, asked, model="edge-model", stack_id=big.id)
+        with pytest.raises(BalanceError):
+            reserve(h, w, asked, model="edge-model")
+    last = reserve(h, w, 10, model="edge-model", stack_id=big.id)
+    assert units(h, big.id) == (MAX_ID, MAX_ID, 0)
+    h.claim(w.alice.id, big.id, request_id="edge", reservation_id=first.id, now=T0)
+    done = h.settle(first.id, 2**64, prompt_tokens=MAX_ID, completion_tokens=0)
+    assert done.charged_units == MAX_ID - 10  # capped at what was reserved
+    h.release(last.id)
+    assert units(h, big.id) == (MAX_ID, 0, MAX_ID - 10)
+
+
+@pytest.mark.parametrize(
+    "value", [2**63, 2**64, 2**1000, -(2**63) - 1], ids=["2^63", "2^64", "2^1000", "-2^63-1"]
+)
+def test_integers_past_64_bits_are_invalid_bodies_naming_the_field(
+    h: LedgerHarness, w: World, value: int
+) -> None:
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("units", lambda: reserve(h, w, value)),
+        ("units", lambda: h.create_stack("alice", MODEL, value)),
+        ("price_per_million", lambda: h.create_stack("alice", MODEL, 1, value)),
+        ("units", lambda: h.top_up(w.stack.id, value)),
+        ("stack id", lambda: h.top_up(value, 1)),
+    ]
+    for field, call in checks:
+        with pytest.raises(InvalidBody, match=f"^{field} must be an integer"):
+            call()
+    r = reserve(h, w, 10)
+    with pytest.raises(InvalidBody, match=r"^prompt_tokens must be an integer"):
+        h.settle(r.id, 1, prompt_tokens=value)
+    assert h.get_reservation(r.id).state == "held"
+    assert units(h, w.stack.id) == (1000, 10, 0)
+    h.release(r.id)
 
 
 # -- concurrency -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from veil.protocol.errors import BalanceError, Locked, NotFound, UnavailableStac
 
 T0 = 1_800_000_000.0
 GRACE = 50.0
+LEASE = 40.0  # what a claim or a heartbeat covers an in-flight request for
 _examples = itertools.count()
 
 
@@ -172,11 +173,27 @@ class LedgerMachine(RuleBasedStateMachine):
         request_id = f"{self.model_name}-{next(self.requests)}"
         if not (by_me and waiting):
             with pytest.raises(UnavailableStack):
-                self.h.claim(user.id, s.id, request_id=request_id, now=self.now)
+                self.h.claim(
+                    user.id, s.id, request_id=request_id, lease_seconds=LEASE, now=self.now
+                )
             return
-        got = self.h.claim(user.id, s.id, request_id=request_id, now=self.now)
+        got = self.h.claim(user.id, s.id, request_id=request_id, lease_seconds=LEASE, now=self.now)
         assert got.id == waiting[0][1]
-        self.reservations[got.id].state = "in_flight"
+        r = self.reservations[got.id]
+        r.state = "in_flight"
+        r.expires = max(r.expires, self.now + LEASE)  # a claim leases, never shortens
+        assert got.expires_at == r.expires
+
+    @precondition(lambda self: self.reservations)
+    @rule(index=st.integers(0, 1000))
+    def heartbeat(self, index: int) -> None:
+        r = self.pick_reservation(index)
+        got = self.h.heartbeat(r.id, lease_seconds=LEASE, now=self.now)
+        if r.state != "in_flight":
+            assert got is None
+            return
+        r.expires = max(r.expires, self.now + LEASE)
+        assert got == r.expires
 
     @precondition(lambda self: self.reservations)
     @rule(index=st.integers(0, 1000), charge=st.integers(0, 200))

@@ -28,6 +28,8 @@ EMBED = "all-minilm-l6-v2"
 REQUEST_TIMEOUT = 30.0
 #: Units a fuzzed request may spend on the node: a valid chat body generates a few tokens at most.
 FUZZ_UNITS = 24
+#: Per-user rate limits for fuzzing deployments (the largest a setting takes).
+UNLIMITED_RATE = 2**31 - 1
 
 
 def rss_bytes() -> int:
@@ -234,7 +236,14 @@ class Target:
 def target(
     tmp_path_factory: pytest.TempPathFactory, node_registry: EngineRegistry
 ) -> Iterator[Target]:
-    servers, deployed = deploy(tmp_path_factory.mktemp("hostile"), [node_registry])
+    # The fuzzer sends thousands of requests a minute with one key: rate limits are tested
+    # elsewhere, so here they are set out of its way.
+    servers, deployed = deploy(
+        tmp_path_factory.mktemp("hostile"),
+        [node_registry],
+        default_requests_per_minute=UNLIMITED_RATE,
+        default_concurrency=UNLIMITED_RATE,
+    )
     logs = LogCapture(logging.WARNING)
     with servers[0], servers[1]:
         deployment = deployed.started()

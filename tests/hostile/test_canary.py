@@ -64,6 +64,7 @@ from veil.node.replay import make_replay_cache
 from veil.node.service import EngineRegistry
 from veil.protocol import v1, v2
 from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.protocol.tickets import TICKET_HEADER
 
 pytestmark = pytest.mark.slow
 
@@ -509,7 +510,13 @@ def evidence(
         files_live = read_tree(gateway_dir, tmp / "node")
     # Everything stopped: the ledger's WAL is checkpointed into ledger.db.
     files_stopped = read_tree(gateway_dir, tmp / "node")
-    node_bound = [e for e in node_side.exchanges if e.path.startswith("/v1/confidential/")]
+    # Forwarded requests carry a ticket; the gateway's unticketed probe of the node does not.
+    node_bound = [
+        e
+        for e in node_side.exchanges
+        if e.path.startswith("/v1/confidential/")
+        and any(k.lower() == TICKET_HEADER.encode() for k, _ in e.request_headers)
+    ]
     return Evidence(
         canary=canary,
         plain_canary=plain_canary,

@@ -38,7 +38,7 @@ from tests.hostile.conftest import (
     ticket_headers,
 )
 from veil.protocol import v1, v2
-from veil.protocol.envelopes import MAX_ID
+from veil.protocol.envelopes import MAX_ID, MAX_REQUEST_UNITS, RESERVATION_HEADER
 
 pytestmark = pytest.mark.slow
 
@@ -277,16 +277,22 @@ def mutated_envelope(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
 
 
 MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens")
+#: Budgets above this are left as drawn (up to 2**64 and past): out of every route's range, they
+#: must be a 400 naming the field (a 500 from the ledger's integer bind, once), never a generation.
+#: In-range budgets too large to afford are fuzzed in test_integer_edges.py, on small stacks.
+UNAFFORDABLE = MAX_REQUEST_UNITS
 
 
 def bounded(body: Any) -> Any:
-    """Cap generation: a body that could validate as chat asks for at most 3 tokens."""
+    """Cap generation: a body that could validate as chat asks for at most 3 tokens; a budget
+    past the range is left as drawn (refused before any generation)."""
     if not isinstance(body, dict):
         return body
     valid = [
         k
         for k in MAX_TOKEN_KEYS
-        if type(body.get(k)) is int and 1 <= body[k] <= MAX_ID  # exactly int: bool is not a count
+        # exactly int: bool is not a count
+        if type(body.get(k)) is int and 1 <= body[k] <= UNAFFORDABLE
     ]
     for k in valid:
         body[k] = min(body[k], 3)
@@ -801,7 +807,12 @@ def test_a_prompt_longer_than_the_context_window_is_400_not_502(target: Target) 
         "POST",
         f"{target.gateway_url}{route}",
         content=sealed,
-        headers={**target.auth(), "content-type": "application/json"},
+        headers={
+            **target.auth(),
+            "content-type": "application/json",
+            # This lock's units, not an older fuzz lock's few (issue 12 #7).
+            RESERVATION_HEADER: lock["reservation_id"],
+        },
     )
     for response in [*plain, confidential]:
         check_response(response)

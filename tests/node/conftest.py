@@ -85,6 +85,9 @@ class RunningNode:
 def start_node(
     data_dir: Path, registry: EngineRegistry, **settings: Any
 ) -> tuple[ServerThread, RunningNode]:
+    # A node without gateway keys serves nobody unless it runs --insecure-no-gateway; tests that
+    # talk to a node directly (no gateway) want the latter.
+    settings.setdefault("insecure_no_gateway", not settings.get("gateway_keys"))
     node_settings = NodeSettings(data_dir=data_dir, embedded=False, **settings)
     keyring = Keyring(data_dir, node_settings.key_grace_seconds)
     server = ServerThread(create_app(node_settings, registry, keyring, manage_engines=False))

@@ -45,7 +45,7 @@ from veil.gateway.ledger import Ledger, Stack
 from veil.gateway.ledger.schema import ReservationRow
 from veil.node.app import create_app
 from veil.node.keyring import Keyring
-from veil.node.replay import DEFAULT_REDIS_PREFIX
+from veil.node.replay import DEFAULT_REDIS_PREFIX, RedisReplayCache
 from veil.node.service import EngineRegistry
 from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
 from veil.protocol.tickets import RECEIPT_COMMENT, UsageReceipt, verify_token
@@ -334,12 +334,13 @@ def test_two_gateways_three_nodes_one_ledger_balance_to_the_unit(cluster: Cluste
     assert set(served) == {0, 1, 2}, served
     assert {o.call.kind for o in chat_on_upstream} <= {"chat", "stream"} and chat_on_upstream
 
-    # Every v2 request id is remembered in the shared Redis.
+    # Every v2 request id is remembered in the shared Redis, in its tenant's (stack's) space.
+    layout = RedisReplayCache(REDIS_URL, DEFAULT_REDIS_PREFIX)
     with redis.Redis.from_url(REDIS_URL) as replay:
         for o in outcomes:
             if o.call.suite == "v2":
                 assert o.envelope.request_id is not None
-                assert replay.exists(DEFAULT_REDIS_PREFIX + o.envelope.request_id.hex())
+                assert replay.exists(layout.key(o.envelope.request_id, o.stack_id))
 
     books = asyncio.run(read_books(cluster.database_url))
     seen: Counter[int] = Counter()

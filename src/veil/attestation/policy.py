@@ -38,8 +38,6 @@ Unknown keys and unknown status names are errors, so a typo cannot silently loos
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import tomllib
 from collections.abc import Callable
@@ -54,11 +52,11 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from veil.attestation.abi_tdx import MEASUREMENT_SIZE
 from veil.attestation.evidence import AttestationError
+from veil.attestation.release import ReleaseSigner
 from veil.attestation.verify_tdx import NO_MATCHING_TCB_LEVEL
 
 # Intel's TCB status names (TCB info v3 for TDX), plus the one Veil adds for a platform older than
@@ -123,40 +121,6 @@ Attributes8 = Annotated[bytes, BeforeValidator(_hex_of(8)), _AS_HEX]
 Digest32 = Annotated[bytes, BeforeValidator(_hex_of(32)), _AS_HEX]
 
 
-class ReleaseSignerRef(BaseModel):
-    """One signer whose release manifests the client accepts: Sigstore keyless or an Ed25519 key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sigstore_identity: str | None = None
-    sigstore_issuer: str | None = None
-    ed25519_public_key: str | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ReleaseSignerRef:
-        sigstore = self.sigstore_identity is not None or self.sigstore_issuer is not None
-        if sigstore == (self.ed25519_public_key is not None):
-            raise ValueError(
-                "a release signer is either sigstore_identity + sigstore_issuer or "
-                "ed25519_public_key"
-            )
-        if sigstore and not (self.sigstore_identity and self.sigstore_issuer):
-            raise ValueError("a Sigstore signer needs both sigstore_identity and sigstore_issuer")
-        if self.ed25519_public_key is not None:
-            try:
-                raw = base64.b64decode(self.ed25519_public_key, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("ed25519_public_key must be base64") from None
-            if len(raw) != 32:
-                raise ValueError("ed25519_public_key must be 32 bytes")
-        return self
-
-    def describe(self) -> str:
-        if self.ed25519_public_key is not None:
-            return f"ed25519 key {self.ed25519_public_key}"
-        return f"sigstore {self.sigstore_identity} (issuer {self.sigstore_issuer})"
-
-
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -186,7 +150,7 @@ class Policy(BaseModel):
     pccs_url: str = DEFAULT_PCCS_URL
     kds_url: str = DEFAULT_KDS_URL
     max_collateral_age_days: int = Field(default=DEFAULT_MAX_COLLATERAL_AGE_DAYS, ge=0, le=3650)
-    release_signers: tuple[ReleaseSignerRef, ...] = ()
+    release_signers: tuple[ReleaseSigner, ...] = ()
     sigstore_trusted_root: str | None = None
     # -- development only
     allow_no_tee: bool = False

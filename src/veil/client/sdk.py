@@ -13,7 +13,9 @@ One call, one flow (PROTOCOL.md sections 1-6)::
     v2.seal_request(...)       -> HPKE (fresh ephemeral key, request id, timestamp); the metadata
                                   the gateway could swap is in the AAD
     POST /v1/confidential/...  -> sealed answer; every message opened and verified (place, tag,
-                                  hash, signature) before any of it is returned
+      + X-Veil-Reservation        hash, signature) before any of it is returned; the header
+                                  (the lock's reservation_id) makes the request claim exactly
+                                  its own lock's units, never another concurrent request's
 
 ``protocol="atoma-v1"`` seals with the Atoma-compatible suite instead (same lock and attestation).
 
@@ -69,6 +71,7 @@ from veil.client.errors import (
     UnverifiableNode,
     api_error,
 )
+from veil.client.known_nodes import KnownNodes
 from veil.client.streaming import (
     AsyncChatStream,
     AttestationVerdict,
@@ -83,7 +86,7 @@ from veil.client.streaming import (
     plain_chunks,
 )
 from veil.protocol import v1, v2
-from veil.protocol.envelopes import NodesCreateLockResponse
+from veil.protocol.envelopes import RESERVATION_HEADER, NodesCreateLockResponse
 from veil.protocol.errors import InvalidBody
 from veil.protocol.openai import ImageGenerationRequest
 
@@ -196,6 +199,15 @@ class Lock:
     stack_small_id: int
     reserved_units: int | None
     attestation: AttestationVerdict
+    # The lock's reservation handle: the request carries it so it claims this lock's units.
+    reservation_id: str | None = None
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers binding the confidential request to this lock (none from a gateway that
+        issues no handle: it then claims the oldest held reservation, as for atoma-sdk)."""
+        if self.reservation_id is None:
+            return {}
+        return {RESERVATION_HEADER: self.reservation_id}
 
 
 def node_key_id(public_key: bytes) -> str:
@@ -304,6 +316,7 @@ def accept_lock(raw: bytes, policy: Policy, attestation_nonce: bytes) -> Lock:
         stack_small_id=answer.stack_small_id,
         reserved_units=answer.reserved_units,
         attestation=verdict,
+        reservation_id=answer.reservation_id,
     )
 
 
@@ -464,6 +477,8 @@ class _Base:
         self.backoff = backoff
         self.protocol: ProtocolName = check_protocol(protocol)
         self.policy: Policy = resolve_policy(policy, insecure_no_tee)
+        # Signing keys of attested nodes, for `veil usage --verify` (None: do not record).
+        self.known_nodes: KnownNodes | None = KnownNodes()
 
     def _lock_request(self, plan: Plan, api_key: str | None) -> tuple[bytes, dict[str, Any]]:
         """A fresh attestation nonce, and the keyword arguments of the lock POST."""
@@ -476,7 +491,15 @@ class _Base:
     def _accept_lock(self, response: httpx.Response, nonce: bytes) -> Lock:
         if response.status_code != 200:
             raise api_error(response.status_code, _json_or_none(response))
-        return accept_lock(response.content, self.policy, nonce)
+        lock = accept_lock(response.content, self.policy, nonce)
+        if self.known_nodes is not None:
+            self.known_nodes.record(
+                lock.signing_key.public_bytes_raw(),
+                node_small_id=lock.node_small_id,
+                gateway=self.base_url,
+                attestation_format=lock.attestation.format,
+            )
+        return lock
 
     def _headers(self, api_key: str | None) -> dict[str, str]:
         key = api_key or self.api_key
@@ -590,7 +613,7 @@ class Client(_Base):
             "POST",
             self._url(confidential_path(plan.endpoint)),
             content=envelope,
-            headers=self._headers(api_key),
+            headers={**self._headers(api_key), **lock.request_headers()},
         )
         try:
             response = self.http.send(request, stream=plan.stream)
@@ -717,7 +740,7 @@ class AsyncClient(_Base):
             "POST",
             self._url(confidential_path(plan.endpoint)),
             content=envelope,
-            headers=self._headers(api_key),
+            headers={**self._headers(api_key), **lock.request_headers()},
         )
         try:
             response = await self.http.send(request, stream=plan.stream)

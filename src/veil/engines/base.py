@@ -18,6 +18,23 @@ from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageG
 EngineKind = Literal["chat", "embeddings", "images"]
 
 
+#: A stream chunk may carry, under this key, the completion tokens produced so far (cumulative,
+#: by the model's tokenizer or the upstream's usage). The node removes it before relaying the
+#: chunk and signs it into the running receipt, so a disconnect pays the tokens produced.
+TOKENS_SO_FAR = "x_veil_completion_tokens"
+
+
+class UnpricedField(ValueError):
+    """The request carries a field (named by ``field``) the engine can neither price nor honour.
+
+    The node answers 400 INVALID_BODY naming the field; the message quotes no request content.
+    """
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+
+
 @dataclass(frozen=True)
 class TokenUsage:
     prompt_tokens: int = 0
@@ -67,14 +84,23 @@ class ChatEngine(Engine):
 
     @abstractmethod
     async def count_prompt_tokens(self, request: ChatCompletionRequest) -> int:
-        """Tokens the prompt occupies after the chat template, with the model's tokenizer.
+        """Tokens the whole request occupies as input: the messages after the chat template,
+        and whatever else the engine sends to the model (tools, schemas, images), by the model's
+        tokenizer.
 
         May over-estimate (never under-estimate) where the backend cannot tokenize exactly.
+        Raises ``UnpricedField`` for a field the engine can neither price nor honour.
         """
 
     @abstractmethod
-    async def complete(self, request: ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
-        """A full OpenAI ``chat.completion`` object whose ``usage`` is exact."""
+    async def complete(
+        self, request: ChatCompletionRequest, max_tokens: int, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """A full OpenAI ``chat.completion`` object whose ``usage`` is exact.
+
+        ``deadline`` (``time.monotonic()``): stop generating there and answer what was produced,
+        with ``finish_reason`` "length" (or raise ``EngineFailure`` if nothing can be answered).
+        """
 
     @abstractmethod
     def stream(

@@ -7,8 +7,14 @@ high-level streaming API: that is what makes the completion token count exact in
 high-level stream reports no usage and may merge several tokens into one chunk) and lets a
 disconnected client stop generation at the next token.
 
-llama.cpp contexts are not thread-safe, so every call into the model holds one lock; the lock is a
+llama.cpp contexts are not thread-safe, so every generation holds one lock; the lock is a
 ``threading.Lock`` taken inside worker threads, which keeps the engine usable from any event loop.
+Counting a prompt's tokens needs only the vocabulary (read-only once loaded), not the context, so it
+takes its own lock: pricing a request never waits for another request's generation.
+
+The engine prompts with message text only. Fields it would silently drop, and so could neither price
+nor honour (``tools``, ``response_format`` schemas, images and other non-text parts, assistant
+``tool_calls``), are refused with ``UnpricedField`` (400 naming the field).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from veil.engines.base import ChatEngine, EngineFailure, TokenUsage
+from veil.engines.base import TOKENS_SO_FAR, ChatEngine, EngineFailure, TokenUsage, UnpricedField
 from veil.protocol.openai import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
@@ -173,6 +179,30 @@ class _Cancelled(Exception):
     """Control flow, not an error: the stream's consumer went away."""
 
 
+# Top-level fields that change what the model reads or must produce; this engine honours none.
+_UNHONOURED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "prediction")
+
+
+def refuse_unpriced(request: ChatCompletionRequest) -> None:
+    """Raise ``UnpricedField`` for what this engine would drop from the prompt unseen."""
+    extra = request.model_extra or {}
+    for name in _UNHONOURED_FIELDS:
+        if extra.get(name) not in (None, [], "none"):
+            raise UnpricedField(name, "not supported by this model's engine")
+    response_format = extra.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise UnpricedField("response_format", 'only {"type": "text"} is supported here')
+    for i, message in enumerate(request.messages):
+        if (message.model_extra or {}).get("tool_calls"):
+            raise UnpricedField(f"messages[{i}].tool_calls", "not supported by this engine")
+        if isinstance(message.content, list):
+            for j, part in enumerate(message.content):
+                if part.get("type") != "text":
+                    raise UnpricedField(
+                        f"messages[{i}].content[{j}]", "only text parts are supported here"
+                    )
+
+
 class LlamaCppChatEngine(ChatEngine):
     def __init__(
         self,
@@ -194,7 +224,8 @@ class LlamaCppChatEngine(ChatEngine):
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.chat_format = chat_format
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # generation (the context)
+        self._count_lock = threading.Lock()  # tokenization for pricing (the vocabulary only)
         self._llama: Any = None
 
     async def start(self) -> None:
@@ -233,15 +264,35 @@ class LlamaCppChatEngine(ChatEngine):
         return self._llama is not None
 
     async def count_prompt_tokens(self, request: ChatCompletionRequest) -> int:
+        refuse_unpriced(request)
+
         def count() -> int:
-            with self._lock:
+            with self._count_lock:  # not the generation lock: see the module docstring
                 return len(self._format(request, []).tokens)
 
         return await asyncio.to_thread(count)
 
-    async def complete(self, request: ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
+    async def count_text_tokens(self, text: str, special: bool = False) -> int:
+        """Tokens of plain ``text`` by the model's tokenizer (``special``: with BOS)."""
+
+        def count() -> int:
+            with self._count_lock:
+                llama = self._require_model()
+                return len(llama.tokenize(text.encode(), add_bos=special, special=False))
+
+        return await asyncio.to_thread(count)
+
+    async def complete(
+        self, request: ChatCompletionRequest, max_tokens: int, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        refuse_unpriced(request)
         pieces: list[str] = []
         cancelled = threading.Event()
+        timer = None
+        if deadline is not None:
+            # At the deadline the generation stops at its next token and answers what it wrote.
+            delay = max(0.0, deadline - time.monotonic())
+            timer = asyncio.get_running_loop().call_later(delay, cancelled.set)
         try:
             outcome = await asyncio.to_thread(
                 self._generate, request, max_tokens, pieces.append, cancelled
@@ -249,6 +300,9 @@ class LlamaCppChatEngine(ChatEngine):
         except asyncio.CancelledError:
             cancelled.set()  # the caller went away: free the model at the next token
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return {
             "id": _completion_id(),
             "object": "chat.completion",
@@ -259,7 +313,7 @@ class LlamaCppChatEngine(ChatEngine):
                     "index": 0,
                     "message": {"role": "assistant", "content": "".join(pieces)},
                     "logprobs": None,
-                    "finish_reason": outcome.finish_reason,
+                    "finish_reason": outcome.finish_reason or "length",  # None: deadline
                 }
             ],
             "usage": outcome.usage.as_dict(),
@@ -268,9 +322,11 @@ class LlamaCppChatEngine(ChatEngine):
     async def stream(
         self, request: ChatCompletionRequest, max_tokens: int
     ) -> AsyncGenerator[dict[str, Any], None]:
+        refuse_unpriced(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancelled = threading.Event()
+        tally = _Tally()
 
         def post(kind: str, value: Any) -> None:
             try:
@@ -281,11 +337,11 @@ class LlamaCppChatEngine(ChatEngine):
         def on_text(text: str) -> None:
             if cancelled.is_set():
                 raise _Cancelled
-            post("text", text)
+            post("text", (text, tally.generated))  # tokens generated so far, this one included
 
         def work() -> None:
             try:
-                post("done", self._generate(request, max_tokens, on_text, cancelled))
+                post("done", self._generate(request, max_tokens, on_text, cancelled, tally))
             except EngineFailure as failure:
                 post("failed", failure)
             except Exception as exc:  # a bug here must not leave the consumer waiting forever
@@ -313,7 +369,8 @@ class LlamaCppChatEngine(ChatEngine):
             while True:
                 kind, value = await queue.get()
                 if kind == "text":
-                    yield chunk([choice({"content": value})])
+                    text, generated = value
+                    yield chunk([choice({"content": text})], **{TOKENS_SO_FAR: generated})
                 elif kind == "failed":
                     raise value
                 else:
@@ -368,6 +425,7 @@ class LlamaCppChatEngine(ChatEngine):
         max_tokens: int,
         on_text: Callable[[str], None],
         cancelled: threading.Event,
+        tally: _Tally | None = None,
     ) -> _Outcome:
         sampling = _Sampling.from_request(request)
         with self._lock:
@@ -378,7 +436,7 @@ class LlamaCppChatEngine(ChatEngine):
                     "the prompt does not fit the model's context window",
                     TokenUsage(prompt_tokens=len(prompt.tokens)),
                 )
-            tally = _Tally()
+            tally = tally if tally is not None else _Tally()
             finish: str | None
             try:
                 finish = self._sample(prompt, budget, sampling, on_text, cancelled, tally)

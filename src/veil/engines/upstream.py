@@ -11,6 +11,13 @@ Failures (unreachable server, HTTP errors, malformed bodies, a stream cut short)
 quote the prompt, so it is never copied into a message or a log.
 
 ``base_url`` is the server's root, with or without a trailing ``/v1``.
+
+Streams count the completion tokens relayed so far (``TOKENS_SO_FAR`` on each chunk): the
+upstream's own usage where a chunk carries it (vLLM's continuous usage stats), else each chunk's
+text through the upstream's tokenizer, or one a chunk where it has none, or where asking it would
+interrupt the stream (llama-cpp-python's server drops a running generation when another request
+arrives; it streams token by token anyway). The node signs that count
+into its running receipts, so a disconnect pays the tokens produced, not the chunks.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import httpx
 
 from veil.engines.base import (
+    TOKENS_SO_FAR,
     ChatEngine,
     EmbeddingEngine,
     EngineFailure,
@@ -95,10 +103,17 @@ class _Upstream:
                 return True
         return False
 
-    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST and decode a JSON object; any failure is an ``EngineFailure`` naming its kind."""
+    async def post_json(
+        self, path: str, body: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """POST and decode a JSON object; any failure is an ``EngineFailure`` naming its kind.
+
+        ``timeout``: the whole call's limit in seconds (the request's deadline), if any."""
         try:
-            response = await self.client.post(path, json=body)
+            if timeout is None:
+                response = await self.client.post(path, json=body)
+            else:
+                response = await self.client.post(path, json=body, timeout=timeout)
         except httpx.TimeoutException:
             raise EngineFailure("the upstream server timed out") from None
         except httpx.HTTPError as exc:
@@ -154,11 +169,14 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
     async def count_prompt_tokens(self, request: ChatCompletionRequest) -> int:
         return await self.tokenizer.count_chat(request)
 
-    async def complete(self, request: ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
+    async def complete(
+        self, request: ChatCompletionRequest, max_tokens: int, *, deadline: float | None = None
+    ) -> dict[str, Any]:
         body = self._chat_body(request, max_tokens)
         body["stream"] = False
         body.pop("stream_options", None)
-        answer = await self.post_json("/v1/chat/completions", body)
+        timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+        answer = await self.post_json("/v1/chat/completions", body, timeout=timeout)
         if not isinstance(answer.get("choices"), list):
             raise _malformed()
         usage = _usage(answer.get("usage"))
@@ -184,9 +202,13 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
         body = self._chat_body(request, max_tokens)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        # Learn how the server tokenizes text now (once per engine), not while it streams: a
+        # probe mid-stream would interrupt llama-cpp-python's server.
+        await self.tokenizer.learn_text_form()
         reported: TokenUsage | None = None
         accepted = False
         content_chunks = 0
+        counted = 0  # completion tokens relayed, by the upstream's tokenizer (see the docstring)
         last: dict[str, Any] = {}
 
         async def usage_so_far() -> TokenUsage | None:
@@ -195,10 +217,10 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
             if reported is not None:
                 return reported
             # The upstream sent no usage (llama_cpp.server never does): prompt tokens come from
-            # count_prompt_tokens, completion tokens are the content-bearing chunks relayed,
-            # one token each on servers that stream token by token.
+            # count_prompt_tokens, completion tokens are the relayed chunks' text through the
+            # upstream's tokenizer, or one a content chunk where it has none.
             prompt = await self.count_prompt_tokens(request)
-            return TokenUsage(prompt_tokens=prompt, completion_tokens=content_chunks)
+            return TokenUsage(prompt_tokens=prompt, completion_tokens=max(counted, content_chunks))
 
         try:
             async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -220,8 +242,17 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
                         raise _malformed()
                     if not choices:
                         continue  # the upstream's usage chunk: Veil sends its own below
-                    content_chunks += sum(1 for c in choices if _has_content(c))
+                    with_content = sum(1 for c in choices if _has_content(c))
+                    content_chunks += with_content
+                    if with_content:
+                        counted += await self._count_chunk(choices)
+                    # An estimate never passes the cap (only the upstream's own count may: the
+                    # node stops a stream whose reported usage passes its budget).
+                    so_far = min(counted, max_tokens)
+                    if reported is not None and reported.completion_tokens:
+                        so_far = reported.completion_tokens  # the upstream's own running count
                     chunk["model"] = self.model_id
+                    chunk[TOKENS_SO_FAR] = so_far
                     last = chunk
                     yield chunk
                 if not finished:
@@ -235,6 +266,7 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
             log.warning("upstream stream from %s broke: %s", self.base_url, type(exc).__name__)
             raise EngineFailure("the upstream stream broke", await usage_so_far()) from None
         usage = await usage_so_far() or TokenUsage()
+        last.pop(TOKENS_SO_FAR, None)
         yield {
             "id": last.get("id", "chatcmpl-upstream"),
             "object": "chat.completion.chunk",
@@ -243,6 +275,26 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
             "choices": [],
             "usage": usage.as_dict(),
         }
+
+    async def _count_chunk(self, choices: list[Any]) -> int:
+        """Completion tokens in one chunk: its text by the upstream's tokenizer where it has one
+        (never fewer than one), else one (servers without a tokenizer stream token by token)."""
+        text = "".join(_chunk_text(c) for c in choices)
+        if not text or self.tokenizer.single_request or not self.tokenizer.tokenizes_text:
+            return 1  # never probe the server mid-stream: stream() learned its form before
+        tokens = await self.tokenizer.count_generated(text)
+        return 1 if tokens is None else tokens
+
+
+def _chunk_text(choice: Any) -> str:
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    if not isinstance(delta, dict):
+        return ""
+    parts = [delta.get("content"), delta.get("reasoning_content")]
+    text = "".join(p for p in parts if isinstance(p, str))
+    if delta.get("tool_calls"):
+        text += json.dumps(delta["tool_calls"], separators=(",", ":"), ensure_ascii=False)
+    return text
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:

@@ -16,11 +16,26 @@ UTF-8 byte counts as a token (byte-level BPE and SentencePiece with byte fallbac
 more tokens than bytes) plus the same allowances. Both err high, as ``count_prompt_tokens`` must,
 for templates of the usual shape (ChatML, Llama 3, Gemma, Mistral); a template that injects a long
 default system prompt needs a server that tokenizes chats.
+
+The upstream receives the whole body, so the whole body is priced, not just the message text:
+
+- every top-level field not in ``NEUTRAL_FIELDS`` (``tools``, ``tool_choice``, ``functions``,
+  ``response_format`` schemas, and any field Veil does not know, which a server may render into
+  the prompt) counts as the tokens of its compact JSON, plus ``FIELD_ALLOWANCE`` for the template's
+  framing of it;
+- in each message, every field but ``role`` and ``content`` (``tool_calls``, ``name``,
+  ``tool_call_id``, ...) counts as its JSON, as do content parts that are neither text nor images;
+- each image part (``image_url``, ``input_image``) costs a fixed ``IMAGE_PART_TOKENS``, whatever its
+  size: the node cannot see what a vision encoder will make of it. The upstream's reported usage is
+  what is charged afterwards, capped at the request's units.
+
+JSON is counted like text: exactly where the server tokenizes text, one token a byte otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -31,6 +46,60 @@ from veil.protocol.openai import ChatCompletionRequest
 MESSAGE_ALLOWANCE = 8  # role markers and separators around one message
 PROMPT_ALLOWANCE = 32  # BOS, the generation prompt, a short default system line
 TEXT_ALLOWANCE = 4  # special tokens around one tokenized text ([CLS]/[SEP], BOS/EOS)
+FIELD_ALLOWANCE = 64  # a template's framing of tools or a schema ("You may call these tools...")
+IMAGE_PART_TOKENS = 2048  # one image part, any size (documented in the README's Ledger rules)
+IMAGE_PART_TYPES = frozenset({"image_url", "input_image"})
+
+# Top-level chat fields that steer sampling or the response but put nothing into the prompt.
+NEUTRAL_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "stream",
+        "stream_options",
+        "n",
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "user",
+        "parallel_tool_calls",
+        "store",
+        "metadata",
+        "service_tier",
+    }
+)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def priced_parts(request: ChatCompletionRequest) -> tuple[list[str], int]:
+    """What the upstream receives beyond message text: (JSON texts to count, image parts)."""
+    body = request.model_dump(exclude_none=True)
+    texts = [_compact(value) for name, value in body.items() if name not in NEUTRAL_FIELDS]
+    images = 0
+    for message in body.get("messages", []):
+        rest = {k: v for k, v in message.items() if k not in ("role", "content")}
+        if rest:
+            texts.append(_compact(rest))
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in IMAGE_PART_TYPES:
+                    images += 1
+                elif kind != "text":
+                    texts.append(_compact(part))
+    return texts, images
 
 
 class UpstreamServer(Protocol):
@@ -52,7 +121,17 @@ class UpstreamTokenizer:
         self._text_form: str | None = None  # "tei", "prompt", "content", "extras", "bound"
 
     async def count_chat(self, request: ChatCompletionRequest) -> int:
-        """Prompt tokens after the chat template: exact where the server renders templates."""
+        """Input tokens of the whole request: the messages after the chat template (exact where
+        the server renders templates) plus every other part the upstream receives (see the
+        module docstring)."""
+        extra_texts, images = priced_parts(request)
+        extra = images * IMAGE_PART_TOKENS
+        if extra_texts:
+            extra += await self.count_texts(extra_texts, special=False)
+            extra += FIELD_ALLOWANCE * len(extra_texts)
+        return await self._count_messages_text(request) + extra
+
+    async def _count_messages_text(self, request: ChatCompletionRequest) -> int:
         # As the chat request will be sent, less non-text parts; "developer" as "system", since
         # chat templates know only the latter and a template error would lose the exact count.
         messages = [
@@ -67,6 +146,32 @@ class UpstreamTokenizer:
             "text": lambda: self._count_each_message(texts),
         }
         return await self._first_answer(forms, "_chat_form", bound)
+
+    @property
+    def tokenizes_text(self) -> bool:
+        """Whether the server has been found to tokenize text (not just the byte bound)."""
+        return self._text_form not in (None, "bound")
+
+    @property
+    def single_request(self) -> bool:
+        """Whether the server is llama-cpp-python's, which interrupts a running generation when
+        another request arrives: never ask it anything while it streams."""
+        return self._text_form == "extras"
+
+    async def learn_text_form(self) -> None:
+        """Find out (once) whether and how the server tokenizes text."""
+        if self._text_form is None:
+            await self.count_texts(["Veil"], special=False)
+
+    async def count_generated(self, text: str) -> int | None:
+        """Tokens of a piece of generated text (no specials), or None where the server cannot
+        tokenize text."""
+        counted = await self.count_texts([text], special=False)
+        if not self.tokenizes_text:
+            return None
+        if self._text_form == "extras":
+            counted -= 1  # llama_cpp.server always counts a BOS
+        return max(1, counted)
 
     async def count_texts(self, texts: list[str], special: bool) -> int:
         """Tokens of plain texts (``special``: with BOS/CLS/SEP as the model adds them)."""

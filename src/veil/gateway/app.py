@@ -10,16 +10,18 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import anyio
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,9 +30,13 @@ from veil.gateway.forward import Forwarder, database_unavailable, new_request_id
 from veil.gateway.identity import public_b64
 from veil.gateway.ledger import Ledger, User
 from veil.gateway.metrics import GatewayMetrics
+from veil.gateway.ratelimit import UNLIMITED, Admission, Limits, RateLimited, make_limiter
 from veil.gateway.registry import NodeInfo, NodeRegistry
+from veil.gateway.usage import UsageQuery, usage_json
 from veil.protocol.envelopes import (
     MAX_ID,
+    RESERVATION_HEADER,
+    RESERVATION_ID_PATTERN,
     ConfidentialComputeRequest,
     NodesCreateLockRequest,
     NodesCreateLockResponse,
@@ -64,11 +70,25 @@ ROUTES: dict[Kind, str] = {
 
 # Ids live in signed 64-bit columns: a larger one is a bad request, not a database overflow.
 StackId = Annotated[int, Path(ge=0, le=MAX_ID)]
+UserName = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+Limit = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
 
 
 class CreateUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128)
+    requests_per_minute: Limit | None = None
+    concurrency: Limit | None = None
+
+
+class SetLimits(BaseModel):
+    """A limit left out is unchanged; 0 returns it to the gateway's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None
+    concurrency: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None
 
 
 class CreateStack(BaseModel):
@@ -84,6 +104,18 @@ class TopUp(BaseModel):
     units: StrictInt = Field(ge=1, le=2**62)
 
 
+def reservation_handle(request: Request) -> str | None:
+    """The ``X-Veil-Reservation`` header (a lock's ``reservation_id``), checked for shape."""
+    value = request.headers.get(RESERVATION_HEADER)
+    if value is None:
+        return None
+    if re.fullmatch(RESERVATION_ID_PATTERN, value) is None:
+        raise InvalidBody(
+            f"{RESERVATION_HEADER}: expected the lock's reservation_id (32 hex digits)"
+        )
+    return value
+
+
 def stack_json(stack: Any) -> dict[str, Any]:
     return {
         "stack_small_id": stack.id,
@@ -96,6 +128,21 @@ def stack_json(stack: Any) -> dict[str, Any]:
         "price_per_million": stack.price,
         "state": stack.state,
     }
+
+
+async def _released_after(chunks: AsyncIterable[Any], admission: Admission) -> AsyncIterator[Any]:
+    """Relay a stream, keeping its concurrency slot alive, and give the slot back at the end
+    (after the inner stream has closed and settled), however the stream ends."""
+    try:
+        async for chunk in chunks:
+            await admission.touch()
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+            await admission.release()
 
 
 class Gateway:
@@ -115,16 +162,28 @@ class Gateway:
         self.forwarder = Forwarder(
             client, ledger, self.registry, key, self.metrics, settings.node_timeout_seconds
         )
+        # A slot outlives the longest non-streamed request; a live stream keeps extending it.
+        self.limiter = make_limiter(
+            settings.redis_url,
+            slot_ttl=settings.node_timeout_seconds + 60.0,
+            prefix=settings.rate_limit_prefix,
+        )
 
     # -- plumbing --------------------------------------------------------------------------
     async def handle(
         self, route: str, request: Request, work: Callable[[], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
+        limited: list[RateLimited] = []
+        answered: list[Response] = []  # set only when work() returned (a relayed node answer)
 
         async def guarded() -> Response:
             try:
-                return await work()
+                answered.append(await work())
+                return answered[0]
+            except RateLimited as exc:
+                limited.append(exc)
+                raise
             except Exception as exc:
                 if not database_unavailable(exc):
                     raise
@@ -133,7 +192,14 @@ class Gateway:
                     "the ledger database is unavailable; retry shortly"
                 ) from None
 
-        response, code = await answer_or_error(guarded, route=route, log=log, service="gateway")
+        try:
+            response, code = await answer_or_error(guarded, route=route, log=log, service="gateway")
+        except BaseException:
+            await self.admitted(request).release()
+            raise
+        if limited:
+            response.headers["Retry-After"] = str(limited[0].retry_after)
+        await self.finish_admission(request, response, refused_by_node=bool(answered))
         self.metrics.requests.labels(route, code).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
         return response
@@ -144,7 +210,54 @@ class Gateway:
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("missing bearer API key")
         with self.metrics.ledger_latency.labels("authenticate").time():
-            return await self.ledger.authenticate(token.strip())
+            user = await self.ledger.authenticate(token.strip())
+        if not user.is_admin and getattr(request.state, "veil_admission", None) is None:
+            request.state.veil_admission = await self.limiter.admit(user.id, self.limits(user))
+            request.state.veil_user_id = user.id
+        return user
+
+    # -- rate limits -----------------------------------------------------------------------
+    def limits(self, user: User) -> Limits:
+        return Limits(
+            requests_per_minute=user.requests_per_minute
+            or self.settings.default_requests_per_minute,
+            concurrency=user.concurrency or self.settings.default_concurrency,
+        )
+
+    def limits_json(self, user: User) -> dict[str, Any]:
+        """A user's own limits (None: the default) and the limits in force."""
+        limits = self.limits(user)
+        return {
+            "requests_per_minute": user.requests_per_minute,
+            "concurrency": user.concurrency,
+            "effective": {
+                "requests_per_minute": limits.requests_per_minute,
+                "concurrency": limits.concurrency,
+            },
+        }
+
+    @staticmethod
+    def admitted(request: Request) -> Admission:
+        admission = getattr(request.state, "veil_admission", None)
+        return UNLIMITED if admission is None else admission
+
+    async def finish_admission(
+        self, request: Request, response: Response, *, refused_by_node: bool
+    ) -> None:
+        """Charge a node's refusal extra weight, then give the concurrency slot back: now, or
+        for a stream once its last byte is sent (or the client hung up)."""
+        admission = self.admitted(request)
+        if admission is UNLIMITED:
+            return
+        if refused_by_node and 400 <= response.status_code < 500:
+            with contextlib.suppress(ServiceUnavailable):  # the request is over; logged already
+                await self.limiter.penalize(
+                    request.state.veil_user_id, self.settings.failed_request_weight - 1
+                )
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _released_after(response.body_iterator, admission)
+        else:
+            await admission.release()
 
     async def admin(self, request: Request) -> User:
         user = await self.user(request)
@@ -213,6 +326,7 @@ class Gateway:
             reserved_units=reservation.units,
             expires_at=reservation.expires_at,
             evidence=evidence,
+            reservation_id=reservation.id,
         )
         return Response(answer.model_dump_json(), media_type="application/json")
 
@@ -241,10 +355,18 @@ class Gateway:
         node = self.registry.by_public_key(envelope.node_dh_public_key)
         if envelope.model_name not in node.models:
             raise NotFound(f"model {envelope.model_name!r} is not served by that node")
+        handle = reservation_handle(request)
         request_id = new_request_id()
         with self.metrics.ledger_latency.labels("claim").time():
+            # The lock's own reservation when the request names it (Veil's client); the caller's
+            # oldest held one on the stack otherwise (atoma-sdk knows no handle).
             reservation = await self.ledger.claim(
-                user.id, envelope.stack_small_id, request_id=request_id
+                user.id,
+                envelope.stack_small_id,
+                request_id=request_id,
+                reservation_id=handle,
+                model=envelope.model_name,
+                lease_seconds=self.forwarder.lease_seconds,
             )
         response = await self.forwarder.forward(
             node,
@@ -253,6 +375,7 @@ class Gateway:
             reservation,
             envelope.model_name,
             request_id,
+            stream=envelope.stream is True,
         )
         if response.status_code == StaleNodeKey.status:  # stale key (or a replay: harmless)
             await self.registry.refresh(node)  # the client will lock again: give it the new key
@@ -273,10 +396,20 @@ class Gateway:
         request_id = new_request_id()
         with self.metrics.ledger_latency.labels("claim").time():
             claimed = await self.ledger.claim(
-                user.id, reservation.stack_id, request_id=request_id, reservation_id=reservation.id
+                user.id,
+                reservation.stack_id,
+                request_id=request_id,
+                reservation_id=reservation.id,
+                lease_seconds=self.forwarder.lease_seconds,
             )
         return await self.forwarder.forward(
-            node, f"/v1/{ROUTES[kind]}", raw, claimed, model, request_id
+            node,
+            f"/v1/{ROUTES[kind]}",
+            raw,
+            claimed,
+            model,
+            request_id,
+            stream=document.get("stream") is True,
         )
 
     def plain_units(self, kind: Kind, raw: bytes) -> int:
@@ -330,7 +463,9 @@ def create_gateway_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        ledger = await Ledger.open(settings.resolved_database_url)
+        ledger = await Ledger.open(
+            settings.resolved_database_url, in_flight_grace=settings.in_flight_grace_seconds
+        )
         client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
         gateway = Gateway(settings, ledger, key, client)
         state["gateway"] = gateway
@@ -360,7 +495,9 @@ def create_gateway_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await gateway.forwarder.aclose()
             await client.aclose()
+            await gateway.limiter.close()
             await ledger.close()
 
     app = FastAPI(title="Veil gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -376,7 +513,10 @@ def create_gateway_app(
 
     @app.exception_handler(RequestValidationError)
     async def path_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidBody("invalid path or query parameter"))
+        # Name the parameter (e.g. stack_id past the signed 64-bit range), never echo its value.
+        names = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
+        where = f": {', '.join(names)[:200]}" if names else ""
+        return error_response(InvalidBody(f"invalid path or query parameter{where}"))
 
     def route(path: str, name: str, method: str = "POST") -> Callable[..., Any]:
         def register(work: Callable[[Gateway, Request], Awaitable[Response]]) -> Any:
@@ -409,8 +549,45 @@ def create_gateway_app(
     async def create_user(g: Gateway, request: Request) -> Response:
         await g.admin(request)
         ask = parse_model(await g.body(request), CreateUser, "user")
-        user, api_key = await g.ledger.create_user(ask.name)
-        return JSONResponse({"user": user.name, "api_key": api_key}, status_code=201)
+        user, api_key = await g.ledger.create_user(
+            ask.name, requests_per_minute=ask.requests_per_minute, concurrency=ask.concurrency
+        )
+        return JSONResponse(
+            {"user": user.name, "api_key": api_key, **g.limits_json(user)}, status_code=201
+        )
+
+    async def set_limits(request: Request, name: str) -> Response:
+        async def work() -> Response:
+            await gw().admin(request)
+            ask = parse_model(await gw().body(request), SetLimits, "limits")
+            user = await gw().ledger.set_limits(
+                name, requests_per_minute=ask.requests_per_minute, concurrency=ask.concurrency
+            )
+            return JSONResponse({"user": user.name, **gw().limits_json(user)})
+
+        return await gw().handle("admin_set_limits", request, work)
+
+    @app.post("/admin/users/{name}/limits")
+    async def post_limits(name: UserName, request: Request) -> Response:
+        return await set_limits(request, name)
+
+    @app.patch("/admin/users/{name}/limits")
+    async def patch_limits(name: UserName, request: Request) -> Response:
+        return await set_limits(request, name)
+
+    @route("/v1/usage", "usage", "GET")
+    async def usage(g: Gateway, request: Request) -> Response:
+        caller = await g.user(request)
+        query = UsageQuery.parse(request.query_params)
+        user = caller
+        if query.user is not None and query.user != caller.name:
+            if not caller.is_admin:
+                raise AuthError("only an admin API key may read another user's usage")
+            user = await g.ledger.get_user(query.user)
+        records = await g.ledger.usage(
+            user.id, since=query.since, after_id=query.after, limit=query.limit + 1
+        )
+        return JSONResponse(usage_json(user.name, records, query.limit, g.registry))
 
     @route("/admin/stacks", "admin_create_stack")
     async def create_stack(g: Gateway, request: Request) -> Response:
@@ -447,7 +624,12 @@ def create_gateway_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         nodes = [
-            {"node_small_id": n.node_small_id, "url": n.url, "healthy": n.healthy}
+            {
+                "node_small_id": n.node_small_id,
+                "url": n.url,
+                "healthy": n.healthy,
+                "reason": n.reason,  # why it is not routed to (e.g. it serves without tickets)
+            }
             for n in gw().registry.nodes
         ]
         healthy = any(n["healthy"] for n in nodes)

@@ -77,19 +77,100 @@ def emit(data: dict[str, Any], as_json: bool, human: str) -> None:
     typer.echo(json.dumps(data) if as_json else human)
 
 
+RequestsPerMinute = Annotated[
+    int | None,
+    typer.Option(
+        "--requests-per-minute",
+        min=0,
+        max=2**31 - 1,
+        help="Requests per sliding minute for this user (0: the gateway default).",
+    ),
+]
+Concurrency = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        min=0,
+        max=2**31 - 1,
+        help="Requests in flight at once for this user (0: the gateway default).",
+    ),
+]
+
+
+def limits_data(user: Any) -> dict[str, Any]:
+    """A user's own limits (None: the default) and the limits in force with this configuration
+    (the defaults come from the same settings the gateway reads: VEIL_DEFAULT_...)."""
+    settings = gateway_settings()
+    return {
+        "requests_per_minute": user.requests_per_minute,
+        "concurrency": user.concurrency,
+        "effective": {
+            "requests_per_minute": user.requests_per_minute or settings.default_requests_per_minute,
+            "concurrency": user.concurrency or settings.default_concurrency,
+        },
+    }
+
+
+def _limits_line(data: dict[str, Any]) -> str:
+    effective = data["effective"]
+    own = {k: "" if data[k] else " (default)" for k in ("requests_per_minute", "concurrency")}
+    return (
+        f"requests per minute {effective['requests_per_minute']}{own['requests_per_minute']}, "
+        f"concurrency {effective['concurrency']}{own['concurrency']}"
+    )
+
+
 @users_app.command("create")
 def users_create(
     name: str,
     admin: Annotated[bool, typer.Option(help="Allow the admin HTTP API.")] = False,
+    requests_per_minute: RequestsPerMinute = None,
+    concurrency: Concurrency = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     as_json: AsJson = False,
 ) -> None:
     """Create a user and print its API key (shown once; only its hash is stored)."""
     user, key = with_ledger(
-        data_dir, database_url, lambda ledger: ledger.create_user(name, admin=admin)
+        data_dir,
+        database_url,
+        lambda ledger: ledger.create_user(
+            name,
+            admin=admin,
+            requests_per_minute=requests_per_minute or None,
+            concurrency=concurrency or None,
+        ),
     )
-    emit({"user": user.name, "api_key": key}, as_json, f"user {user.name}\napi key {key}")
+    data = {"user": user.name, "api_key": key, **limits_data(user)}
+    emit(data, as_json, f"user {user.name}\napi key {key}\n{_limits_line(data)}")
+
+
+@users_app.command("set-limits")
+def users_set_limits(
+    name: str,
+    requests_per_minute: RequestsPerMinute = None,
+    concurrency: Concurrency = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Set a user's rate limits (a limit not given is left as it is); every gateway applies them
+    from the user's next request."""
+    if requests_per_minute is None and concurrency is None:
+        err.print(
+            "[bold red]error:[/] INVALID_BODY: give --requests-per-minute and/or --concurrency",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    user = with_ledger(
+        data_dir,
+        database_url,
+        lambda ledger: ledger.set_limits(
+            name, requests_per_minute=requests_per_minute, concurrency=concurrency
+        ),
+    )
+    data = {"user": user.name, **limits_data(user)}
+    emit(data, as_json, f"user {user.name}: {_limits_line(data)}")
 
 
 @users_app.command("revoke")

@@ -2,7 +2,17 @@
 
 Every path settles exactly once: a signed final receipt charges what it says (never more than was
 reserved: the ledger caps it); a stream cut short (client gone, node gone) charges the last signed
-running receipt, i.e. what was produced; a node error status or an unreachable node charges nothing.
+running receipt, i.e. what was produced; a node error status without a receipt or an unreachable
+node charges nothing.
+
+A request is covered for as long as it runs: the claim leased its reservation (``lease_seconds``),
+and a heartbeat renews the lease every third of it while the request is being served (however
+slowly its reader reads), so expiry never forgives it. A non-streamed request's ticket carries a
+deadline one node timeout away: there the node stops the engine and answers what it produced,
+signed, which is charged. A node that has not answered even a margin later is left to answer in
+the background (the caller gets a 503; whatever the node then signs is charged). A long request
+is the caller's doing, not the node's failure: a node is marked unhealthy only for its own
+failures (refused or broken connections), never for a timeout.
 A node that answers something no Veil node would (a 200 without a valid signed receipt or without a
 JSON body, an error status without the error shape) gets the caller a 502 ``ENGINE_ERROR`` instead
 of its bytes, and charges nothing. The gateway never sees plaintext here: it moves bytes and reads
@@ -11,11 +21,14 @@ signed receipts.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import httpx
@@ -48,6 +61,19 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # How long settlement keeps retrying while the ledger database is unreachable (a restart, a
 # failover): settling is idempotent, and giving up leaves the units held until expiry.
 SETTLE_RETRY_SECONDS = 30.0
+# Lease renewals per node timeout: two may fail in a row before the lease runs out (and then the
+# ledger's in-flight grace still stands between a slow database and a forgiven request).
+HEARTBEATS_PER_LEASE = 3
+
+
+def answer_margin(node_timeout: float) -> float:
+    """How long past a ticket's deadline the node's answer may take to arrive (1 to 10 s)."""
+    return min(max(1.0, node_timeout), 10.0)
+
+
+def lease_for(node_timeout: float) -> float:
+    """The lease a claim or a heartbeat gives a request: a node timeout and its answer margin."""
+    return node_timeout + answer_margin(node_timeout)
 
 
 def new_request_id() -> str:
@@ -86,15 +112,76 @@ class Forwarder:
     key: Ed25519PrivateKey
     metrics: GatewayMetrics
     node_timeout: float
+    # reservation id -> the task renewing its lease while its request is served
+    _leases: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # requests the caller was answered for (a node timeout) that still wait for the node's receipt
+    _draining: set[asyncio.Task[None]] = field(default_factory=set)
+    # reservations whose settlement a stream relay or a late-answer drain has taken over
+    _handed: set[str] = field(default_factory=set)
+    # reservation id -> (its stream relay, model), watched by the lease renewal
+    _relays: dict[str, tuple[weakref.ref[AsyncIterator[bytes]], str]] = field(default_factory=dict)
+    # request id -> its newest verified receipt and the signed token it came in, so settlement
+    # stores the node's signature (GET /v1/usage shows it; `veil usage --verify` checks it)
+    _tokens: dict[str, tuple[UsageReceipt, str]] = field(default_factory=dict)
 
-    def ticket(self, reservation: Reservation, node: NodeInfo, body: bytes, request_id: str) -> str:
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim or a heartbeat covers a request: a deadline and its margin."""
+        return lease_for(self.node_timeout)
+
+    def keep_alive(self, reservation: Reservation, node: NodeInfo) -> None:
+        """Renew ``reservation``'s lease until it is settled (``settle`` stops the renewals)."""
+        if reservation.id not in self._leases:
+            self._leases[reservation.id] = asyncio.create_task(self._renew(reservation, node))
+
+    async def _renew(self, reservation: Reservation, node: NodeInfo) -> None:
+        interval = self.lease_seconds / HEARTBEATS_PER_LEASE
+        while True:
+            await asyncio.sleep(interval)
+            relay = self._relays.get(reservation.id)
+            if relay is not None and relay[0]() is None:
+                log.warning("a stream was dropped before it was relayed; releasing its units")
+                self._leases.pop(reservation.id, None)  # this task: settle must not cancel it
+                await self.settle(reservation, None, relay[1])
+                return
+            try:
+                deadline = await self.ledger.heartbeat(
+                    reservation.id, lease_seconds=self.lease_seconds
+                )
+            except Exception as exc:  # the next beat may succeed; the grace covers a few misses
+                log.warning("lease renewal failed (%s); retrying", type(exc).__name__)
+                continue
+            if deadline is None:  # settled, or expired by a sweep: nothing left to cover
+                return
+            with contextlib.suppress(Exception):  # the node may have left the registry
+                self.registry.hold(node.node_small_id, reservation.id, deadline)
+
+    async def aclose(self) -> None:
+        """At shutdown: stop listening for late answers (their units are released) and renewals."""
+        for task in [*self._draining, *self._leases.values()]:
+            task.cancel()
+        for task in list(self._draining):
+            with contextlib.suppress(BaseException):
+                await task
+
+    def ticket(
+        self,
+        reservation: Reservation,
+        node: NodeInfo,
+        body: bytes,
+        request_id: str,
+        *,
+        stream: bool = False,
+    ) -> str:
+        now = time.time()
         ticket = Ticket(
             ticket_id=request_id,
             stack_small_id=reservation.stack_id,
             node_small_id=node.node_small_id,
             units=reservation.units,
-            expires_at=time.time() + self.node_timeout,
+            expires_at=now + self.node_timeout,
             envelope_sha256=envelope_digest(body),
+            deadline=None if stream else now + self.node_timeout,
         )
         return sign_token(ticket, self.key)
 
@@ -109,13 +196,28 @@ class Forwarder:
         if receipt.ticket_id != request_id:
             log.error("node %d sent a receipt for another request", node.node_small_id)
             return None
+        self._tokens[request_id] = (receipt, token.strip())
         return receipt
 
     async def settle(
-        self, reservation: Reservation, receipt: UsageReceipt | None, model: str
+        self,
+        reservation: Reservation,
+        receipt: UsageReceipt | None,
+        model: str,
+        token: str | None = None,
     ) -> None:
         # Shielded: a client that disconnects cancels the response task, and the ledger must
         # still be written.
+        lease = self._leases.pop(reservation.id, None)
+        if lease is not None:
+            lease.cancel()
+        self._handed.discard(reservation.id)
+        self._relays.pop(reservation.id, None)
+        signed = self._tokens.pop(reservation.request_id or "", None)
+        if receipt is not None:
+            signed = self._tokens.pop(receipt.ticket_id, signed)
+        if token is None and signed is not None and signed[0] is receipt:
+            token = signed[1]
         self.registry.release(reservation.id)
         with anyio.CancelScope(shield=True):
             deadline = time.monotonic() + SETTLE_RETRY_SECONDS
@@ -124,7 +226,7 @@ class Forwarder:
                 try:
                     op = "release" if receipt is None else "settle"
                     with self.metrics.ledger_latency.labels(op).time():
-                        await self._write_settlement(reservation, receipt)
+                        await self._write_settlement(reservation, receipt, token)
                     break
                 except Exception as exc:
                     if not database_unavailable(exc) or time.monotonic() + delay > deadline:
@@ -140,9 +242,10 @@ class Forwarder:
                 )
 
     async def _write_settlement(
-        self, reservation: Reservation, receipt: UsageReceipt | None
+        self, reservation: Reservation, receipt: UsageReceipt | None, token: str | None = None
     ) -> None:
-        """One attempt; idempotent (a reservation already final is left as it is)."""
+        """One attempt; idempotent (a reservation already final is left as it is). The node's
+        signed token is what the ledger keeps, so a user can check the charge (GET /v1/usage)."""
         if receipt is None:
             await self.ledger.release(reservation.id)
             return
@@ -151,7 +254,7 @@ class Forwarder:
             receipt.compute_units,
             prompt_tokens=receipt.prompt_tokens,
             completion_tokens=receipt.completion_tokens,
-            receipt=receipt.model_dump_json(),
+            receipt=token.strip() if token else receipt.model_dump_json(),
         )
 
     async def forward(
@@ -162,47 +265,91 @@ class Forwarder:
         reservation: Reservation,
         model: str,
         request_id: str,
+        *,
+        stream: bool = False,
     ) -> Response:
+        """Send ``body`` to the node and settle. ``stream``: the request says it streams (then
+        its ticket carries no deadline: heartbeats cover it for as long as it is read)."""
         headers = {
             "content-type": "application/json",
-            TICKET_HEADER: self.ticket(reservation, node, body, request_id),
+            TICKET_HEADER: self.ticket(reservation, node, body, request_id, stream=stream),
         }
+        wait = lease_for(self.node_timeout)
+        # httpx waits one node timeout longer than the caller does: the background drain
+        # listens through it for what the node signs.
         request = self.client.build_request(
             "POST",
             f"{node.url}{path}",
             content=body,
             headers=headers,
-            timeout=httpx.Timeout(self.node_timeout, connect=5.0),
+            timeout=httpx.Timeout(wait + self.node_timeout, connect=5.0),
         )
+        self.keep_alive(reservation, node)
         try:
-            with self.metrics.node_latency.labels(path).time():
-                upstream = await self.client.send(request, stream=True)
-        except httpx.HTTPError:
-            self.registry.mark_unhealthy(node, "connection failed")
+            return await self._exchange(request, path, node, reservation, model, request_id)
+        except BaseException:
+            # Whatever went wrong, a request still owned here is released: its lease must not
+            # be renewed forever. (A relayed stream or a late answer settles on its own.)
+            if reservation.id in self._leases and reservation.id not in self._handed:
+                await self.settle(reservation, None, model)
+            raise
+
+    async def _exchange(
+        self,
+        request: httpx.Request,
+        path: str,
+        node: NodeInfo,
+        reservation: Reservation,
+        model: str,
+        request_id: str,
+    ) -> Response:
+        wait = lease_for(self.node_timeout)
+        sending = asyncio.ensure_future(self._send(request, path))
+        try:
+            done, _ = await asyncio.wait({sending}, timeout=wait)
+        except asyncio.CancelledError:  # the caller left: still charge what the node signs
+            self._drain(sending, node, reservation, model, request_id)
+            raise
+        if not done:
+            self._drain(sending, node, reservation, model, request_id)
+            log.warning(
+                "node %d did not answer within %g s; the caller gets a 503, the node stays in "
+                "rotation, and the request is charged what the node signs",
+                node.node_small_id,
+                wait,
+            )
+            raise ServiceUnavailable(
+                f"the node did not answer within {wait:g} s; you are charged only what the "
+                "node signs for the work it did"
+            )
+        try:
+            upstream = sending.result()
+        except httpx.HTTPError as exc:
+            self._blame(node, exc, "connection failed")
             await self.settle(reservation, None, model)
             raise ServiceUnavailable("the node did not answer; nothing was charged") from None
 
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            relay = self._relay(upstream, node, reservation, model, request_id)
+            self._handed.add(reservation.id)
+            # A relay that is dropped unstarted (the caller left first) never runs its finally:
+            # the lease renewal notices it is gone and releases the reservation instead.
+            self._relays[reservation.id] = (weakref.ref(relay), model)
             return StreamingResponse(
-                self._relay(upstream, node, reservation, model, request_id),
+                relay,
                 status_code=upstream.status_code,
                 media_type="text/event-stream",
                 headers=SSE_HEADERS,
             )
         try:
             content = await upstream.aread()
-        except httpx.HTTPError:
-            self.registry.mark_unhealthy(node, "connection lost")
+        except httpx.HTTPError as exc:
+            self._blame(node, exc, "connection lost")
             await self.settle(reservation, None, model)
             raise ServiceUnavailable("the node connection broke; nothing was charged") from None
         finally:
             await upstream.aclose()
-        receipt = None
-        if upstream.status_code == 200:
-            receipt = self._receipt(upstream.headers.get(RECEIPT_HEADER), node, request_id)
-            malformed = receipt is None or _json_object(content) is None
-        else:
-            malformed = not _is_error_body(content)
+        receipt, malformed = self._judge(upstream, content, node, request_id)
         if malformed:
             await self.settle(reservation, None, model)
             log.error(
@@ -222,6 +369,89 @@ class Forwarder:
             media_type=upstream.headers.get("content-type", "application/json"),
         )
 
+    async def _send(self, request: httpx.Request, path: str) -> httpx.Response:
+        with self.metrics.node_latency.labels(path).time():
+            return await self.client.send(request, stream=True)
+
+    def _judge(
+        self, upstream: httpx.Response, content: bytes, node: NodeInfo, request_id: str
+    ) -> tuple[UsageReceipt | None, bool]:
+        """(the receipt to charge, whether the answer is malformed). A 200 must carry a valid
+        receipt and a JSON object; an error must have the error shape, and is charged only if the
+        node signed a receipt for it (what it produced before it stopped)."""
+        receipt = self._receipt(upstream.headers.get(RECEIPT_HEADER), node, request_id)
+        if upstream.status_code == 200:
+            return receipt, receipt is None or _json_object(content) is None
+        return receipt, not _is_error_body(content)
+
+    def _blame(self, node: NodeInfo, exc: httpx.HTTPError, why: str) -> None:
+        """Out of rotation for the node's own failures only: a timeout means a long request (or
+        our own connection pool), which a caller can cause at will."""
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            log.warning("node %d: %s (%s)", node.node_small_id, why, type(exc).__name__)
+            return
+        self.registry.mark_unhealthy(node, why)
+
+    def _drain(
+        self,
+        sending: asyncio.Future[httpx.Response],
+        node: NodeInfo,
+        reservation: Reservation,
+        model: str,
+        request_id: str,
+    ) -> None:
+        self._handed.add(reservation.id)
+        task = asyncio.create_task(self._late(sending, node, reservation, model, request_id))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _late(
+        self,
+        sending: asyncio.Future[httpx.Response],
+        node: NodeInfo,
+        reservation: Reservation,
+        model: str,
+        request_id: str,
+    ) -> None:
+        """The caller was answered already; settle from what the node signs when it answers (a
+        stream: its first receipt, then hang up so the node stops)."""
+        receipt: UsageReceipt | None = None
+        try:
+            upstream = await sending
+            try:
+                if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                    async for line in upstream.aiter_lines():
+                        if line.startswith(_RECEIPT_PREFIX):
+                            token = line[len(_RECEIPT_PREFIX) :]
+                            receipt = self._receipt(token, node, request_id)
+                            if receipt is not None:
+                                break
+                else:
+                    content = await upstream.aread()
+                    found, malformed = self._judge(upstream, content, node, request_id)
+                    receipt = None if malformed else found
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await upstream.aclose()
+        except httpx.HTTPError as exc:
+            self._blame(node, exc, "connection failed")
+        except asyncio.CancelledError:  # shutdown: release below
+            sending.cancel()
+        except Exception as exc:  # nobody awaits this task: say it here, then release
+            log.error("reading a late answer failed: %s", type(exc).__name__)
+        finally:
+            try:
+                await self.settle(reservation, receipt, model)
+            except Exception as exc:  # nobody awaits this task: say it here
+                log.error("settling a late answer failed: %s", type(exc).__name__)
+            log.info(
+                "late answer of node %d settled: %s",
+                node.node_small_id,
+                "nothing signed, nothing charged"
+                if receipt is None
+                else f"{receipt.compute_units} unit(s) signed",
+            )
+
     async def _relay(
         self,
         upstream: httpx.Response,
@@ -232,22 +462,24 @@ class Forwarder:
     ) -> AsyncIterator[bytes]:
         """Pass the node's SSE lines through as they arrive, keeping the newest signed receipt."""
         latest: UsageReceipt | None = None
+        latest_token: str | None = None
         try:
             async for line in upstream.aiter_lines():
                 if line.startswith(_RECEIPT_PREFIX):
-                    receipt = self._receipt(line[len(_RECEIPT_PREFIX) :], node, request_id)
+                    token = line[len(_RECEIPT_PREFIX) :]
+                    receipt = self._receipt(token, node, request_id)
                     if receipt is not None:
-                        latest = receipt
+                        latest, latest_token = receipt, token
                 yield (line + "\n").encode()
-        except httpx.HTTPError:
-            self.registry.mark_unhealthy(node, "stream broke")
+        except httpx.HTTPError as exc:
+            self._blame(node, exc, "stream broke")
             log.warning(
                 "node %d stream broke mid-way; charging what was produced", node.node_small_id
             )
         finally:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-            await self.settle(reservation, latest, model)
+            await self.settle(reservation, latest, model, latest_token)
 
 
 def _json_object(content: bytes) -> dict[str, object] | None:

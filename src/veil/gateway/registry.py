@@ -3,6 +3,11 @@
 The gateway learns a node's X25519 keys and Ed25519 signing key from ``GET /v1/keys`` and its models
 from ``GET /v1/models``, refreshed on a timer. A node that fails a connection is marked unhealthy at
 once and left out of selection until a refresh reaches it again.
+
+Every refresh also probes that the node requires gateway tickets: it sends a paid request without
+one (an empty body to ``/v1/confidential/embeddings``) and expects ``401 AUTH_ERROR``. A node that
+answers anything else would serve anyone for free, so it is not routed to; the reason is logged
+and shown in the gateway's ``/health``.
 """
 
 from __future__ import annotations
@@ -22,12 +27,21 @@ from veil.protocol.tickets import public_key_from_b64
 
 log = logging.getLogger("veil.gateway.registry")
 
+#: The unticketed paid request of the probe: a node must refuse it before reading the body.
+TICKET_PROBE_PATH = "/v1/confidential/embeddings"
+
+
+class ProbeFailed(Exception):
+    """The node failed the ticket probe; the message says how (safe to log)."""
+
 
 @dataclass
 class NodeInfo:
     url: str
     node_small_id: int
     healthy: bool = False
+    # Why the node is not routed to (None while healthy): shown in the gateway's /health.
+    reason: str | None = "not contacted yet"
     models: dict[str, str] = field(default_factory=dict)  # model id -> kind
     public_keys: dict[str, bytes] = field(default_factory=dict)  # key_id -> X25519 public key
     current_key_id: str | None = None
@@ -68,19 +82,48 @@ class NodeRegistry:
             node.signing_public_key = base64.b64decode(keys["signing_public_key"], validate=True)
             node.signing_key = public_key_from_b64(keys["signing_public_key"])
             node.models = {m["id"]: str(m.get("kind", "chat")) for m in models["data"]}
-            if not node.healthy:
-                log.info("node %s (%d) is up", node.url, node.node_small_id)
-            node.healthy = True
+            await self.probe_tickets(node)
+        except ProbeFailed as exc:
+            self.mark_unhealthy(node, str(exc))
+            return
         except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError):
             self.mark_unhealthy(node, "refresh failed")
+            return
+        if not node.healthy:
+            log.info("node %s (%d) is up", node.url, node.node_small_id)
+        node.healthy = True
+        node.reason = None
+
+    async def probe_tickets(self, node: NodeInfo) -> None:
+        """Raise ProbeFailed unless the node refuses a paid request without a ticket (401)."""
+        response = await self.client.post(
+            f"{node.url}{TICKET_PROBE_PATH}",
+            content=b"{}",
+            headers={"content-type": "application/json"},
+            timeout=5,
+        )
+        code = None
+        try:
+            body = response.json()
+            code = body["error"]["code"] if isinstance(body, dict) else None
+        except (ValueError, KeyError, TypeError):
+            code = None
+        if response.status_code != 401 or code != "AUTH_ERROR":
+            raise ProbeFailed(
+                "serves paid requests without a gateway ticket: expected 401 AUTH_ERROR to an "
+                f"unticketed POST {TICKET_PROBE_PATH}, got HTTP {response.status_code}"
+                + (f" {code}" if isinstance(code, str) and len(code) <= 40 else "")
+                + "; start it with --gateway-key (this gateway's key)"
+            )
 
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(node) for node in self.nodes))
 
     def mark_unhealthy(self, node: NodeInfo, why: str) -> None:
-        if node.healthy:
+        if node.healthy or node.reason != why:
             log.warning("node %s (%d) marked unhealthy: %s", node.url, node.node_small_id, why)
         node.healthy = False
+        node.reason = why
 
     def models(self) -> dict[str, str]:
         served: dict[str, str] = {}

@@ -29,7 +29,7 @@ from veil.attestation.providers import (
     load_release_evidence,
 )
 from veil.config import NodeSettings
-from veil.engines.base import EngineFailure
+from veil.engines.base import TOKENS_SO_FAR, EngineFailure
 from veil.node.keyring import Keyring
 from veil.node.metrics import NodeMetrics
 from veil.node.pipeline import (
@@ -44,7 +44,7 @@ from veil.node.pipeline import (
 )
 from veil.node.replay import make_replay_cache
 from veil.node.service import ChatPlan, EngineRegistry, NodeService, engine_failure_message
-from veil.node.tickets import TicketChecker, sign_receipt
+from veil.node.tickets import TicketChecker, make_ticket_cache, sign_receipt
 from veil.protocol.envelopes import ConfidentialComputeRequest, b64decode, b64encode
 from veil.protocol.errors import (
     EngineError,
@@ -86,8 +86,20 @@ class NodeApp:
         self.gpu_provider = choose_gpu_provider(settings.gpu_attestation)
         self.release = load_release_evidence(settings)
         self.event_log = load_event_log(settings)
-        self.replay = make_replay_cache(settings.replay_cache)
-        self.tickets = TicketChecker([public_key_from_b64(key) for key in settings.gateway_keys])
+        self.replay = make_replay_cache(
+            settings.replay_cache,
+            max_entries=settings.replay_max_entries,
+            max_per_tenant=settings.replay_max_per_tenant,
+            prefix=settings.replay_prefix,
+        )
+        ticket_cache = make_ticket_cache(
+            settings.replay_cache, prefix=settings.replay_prefix + "ticket:"
+        )
+        self.tickets = TicketChecker(
+            [public_key_from_b64(key) for key in settings.gateway_keys],
+            ticket_cache,
+            insecure_no_gateway=settings.insecure_no_gateway,
+        )
 
     # -- plumbing --------------------------------------------------------------------------
     async def handle(
@@ -104,7 +116,7 @@ class NodeApp:
             raw = await read_body(request, self.settings.max_body_bytes)
             ticket = None
             if ticketed:
-                ticket = self.tickets.check(request.headers.get(TICKET_HEADER), raw)
+                ticket = await self.tickets.check(request.headers.get(TICKET_HEADER), raw)
             return await work(raw, ticket)
 
         response, code = await answer_or_error(run, route=route, log=log, service="node")
@@ -128,13 +140,19 @@ class NodeApp:
     ) -> Response:
         envelope = parse_envelope(raw)
         self.check_model(endpoint, envelope.model_name)
-        opened = await open_request(envelope, endpoint, self.keyring, self.replay, path=path)
+        # The replay space is partitioned per tenant: the ticket's stack (the envelope's own
+        # claim only on an --insecure-no-gateway node, where the caller is its own gateway).
+        tenant = ticket.stack_small_id if ticket is not None else envelope.stack_small_id
+        opened = await open_request(
+            envelope, endpoint, self.keyring, self.replay, path=path, tenant=tenant
+        )
         sealer = opened.sealer
         request = opened.request
         units = _budget(opened, ticket)
-        stamp = Stamp(ticket, opened.request_id, sealer)
+        stamp = Stamp(ticket, opened.request_id, sealer, units)
         if isinstance(request, ChatCompletionRequest):
             plan = await self.service.plan_chat(request, units)
+            stamp = Stamp(ticket, opened.request_id, sealer, plan.units)
             if opened.stream:
 
                 def seal(chunk: dict[str, Any], usage: dict[str, int] | None, final: bool) -> bytes:
@@ -142,7 +160,7 @@ class NodeApp:
                     return sse_event(sealer.seal(chunk, usage, final=final))
 
                 return await self._stream(plan, request, seal, stamp, done=sealer.done)
-            result = await self.service.chat(plan, request)
+            result = await self._chat(plan, request, stamp)
             usage = _wire_usage(result.get("usage"))
         elif isinstance(request, EmbeddingRequest):
             result = await self.service.embed(request, units)
@@ -181,6 +199,8 @@ class NodeApp:
             units = request.compute_units()
         else:
             units = prompt + completion
+        if stamp.units is not None:
+            units = min(units, stamp.units)  # an engine's usage is charged at most the budget
         last_hash = stamp.sealer.last_hash if stamp.sealer is not None else None
         receipt = UsageReceipt(
             ticket_id=stamp.ticket.ticket_id if stamp.ticket else "direct",
@@ -194,6 +214,20 @@ class NodeApp:
         )
         return sign_receipt(self.keyring, receipt)
 
+    def _deadline(self, stamp: Stamp) -> float:
+        """The ``time.monotonic()`` instant this request must end by: the node's
+        ``request_timeout_seconds``, or the ticket's own deadline if it carries an earlier one."""
+        timeout = self.settings.request_timeout_seconds
+        if stamp.ticket is not None and stamp.ticket.deadline is not None:
+            timeout = min(timeout, max(0.0, stamp.ticket.deadline - time.time()))
+        return time.monotonic() + timeout
+
+    async def _chat(
+        self, plan: ChatPlan, request: ChatCompletionRequest, stamp: Stamp
+    ) -> dict[str, Any]:
+        """A whole completion; past the deadline the engine stops and answers what it wrote."""
+        return await self.service.chat(plan, request, deadline=self._deadline(stamp))
+
     async def _stream(
         self,
         plan: ChatPlan,
@@ -205,40 +239,79 @@ class NodeApp:
         """Run a chat stream; fail with a status if it fails before its first chunk.
 
         After the first chunk the status is sent, so a failure becomes a last (sealed, for
-        confidential routes) error event that carries the usage produced so far.
+        confidential routes) error event that carries the usage produced so far. Every content
+        chunk is followed by a signed running receipt of the completion tokens produced so far
+        (the engine's count, ``TOKENS_SO_FAR``), so a client that hangs up pays what it got. A
+        stream that passes its deadline or its budget is stopped: the engine is closed and a
+        final receipt signs what was produced (at most the budget).
         """
+        deadline = self._deadline(stamp)
+        loop_deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
         chunks = self.service.chat_stream(plan, request)
         try:
-            first = await anext(chunks)
+            async with asyncio.timeout_at(loop_deadline):
+                first = await anext(chunks)
         except EngineFailure as exc:
             await chunks.aclose()
             raise EngineError(engine_failure_message(exc)) from None
         except StopAsyncIteration:
             raise EngineError("the model backend produced no output") from None
+        except TimeoutError:
+            await chunks.aclose()
+            raise EngineError("the model produced nothing before the request's deadline") from None
 
         def receipt_line(usage: dict[str, int], final: bool) -> bytes:
             token = self._receipt(request, usage, stamp, final=final)
             return RECEIPT_COMMENT + token.encode() + b"\n\n"
 
+        def so_far(completion: int) -> dict[str, int]:
+            total = plan.prompt_tokens + completion
+            return {
+                "prompt_tokens": plan.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": total,
+            }
+
+        def stopped(why: str, produced: int) -> list[bytes]:
+            """The last event and final receipt of a stream the node ended itself."""
+            usage = so_far(produced)
+            self.metrics.count_usage(request.model, usage)
+            log.warning("stream for %s stopped: %s", request.model, why)
+            failure = EngineError(f"the stream was stopped: {why}")
+            return [encode(failure.to_body(), usage, True), receipt_line(usage, final=True)]
+
         async def events() -> AsyncIterator[bytes]:
             chunk: dict[str, Any] | None = first
-            produced = 0  # content-bearing chunks so far: the running count before exact usage
+            produced = 0  # completion tokens so far: the engine's count, or one per content chunk
             try:
                 while chunk is not None:
+                    counted = chunk.pop(TOKENS_SO_FAR, None)
                     usage = _wire_usage(chunk.get("usage"))
-                    yield encode(chunk, usage, usage is not None)
                     if usage is not None:
+                        yield encode(chunk, usage, True)
                         self.metrics.count_usage(request.model, usage)
                         yield receipt_line(usage, final=True)
                     elif chunk.get("choices"):
-                        produced += 1
-                        running = {
-                            "prompt_tokens": plan.prompt_tokens,
-                            "completion_tokens": produced,
-                            "total_tokens": 0,
-                        }
-                        yield receipt_line(running, final=False)
-                    chunk = await anext(chunks, None)
+                        if isinstance(counted, int) and not isinstance(counted, bool):
+                            produced = max(produced, counted)
+                        elif _has_content(chunk):
+                            produced += 1
+                        if plan.prompt_tokens + produced > plan.units:
+                            why = f"its usage passed the request's {plan.units} compute units"
+                            for event in stopped(why, produced):
+                                yield event
+                            return
+                        yield encode(chunk, None, False)
+                        yield receipt_line(so_far(produced), final=False)
+                    else:
+                        yield encode(chunk, None, False)
+                    try:
+                        async with asyncio.timeout_at(loop_deadline):
+                            chunk = await anext(chunks, None)
+                    except TimeoutError:
+                        for event in stopped("it ran past the request's deadline", produced):
+                            yield event
+                        return
                 if done is not None:
                     yield done
             except EngineFailure as exc:
@@ -256,25 +329,23 @@ class NodeApp:
     async def plain(self, endpoint: Endpoint, raw: bytes, ticket: Ticket | None) -> Response:
         request = parse_openai_request(endpoint, raw)
         units = ticket.units if ticket is not None else None
+        stamp = Stamp(ticket, units=units)
         if isinstance(request, ChatCompletionRequest):
             plan = await self.service.plan_chat(request, units)
+            stamp = Stamp(ticket, units=plan.units)
             if request.stream:
 
                 def encode(chunk: dict[str, Any], usage: dict[str, int] | None, _: bool) -> bytes:
                     return b"data: " + encode_json(chunk) + b"\n\n"
 
-                return await self._stream(
-                    plan, request, encode, Stamp(ticket), done=b"data: [DONE]\n\n"
-                )
-            result = await self.service.chat(plan, request)
+                return await self._stream(plan, request, encode, stamp, done=b"data: [DONE]\n\n")
+            result = await self._chat(plan, request, stamp)
         elif isinstance(request, EmbeddingRequest):
             result = await self.service.embed(request, units)
         else:
             assert isinstance(request, ImageGenerationRequest)
             result = await self.service.generate_images(request, units)
-        return self._answer(
-            encode_json(result), request, _wire_usage(result.get("usage")), Stamp(ticket)
-        )
+        return self._answer(encode_json(result), request, _wire_usage(result.get("usage")), stamp)
 
     # -- read-only routes ------------------------------------------------------------------
     async def attestation(self, nonce_b64: str | None) -> Response:
@@ -345,6 +416,16 @@ def _budget(opened: OpenedRequest, ticket: Ticket | None) -> int | None:
     return ticket.units
 
 
+def _has_content(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict) and (
+            delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
+        ):
+            return True
+    return False
+
+
 def _wire_usage(usage: Any) -> dict[str, int] | None:
     """The three standard counters of an engine's usage object, or None."""
     if not isinstance(usage, dict):
@@ -362,6 +443,7 @@ class Stamp:
     ticket: Ticket | None
     request_id: str | None = None
     sealer: Sealer | None = None
+    units: int | None = None  # the request's budget: no receipt charges more
 
 
 def create_app(
@@ -384,7 +466,15 @@ def create_app(
             "node ready: key %s, models %s", keyring.current.key_id, ", ".join(engines.model_ids())
         )
         if not node.tickets.required:
-            log.warning("no gateway keys configured: serving requests without gateway tickets")
+            log.warning(
+                "INSECURE: --insecure-no-gateway: serving paid routes to anyone, without gateway "
+                "tickets; callers set their own budgets. Never expose this node to the network."
+            )
+        elif not settings.gateway_keys:
+            log.error(
+                "no gateway key configured: every paid request is refused (401); start the node "
+                "with --gateway-key KEY, or --insecure-no-gateway for direct use"
+            )
         try:
             yield
         finally:

@@ -76,18 +76,22 @@ async def open_request(
     *,
     path: str,
     now: float | None = None,
+    tenant: int | None = None,
 ) -> OpenedRequest:
-    """Decrypt and check an envelope of either suite. Raises 409, 422, 400 (or 503 when the
-    replay cache cannot answer); never returns unchecked plaintext."""
+    """Decrypt and check an envelope of either suite. Raises 409, 422, 400 (429 when ``tenant``
+    holds its share of the replay space, 503 when the replay cache cannot answer); never returns
+    unchecked plaintext.
+
+    A v2 request id enters the replay cache only once the envelope authenticated and its body
+    parsed, in ``tenant``'s partition (the ticket's stack), so a tenant's garbage fills at most
+    its own share."""
     now = time.time() if now is None else now
     node_key = keyring.lookup(envelope.node_dh_public_key, now)
     sealer: Sealer
     request_id: str | None = None
+    server: v2.ServerSession | None = None
     if envelope.protocol == v2.SUITE:
         plaintext, server = v2.open_request(envelope, node_key.private_key, endpoint=path, now=now)
-        # Only authentic requests reach the cache, so junk cannot fill it.
-        if not await replay.check_and_add(server.request_id, server.expires_at, now):
-            raise Replayed("this request_id was already used: send a fresh request")
         sealer = V2Sealer(server, keyring)
         request_id = b64encode(server.request_id)
     else:
@@ -108,6 +112,10 @@ async def open_request(
         stream = bool(request.stream)
         if envelope.stream is not None and envelope.stream != stream:
             raise InvalidBody("envelope stream flag disagrees with the encrypted body")
+    if server is not None and not await replay.check_and_add(
+        server.request_id, server.expires_at, now, tenant
+    ):
+        raise Replayed("this request_id was already used: send a fresh request")
     return OpenedRequest(
         endpoint=endpoint,
         request=request,

@@ -1,9 +1,15 @@
 """Replay caches for veil-v2 request ids (PROTOCOL.md section 5, item 4).
 
-The pipeline calls ``check_and_add`` only after the envelope's AEAD verified (so nobody can fill the
-cache with junk), with ``expires_at`` = the instant the request's timestamp leaves the acceptance
-window (``ServerSession.expires_at``). An id is remembered at least until then; after that the
-timestamp check alone refuses the envelope.
+The pipeline calls ``check_and_add`` only after the envelope's AEAD verified and its body parsed
+(so no outsider can fill the cache with junk), with ``expires_at`` = the instant the request's
+timestamp leaves the acceptance window (``ServerSession.expires_at``). An id is remembered at least
+until then; after that the timestamp check alone refuses the envelope.
+
+A tenant seals its own envelopes, so authentication alone does not stop a tenant from filling the
+cache with ids of authentic garbage. The space is therefore partitioned by ``tenant`` (the ticket's
+``stack_small_id``): each tenant holds at most ``max_per_tenant`` live ids and past that gets
+``429 TOO_MANY_REQUESTS`` for its own requests only; nobody's id is ever evicted early. Ids checked
+without a tenant (gateway ticket ids) are bounded by the total alone.
 
 Both caches fail closed: when they cannot tell whether an id was seen they raise
 ServiceUnavailable (503) and never answer "unseen".
@@ -25,22 +31,38 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from veil.protocol.errors import ServiceUnavailable
+from veil.protocol.errors import ServiceUnavailable, TooManyRequests
 
-DEFAULT_MAX_ENTRIES = 100_000  # ~20 MB; 100k ids per window is ~400 requests/s sustained
+DEFAULT_MAX_ENTRIES = 200_000  # ~40 MB; 200k ids per window is ~800 requests/s sustained
+# One tenant's share: ~40 requests/s sustained over a 250 s window. A twentieth of the total, so
+# one tenant (or a few) cannot fill the space every other tenant needs.
+DEFAULT_MAX_PER_TENANT = 10_000
 DEFAULT_REDIS_PREFIX = "veil:replay:"
 DEFAULT_REDIS_TIMEOUT_SECONDS = 2.0
 MAX_ID_SIZE = 64
 
 
+Tenant = int | str | None
+
+
 class ReplayCache(Protocol):
-    async def check_and_add(self, request_id: bytes, expires_at: float, now: float) -> bool:
+    async def check_and_add(
+        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant = None
+    ) -> bool:
         """Record ``request_id`` until ``expires_at``; False if it is already recorded (a replay).
 
         An id whose ``expires_at`` is already past is refused (False): it could not be remembered
-        for the time it stays acceptable. Raises ServiceUnavailable when the answer is unknown.
+        for the time it stays acceptable. Raises ServiceUnavailable when the answer is unknown,
+        and TooManyRequests when ``tenant`` already holds its share of live ids.
         """
         ...
+
+
+def _tenant_full(tenant: Tenant, limit: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"stack {tenant} has {limit} request ids in flight in the replay window (the most one "
+        "stack may hold); retry in a few seconds"
+    )
 
 
 def _check_id(request_id: bytes) -> None:
@@ -49,44 +71,87 @@ def _check_id(request_id: bytes) -> None:
 
 
 class MemoryReplayCache:
-    """Ids seen by this process, each until its expiry; at most ``max_entries`` live ids."""
+    """Ids seen by this process, each until its expiry; at most ``max_entries`` live ids, and at
+    most ``max_per_tenant`` of them for any one tenant. O(log n) per call (a heap by expiry)."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, max_per_tenant: int | None = None
+    ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        if max_per_tenant is None:
+            max_per_tenant = min(DEFAULT_MAX_PER_TENANT, max_entries)
+        if max_per_tenant < 1:
+            raise ValueError("max_per_tenant must be at least 1")
         self.max_entries = max_entries
-        self._expiry: dict[bytes, float] = {}
-        self._heap: list[tuple[float, bytes]] = []  # (expires_at, id), soonest first
+        self.max_per_tenant = max_per_tenant
+        self._expiry: dict[tuple[Tenant, bytes], float] = {}
+        # (expires_at, tenant key, id), soonest first; the tenant key is a str so tuples compare.
+        self._heap: list[tuple[float, str, bytes, Tenant]] = []
+        self._per_tenant: dict[Tenant, int] = {}
         self._lock = threading.Lock()  # the pipeline may run in worker threads
 
     def __len__(self) -> int:
         return len(self._expiry)
 
+    def held_by(self, tenant: Tenant) -> int:
+        """Live ids ``tenant`` holds (as of the last call that pruned)."""
+        return self._per_tenant.get(tenant, 0)
+
     def _prune(self, now: float) -> None:
         heap, expiry = self._heap, self._expiry
         while heap and heap[0][0] < now:
-            expires_at, request_id = heapq.heappop(heap)
-            if expiry.get(request_id) == expires_at:
-                del expiry[request_id]
+            expires_at, _, request_id, tenant = heapq.heappop(heap)
+            if expiry.get((tenant, request_id)) == expires_at:
+                del expiry[(tenant, request_id)]
+                left = self._per_tenant[tenant] - 1
+                if left:
+                    self._per_tenant[tenant] = left
+                else:
+                    del self._per_tenant[tenant]
 
-    async def check_and_add(self, request_id: bytes, expires_at: float, now: float) -> bool:
+    async def check_and_add(
+        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant = None
+    ) -> bool:
         _check_id(request_id)
+        key = (tenant, request_id)
         with self._lock:
             self._prune(now)
-            if request_id in self._expiry or expires_at <= now:
+            if key in self._expiry or expires_at <= now:
                 return False
+            held = self._per_tenant.get(tenant, 0)
+            if tenant is not None and held >= self.max_per_tenant:
+                raise _tenant_full(tenant, self.max_per_tenant)
             if len(self._expiry) >= self.max_entries:
                 raise ServiceUnavailable(
                     "replay cache is full of live request ids; retry in a few seconds"
                 )
-            self._expiry[request_id] = expires_at
-            heapq.heappush(self._heap, (expires_at, request_id))
+            self._expiry[key] = expires_at
+            self._per_tenant[tenant] = held + 1
+            heapq.heappush(self._heap, (expires_at, repr(tenant), request_id, tenant))
             return True
 
     async def close(self) -> None:
         with self._lock:
             self._expiry.clear()
             self._heap.clear()
+            self._per_tenant.clear()
+
+
+# Atomically: forget the tenant's expired ids, refuse a replay (0) or a full tenant (-1), else
+# record the id (SET NX PX) and its expiry in the tenant's sorted set (1). The braces make both
+# keys hash to one Redis Cluster slot.
+_ADD_FOR_TENANT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+return 1
+"""
 
 
 class RedisReplayCache:
@@ -102,9 +167,13 @@ class RedisReplayCache:
         prefix: str = DEFAULT_REDIS_PREFIX,
         *,
         timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
+        max_per_tenant: int = DEFAULT_MAX_PER_TENANT,
     ) -> None:
+        if max_per_tenant < 1:
+            raise ValueError("max_per_tenant must be at least 1")
         self.prefix = prefix
         self.timeout = timeout
+        self.max_per_tenant = max_per_tenant
         try:
             self._redis: aioredis.Redis = aioredis.Redis.from_url(
                 url,
@@ -115,14 +184,22 @@ class RedisReplayCache:
         except ValueError:
             # The URL may carry a password: never repeat it.
             raise ValueError("invalid Redis URL for the replay cache") from None
+        self._add_for_tenant = self._redis.register_script(_ADD_FOR_TENANT)
 
     def __repr__(self) -> str:  # the URL may carry credentials
         return f"RedisReplayCache(prefix={self.prefix!r})"
 
-    def key(self, request_id: bytes) -> str:
-        return self.prefix + request_id.hex()
+    def key(self, request_id: bytes, tenant: Tenant = None) -> str:
+        if tenant is None:
+            return self.prefix + request_id.hex()
+        return f"{self.prefix}{{t{tenant}}}:{request_id.hex()}"
 
-    async def check_and_add(self, request_id: bytes, expires_at: float, now: float) -> bool:
+    def tenant_key(self, tenant: Tenant) -> str:
+        return f"{self.prefix}{{t{tenant}}}:live"
+
+    async def check_and_add(
+        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant = None
+    ) -> bool:
         _check_id(request_id)
         ttl_ms = math.ceil((expires_at - now) * 1000)
         if ttl_ms <= 0:
@@ -130,10 +207,18 @@ class RedisReplayCache:
         try:
             # Bound the whole call (connect, retries, reply): a hung Redis must not hang requests.
             async with asyncio.timeout(self.timeout * 2):
-                created = await self._redis.set(self.key(request_id), b"1", nx=True, px=ttl_ms)
+                if tenant is None:
+                    created = await self._redis.set(self.key(request_id), b"1", nx=True, px=ttl_ms)
+                    return created is True
+                keys = [self.key(request_id, tenant), self.tenant_key(tenant)]
+                args: list[int | str] = [ttl_ms, math.floor(now * 1000)]
+                args += [math.ceil(expires_at * 1000), self.max_per_tenant, request_id.hex()]
+                outcome = await self._add_for_tenant(keys=keys, args=args)
         except Exception:  # fail closed on anything (CancelledError still propagates)
             raise ServiceUnavailable("replay cache unavailable") from None
-        return created is True
+        if outcome == -1:
+            raise _tenant_full(tenant, self.max_per_tenant)
+        return bool(outcome == 1)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken connection is not an error
@@ -141,12 +226,17 @@ class RedisReplayCache:
 
 
 def make_replay_cache(
-    spec: str | None, *, max_entries: int = DEFAULT_MAX_ENTRIES
+    spec: str | None,
+    *,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_per_tenant: int | None = None,
+    prefix: str = DEFAULT_REDIS_PREFIX,
 ) -> MemoryReplayCache | RedisReplayCache:
     """``None`` / ``"memory"`` -> in-process cache; ``redis://``, ``rediss://``, ``unix://`` URL ->
-    Redis (shared by every node process using it)."""
+    Redis (shared by every node process using it, under ``prefix``)."""
     if spec is None or spec.strip() in ("", "memory"):
-        return MemoryReplayCache(max_entries)
+        return MemoryReplayCache(max_entries, max_per_tenant)
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        return RedisReplayCache(spec)
+        per_tenant = DEFAULT_MAX_PER_TENANT if max_per_tenant is None else max_per_tenant
+        return RedisReplayCache(spec, prefix, max_per_tenant=per_tenant)
     raise ValueError("replay cache must be 'memory' or a redis:// URL")

@@ -5,6 +5,11 @@ request never spends more than the units it carries (``num_compute_units``; the 
 ``default_units`` when it carries none). Chat: prompt + completion <= units, so ``max_tokens`` is
 capped to what is left after the prompt, and a prompt that alone exceeds the units is refused with
 402 before any generation. Embeddings: input tokens <= units. Images: n x width x height <= units.
+
+The engine prices the whole request (messages, tools, schemas, images: ``count_prompt_tokens``), and
+a request whose serialised size alone exceeds ``MAX_BYTES_PER_TOKEN`` bytes per unit is refused
+(402) before any tokenizer runs, so an oversized prompt never ties up the model. With ``n`` > 1
+the completion budget is shared: each choice may write ``(units - prompt) // n`` tokens.
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ from veil.engines.base import (
     Engine,
     EngineFailure,
     ImageEngine,
+    UnpricedField,
 )
 from veil.protocol.errors import BalanceError, EngineError, InvalidBody, NotFound
 from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 E = TypeVar("E", bound=Engine)
+
+# No tokenizer of the usual kind (BPE, SentencePiece, WordPiece) makes a token of more than this
+# many bytes of text: a request this many times larger than its units cannot fit them.
+MAX_BYTES_PER_TOKEN = 32
 
 
 @dataclass
@@ -75,6 +85,16 @@ class ChatPlan:
     engine: ChatEngine
     prompt_tokens: int
     max_tokens: int
+    units: int  # the request's budget: prompt + completion never charge more
+
+
+def _too_large(size: int, budget: int, what: str) -> BalanceError | None:
+    if size <= budget * MAX_BYTES_PER_TOKEN:
+        return None
+    return BalanceError(
+        f"the {what} is {size} bytes, more than {budget} compute units can hold "
+        f"(at most {MAX_BYTES_PER_TOKEN} bytes a token)"
+    )
 
 
 class NodeService:
@@ -88,8 +108,12 @@ class NodeService:
     async def plan_chat(self, request: ChatCompletionRequest, units: int | None) -> ChatPlan:
         engine = self.engines.get_chat(request.model)
         budget = self._units(units)
+        if (refusal := _too_large(len(request.model_dump_json()), budget, "request")) is not None:
+            raise refusal
         try:
             prompt_tokens = await engine.count_prompt_tokens(request)
+        except UnpricedField as exc:
+            raise InvalidBody(str(exc)) from None
         except EngineFailure as exc:
             raise EngineError(engine_failure_message(exc)) from None
         context = getattr(engine, "n_ctx", None)  # known for in-process engines
@@ -103,13 +127,24 @@ class NodeService:
                 f"the prompt takes {prompt_tokens} tokens but the request carries {budget} "
                 "compute units (prompt + completion must fit)"
             )
-        left = budget - prompt_tokens
+        left = (budget - prompt_tokens) // (request.n or 1)
+        if left < 1:
+            raise BalanceError(
+                f"{request.n} choices leave no completion tokens in {budget} compute units"
+            )
         wanted = request.requested_max_tokens()
-        return ChatPlan(engine, prompt_tokens, left if wanted is None else min(wanted, left))
+        max_tokens = left if wanted is None else min(wanted, left)
+        return ChatPlan(engine, prompt_tokens, max_tokens, budget)
 
-    async def chat(self, plan: ChatPlan, request: ChatCompletionRequest) -> dict[str, Any]:
+    async def chat(
+        self, plan: ChatPlan, request: ChatCompletionRequest, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """The whole completion. ``deadline`` (``time.monotonic()``): the engine stops there and
+        answers what it produced (``finish_reason`` "length"), or fails if it produced nothing."""
         try:
-            return await plan.engine.complete(request, plan.max_tokens)
+            if deadline is None:
+                return await plan.engine.complete(request, plan.max_tokens)
+            return await plan.engine.complete(request, plan.max_tokens, deadline=deadline)
         except EngineFailure as exc:
             raise EngineError(engine_failure_message(exc)) from None
 
@@ -121,6 +156,9 @@ class NodeService:
     async def embed(self, request: EmbeddingRequest, units: int | None) -> dict[str, Any]:
         engine = self.engines.get_embeddings(request.model)
         budget = self._units(units)
+        size = sum(len(text.encode()) for text in request.texts())
+        if (refusal := _too_large(size, budget, "input")) is not None:
+            raise refusal
         try:
             tokens = await engine.count_tokens(request)
             if tokens > budget:

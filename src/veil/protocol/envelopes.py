@@ -34,6 +34,13 @@ REQUEST_ID_SIZE = 16
 RESPONSE_NONCE_SIZE = 32
 
 MAX_ID = 2**63 - 1  # ids and units live in signed 64-bit database columns
+MAX_REQUEST_UNITS = 2**62
+"""The most units one request may ask for (a lock, ``max_tokens``): whatever the gateway adds on
+top (the prompt's bytes) still fits a signed 64-bit column."""
+
+RESERVATION_HEADER = "x-veil-reservation"
+"""The header carrying the lock's ``reservation_id`` on the request that uses it."""
+RESERVATION_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 
 def b64encode(data: bytes) -> str:
@@ -86,6 +93,8 @@ ResponseNonce32 = Annotated[bytes, _exact(RESPONSE_NONCE_SIZE), _AS_B64, _B64_SC
 
 SmallId = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
+RequestUnits = Annotated[StrictInt, Field(ge=0, le=MAX_REQUEST_UNITS)]
+ReservationId = Annotated[str, Field(pattern=RESERVATION_ID_PATTERN)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 KeyId = Annotated[str, Field(min_length=1, max_length=64)]
 Protocol = Literal["atoma-v1", "veil-v2"]
@@ -165,7 +174,7 @@ AttestationNonce = Annotated[bytes, _at_least(16), _AS_B64, _B64_SCHEMA]
 
 class NodesCreateLockRequest(_Wire):
     model: ModelName
-    max_num_tokens: Units | None = None
+    max_num_tokens: RequestUnits | None = None
     timeout: Annotated[StrictInt, Field(ge=1, le=3600)] | None = None
     # Veil: ask the gateway to relay the node's attestation evidence bound to this nonce.
     attestation_nonce: AttestationNonce | None = None
@@ -183,3 +192,6 @@ class NodesCreateLockResponse(_Wire):
     reserved_units: Units | None = None
     expires_at: float | None = None
     evidence: dict[str, Any] | None = None
+    # The lock's handle: sent back as the X-Veil-Reservation header, it makes the request claim
+    # exactly this reservation (an opaque random id, good only for the caller who locked).
+    reservation_id: ReservationId | None = None

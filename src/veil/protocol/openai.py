@@ -11,9 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from veil.protocol.envelopes import MAX_ID, ModelName
+from veil.protocol.envelopes import MAX_REQUEST_UNITS, ModelName
 
-PositiveCount = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+# Token budgets are reserved in the ledger (plus the prompt's bytes): capped so the sum still fits
+# a signed 64-bit column, or a huge value would be a database overflow rather than a 400.
+PositiveCount = Annotated[StrictInt, Field(ge=1, le=MAX_REQUEST_UNITS)]
 MAX_IMAGE_SIDE = 8192
 
 

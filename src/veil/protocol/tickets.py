@@ -41,6 +41,10 @@ class Ticket(BaseModel):
     units: Count
     expires_at: float
     envelope_sha256: Annotated[str, Field(min_length=64, max_length=64)]
+    # Unix time by which the node must stop the engine and answer what it produced (set by the
+    # gateway on non-streamed requests, so its answer arrives within the gateway's node timeout;
+    # a stream runs as long as its reader reads, covered by the gateway's lease heartbeats).
+    deadline: float | None = None
 
 
 class UsageReceipt(BaseModel):

@@ -3,6 +3,7 @@
 from veil.gateway.ledger.apikeys import generate_api_key, hash_api_key, key_prefix
 from veil.gateway.ledger.ledger import (
     DEFAULT_IN_FLIGHT_GRACE,
+    DEFAULT_LEASE_SECONDS,
     MIGRATIONS_DIR,
     Ledger,
     Reservation,
@@ -13,6 +14,7 @@ from veil.gateway.ledger.ledger import (
 
 __all__ = [
     "DEFAULT_IN_FLIGHT_GRACE",
+    "DEFAULT_LEASE_SECONDS",
     "MIGRATIONS_DIR",
     "Ledger",
     "Reservation",

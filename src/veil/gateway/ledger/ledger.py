@@ -4,6 +4,8 @@ The life of a request, in the ledger's words::
 
     reserve()   POST /v1/nodes/lock        stack.reserved += units      reservation 'held'
     claim()     the sealed request arrives (same user, same stack)     'held' -> 'in_flight'
+                (its own lock's reservation when it names it)          expires_at = now + lease
+    heartbeat() the node is still serving it                           expires_at = now + lease
     settle()    the node answered          reserved -= units,          -> 'settled'
                                            used += min(charged, units)
     release()   nothing to charge          reserved -= units           -> 'released'
@@ -19,14 +21,21 @@ The rules, and why each is enforced where it is:
 2. **Only the owner spends a stack.** Someone else's stack id answers exactly like a nonexistent
    one (``NotFound``), so ids cannot be probed, and their units are never touched.
 3. **A request needs a live reservation of the same caller on the same stack** (``claim``);
-   otherwise ``UnavailableStack`` (425). Each reservation serves one request.
+   otherwise ``UnavailableStack`` (425). Each reservation serves one request. A request that
+   names its lock's reservation (the lock's ``reservation_id``) takes exactly that one, so one
+   caller's concurrent requests never take each other's units; one that names none (atoma-sdk)
+   takes the caller's oldest held reservation on the stack.
 4. **Settlement charges at most what was reserved** and gives the rest back, exactly once:
    the reservation leaves its live state in the same guarded ``UPDATE`` that computes the charge,
    so a second ``settle`` (a retry, another gateway) finds nothing to do and returns the first
    result.
-5. **Nothing holds units forever.** Expiry is a column (``expires_at``), not a timer in memory, so
-   it survives restarts and any gateway can sweep it; in-flight requests get a grace period on top
-   (a gateway that crashed mid-request must not pin the units).
+5. **Nothing holds units forever, and nothing being served is forgiven.** Expiry is a column
+   (``expires_at``), not a timer in memory, so it survives restarts and any gateway can sweep it.
+   A claim turns the lock's deadline into a *lease* (``now + lease_seconds``, the node timeout)
+   and the gateway serving the request renews it (``heartbeat``) for as long as the request
+   runs, however long that is; an in-flight reservation expires only once its lease is a grace
+   period old, i.e. when the gateway that served it is gone (crashed mid-request: it must not pin
+   the units). Settling an in-flight reservation always charges, whatever its lock's timeout was.
 
 Choices worth knowing:
 
@@ -104,7 +113,9 @@ T = TypeVar("T")
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 DEFAULT_IN_FLIGHT_GRACE: Final = 300.0
-"""Seconds an in-flight request may run past its reservation's ``expires_at`` before expiry."""
+"""Seconds an in-flight request's lease may be overdue (no heartbeat) before expiry."""
+DEFAULT_LEASE_SECONDS: Final = 300.0
+"""How long a claim or a heartbeat covers an in-flight request (the gateway's node timeout)."""
 ADMIN_USER: Final = "admin"
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 # pg_advisory_xact_lock key held while migrating ("veilledg" in ASCII): two gateways starting at
@@ -133,6 +144,29 @@ class User:
     name: str
     is_admin: bool
     created_at: float
+    # The user's own rate limits; None: the gateway's configured default.
+    requests_per_minute: int | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One settled request as the caller may check it (``GET /v1/usage``): what was charged, and
+    the node's signed usage receipt it was charged from (``receipt``: the signed token as the node
+    sent it; None if the node sent none). ``id`` orders the records and pages through them."""
+
+    id: int
+    created_at: float
+    request_id: str | None
+    reservation_id: str
+    stack_id: int
+    model: str
+    node_small_id: int
+    reserved_units: int
+    charged_units: int
+    prompt_tokens: int
+    completion_tokens: int
+    receipt: str | None
 
 
 @dataclass(frozen=True)
@@ -239,7 +273,33 @@ async def _all(conn: AsyncConnection, statement: Executable) -> Sequence[RowMapp
 
 
 def _to_user(row: RowMapping, *, is_admin: bool) -> User:
-    return User(id=row["id"], name=row["name"], is_admin=is_admin, created_at=row["created_at"])
+    return User(
+        id=row["id"],
+        name=row["name"],
+        is_admin=is_admin,
+        created_at=row["created_at"],
+        requests_per_minute=row.get("requests_per_minute"),
+        concurrency=row.get("concurrency"),
+    )
+
+
+def _receipt_text(value: Any) -> str | None:
+    """A stored receipt as text (a BLOB written by the ledger; TEXT if someone else wrote it)."""
+    if value is None or isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8", "replace")
+
+
+MAX_LIMIT: Final = 2**31 - 1
+"""Rate limits live in 32-bit INTEGER columns."""
+
+
+def _check_limit(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise InvalidBody(f"{what} must be an integer from 1 to {MAX_LIMIT}")
+    return value
 
 
 def _to_stack(row: RowMapping) -> Stack:
@@ -278,10 +338,18 @@ _STACK_SELECT = select(*S.__table__.c, UserRow.name.label("user_name")).join(
 )
 
 
-def _check_count(value: int, what: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidBody(f"{what} must be an integer >= {minimum}")
+def _check_count(value: int, what: str, *, minimum: int, maximum: int = MAX_ID) -> int:
+    """Counts live in signed 64-bit columns: anything outside ``minimum..maximum`` is refused
+    here, naming the field, before a driver could overflow binding it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidBody(f"{what} must be an integer from {minimum} to {maximum}")
     return value
+
+
+def _check_seconds(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10**9:
+        raise ValueError(f"{what} must be a positive number of seconds")
+    return float(value)
 
 
 def _check_name(value: str, what: str) -> str:
@@ -413,10 +481,22 @@ class Ledger:
             raise NotFound(f"no user named {name!r}")
         return int(user_id)
 
-    async def create_user(self, name: str, *, admin: bool = False) -> tuple[User, str]:
+    async def create_user(
+        self,
+        name: str,
+        *,
+        admin: bool = False,
+        requests_per_minute: int | None = None,
+        concurrency: int | None = None,
+    ) -> tuple[User, str]:
         """Create a user and their first API key. The key is returned here, once, and never
-        stored: show it to the user and forget it."""
+        stored: show it to the user and forget it. Limits left None follow the gateway's
+        defaults."""
         _check_name(name, "user name")
+        limits = {
+            "requests_per_minute": _check_limit(requests_per_minute, "requests_per_minute"),
+            "concurrency": _check_limit(concurrency, "concurrency"),
+        }
 
         async def body(conn: AsyncConnection) -> tuple[User, str]:
             exists = await conn.execute(select(UserRow.id).where(UserRow.name == name))
@@ -425,7 +505,7 @@ class Ledger:
             row = await _one(
                 conn,
                 insert(UserRow)
-                .values(name=name, created_at=time.time())
+                .values(name=name, created_at=time.time(), **limits)
                 .returning(*UserRow.__table__.c),
             )
             api_key = await self._insert_key(conn, row["id"], admin)
@@ -474,6 +554,8 @@ class Ledger:
                     UserRow.id,
                     UserRow.name,
                     UserRow.created_at,
+                    UserRow.requests_per_minute,
+                    UserRow.concurrency,
                 )
                 .join(UserRow, UserRow.id == ApiKeyRow.user_id)
                 .where(ApiKeyRow.prefix == key_prefix(api_key)),
@@ -530,6 +612,32 @@ class Ledger:
                 )
             )
             return _to_user(row, is_admin=admin_key.first() is not None)
+
+    async def set_limits(
+        self,
+        name: str,
+        *,
+        requests_per_minute: int | None = None,
+        concurrency: int | None = None,
+    ) -> User:
+        """Set a user's rate limits: None leaves a limit as it is, 0 returns it to the gateway's
+        default, 1..2**31-1 sets it. Takes effect with the user's next request, on every gateway
+        (limits are read when the API key is checked)."""
+        values: dict[str, int | None] = {}
+        for column, value in (
+            ("requests_per_minute", requests_per_minute),
+            ("concurrency", concurrency),
+        ):
+            if value is not None:
+                values[column] = None if value == 0 else _check_limit(value, column)
+
+        async def body(conn: AsyncConnection) -> None:
+            user_id = await self._user_id(conn, name)
+            if values:
+                await conn.execute(update(UserRow).where(UserRow.id == user_id).values(**values))
+
+        await self._write(body)
+        return await self.get_user(name)
 
     async def ensure_admin_key(self) -> str | None:
         """On the very first start, create the ``admin`` user with an admin key and return the
@@ -624,6 +732,7 @@ class Ledger:
         columns: a top-up that would pass ``MAX_ID`` is refused (``InvalidBody``) in the same
         guarded statement, so concurrent top-ups cannot overflow it either."""
         _check_count(units, "units", minimum=1)
+        _check_count(stack_id, "stack id", minimum=0)
 
         async def body(conn: AsyncConnection) -> Stack:
             done = await conn.execute(
@@ -704,12 +813,13 @@ class Ledger:
         one stack if none fits, ``Locked`` if the caller's stacks for the model are all inactive.
         """
         _check_count(units, "units", minimum=1)
-        if not ttl_seconds > 0:
-            raise ValueError("ttl_seconds must be positive")
+        _check_seconds(ttl_seconds, "ttl_seconds")
         start = time.time() if now is None else now
 
         def take(candidate: int) -> Any:
             # The whole rule in one statement: re-checked by PostgreSQL after any row lock wait.
+            # Written as "units fit in what is free" (a subtraction of counters whose sum never
+            # passes the total) so no intermediate value can leave the signed 64-bit range.
             return (
                 update(S)
                 .where(
@@ -717,7 +827,7 @@ class Ledger:
                     S.user_id == user_id,
                     S.model == model,
                     S.state == "active",
-                    S.reserved_units + S.used_units + units <= S.total_units,
+                    S.total_units - S.reserved_units - S.used_units >= units,
                 )
                 .values(reserved_units=S.reserved_units + units)
                 .returning(S.id)
@@ -810,14 +920,26 @@ class Ledger:
         *,
         request_id: str,
         reservation_id: str | None = None,
+        model: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         now: float | None = None,
     ) -> Reservation:
-        """Attach an arriving request to the oldest live 'held' reservation of this user on this
-        stack (or to ``reservation_id``, when the gateway made the reservation itself and knows
-        it), moving it to 'in_flight'. ``UnavailableStack`` if there is none (no lock, someone
-        else's stack, expired, already used) or if ``request_id`` was already used."""
+        """Attach an arriving request to a live 'held' reservation of this user on this stack,
+        moving it to 'in_flight' and covering it until ``now + lease_seconds`` (never shortening
+        the lock's deadline); the gateway renews that with :meth:`heartbeat` while it serves it.
+
+        With ``reservation_id`` (the handle the lock returned, or the gateway's own reservation)
+        exactly that reservation, else the caller's oldest held one on the stack (what atoma-sdk,
+        which knows no handle, gets). With ``model``, the stack must be for that model.
+        ``UnavailableStack`` if there is none (no lock, someone else's reservation or stack,
+        another stack or model, expired, already used) or if ``request_id`` was already used."""
+        _check_seconds(lease_seconds, "lease_seconds")
         when = time.time() if now is None else now
+        lease_end = when + lease_seconds
         wanted = [R.id == reservation_id] if reservation_id is not None else []
+        if model is not None:
+            stack_model = select(S.model).where(S.id == stack_id).scalar_subquery()
+            wanted.append(stack_model == model)
         oldest_held = (
             select(R.id)
             .where(
@@ -837,7 +959,11 @@ class Ledger:
         claim = (
             update(R)
             .where(R.id == oldest_held, R.state == "held", R.expires_at > when)
-            .values(state="in_flight", request_id=request_id)
+            .values(
+                state="in_flight",
+                request_id=request_id,
+                expires_at=case((R.expires_at < lease_end, lease_end), else_=R.expires_at),
+            )
             .returning(*_RESERVATION_COLUMNS)
         )
 
@@ -850,10 +976,42 @@ class Ledger:
         except IntegrityError as exc:
             raise UnavailableStack("this request id was already used") from exc
         if claimed is None:
+            if reservation_id is not None:
+                raise UnavailableStack(
+                    f"the reservation this request names is not a live lock of this caller on "
+                    f"stack {stack_id}{'' if model is None else f' for model {model!r}'}: "
+                    "lock again"
+                )
             raise UnavailableStack(
                 f"no live reservation on stack {stack_id} for this caller: lock first"
             )
         return claimed
+
+    async def heartbeat(
+        self,
+        reservation_id: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        now: float | None = None,
+    ) -> float | None:
+        """The request is still being served: extend its in-flight reservation to
+        ``now + lease_seconds`` (never shortening it). Returns the new deadline, or None when the
+        reservation is no longer in flight (already settled, or expired by a sweep)."""
+        _check_seconds(lease_seconds, "lease_seconds")
+        when = time.time() if now is None else now
+        lease_end = when + lease_seconds
+        renew = (
+            update(R)
+            .where(R.id == reservation_id, R.state == "in_flight")
+            .values(expires_at=case((R.expires_at < lease_end, lease_end), else_=R.expires_at))
+            .returning(R.expires_at)
+        )
+
+        async def body(conn: AsyncConnection) -> float | None:
+            row = (await conn.execute(renew)).first()
+            return None if row is None else float(row[0])
+
+        return await self._write(body)
 
     async def settle(
         self,
@@ -872,6 +1030,10 @@ class Ledger:
             raise TypeError("charged_units must be an int")
         if charged_units < 0:
             raise ValueError("charged_units must be >= 0")
+        # More than the column holds is more than any reservation: the charge is capped anyway.
+        charged_units = min(charged_units, MAX_ID)
+        _check_count(prompt_tokens, "prompt_tokens", minimum=0)
+        _check_count(completion_tokens, "completion_tokens", minimum=0)
         return await self._finish(
             reservation_id,
             charged_units,
@@ -946,7 +1108,8 @@ class Ledger:
 
     async def expire(self, now: float | None = None) -> int:
         """Release every 'held' reservation whose ``expires_at`` has passed and every
-        'in_flight' one more than the grace period past it; returns how many expired.
+        'in_flight' one whose lease (renewed by :meth:`heartbeat` while a gateway serves it) is
+        more than the grace period overdue; returns how many expired.
 
         Safe to run from several gateways at once: a reservation leaves its live state in one
         guarded statement, so its units are handed back exactly once.
@@ -1004,6 +1167,69 @@ class Ledger:
         if row is None:
             raise NotFound("no such reservation")
         return _to_reservation(row)
+
+    # -- usage: what a user can check -------------------------------------------------------------
+
+    async def usage(
+        self,
+        user_id: int,
+        *,
+        since: float | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[UsageRecord]:
+        """The user's charged requests (reservations settled from a node's answer), oldest
+        first: at most ``limit``, with a usage receipt id above ``after_id`` (page on with the last
+        id returned), settled at or after ``since`` (Unix seconds) if given."""
+        _check_count(limit, "limit", minimum=1)
+        _check_count(after_id, "after_id", minimum=0)
+        U = UsageReceiptRow
+        query = (
+            select(
+                U.id,
+                U.created_at,
+                U.prompt_tokens,
+                U.completion_tokens,
+                U.receipt,
+                R.id.label("reservation_id"),
+                R.request_id,
+                R.stack_id,
+                R.node_small_id,
+                R.units,
+                R.charged_units,
+                S.model,
+            )
+            .join(R, R.id == U.reservation_id)
+            .join(S, S.id == R.stack_id)
+            .where(
+                R.user_id == user_id,
+                U.id > min(after_id, MAX_ID),
+                or_(R.state == "settled", R.charged_units > 0),
+            )
+            .order_by(U.id)
+            .limit(limit)
+        )
+        if since is not None:
+            query = query.where(U.created_at >= since)
+        async with self._read() as conn:
+            rows = await _all(conn, query)
+        return [
+            UsageRecord(
+                id=int(r["id"]),
+                created_at=float(r["created_at"]),
+                request_id=r["request_id"],
+                reservation_id=r["reservation_id"],
+                stack_id=int(r["stack_id"]),
+                model=r["model"],
+                node_small_id=int(r["node_small_id"]),
+                reserved_units=int(r["units"]),
+                charged_units=int(r["charged_units"] or 0),
+                prompt_tokens=int(r["prompt_tokens"]),
+                completion_tokens=int(r["completion_tokens"]),
+                receipt=_receipt_text(r["receipt"]),
+            )
+            for r in rows
+        ]
 
     # -- audit -----------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ Conventions, chosen so the same rows mean the same thing on SQLite and PostgreSQ
 - The rules that keep money consistent are CHECK constraints, not only Python: a stack can never
   hold more reserved + used units than it has, whichever gateway writes.
 
-The Alembic migration ``0001_initial`` creates exactly these tables; a test compares the two.
+The Alembic migrations (``0001_initial``, ``0002_user_limits``, ...) create exactly these tables; a test
+compares the two.
 """
 
 from __future__ import annotations
@@ -58,10 +59,19 @@ class UserRow(Base):
     """A person or service that owns stacks and API keys."""
 
     __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(
+            "requests_per_minute IS NULL OR requests_per_minute >= 1", name="rpm_positive"
+        ),
+        CheckConstraint("concurrency IS NULL OR concurrency >= 1", name="concurrency_positive"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[float] = mapped_column(Double)
+    # Rate limits (migration 0002); NULL: the gateway's configured default.
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ApiKeyRow(Base):
