@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.protocol import v1
+from veil.hazmat import v1
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("atoma_worker.py")

@@ -48,8 +48,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import veil
 from benchmarks import atoma_baseline
 from veil.client.streaming import Receipt, ResponseOpener, StreamChecker
-from veil.protocol import v1
-from veil.protocol.envelopes import ConfidentialComputeResponse
+from veil.hazmat import v1
+from veil.wire.envelopes import ConfidentialComputeResponse
 
 CHUNKS = 500
 REPEATS = 5

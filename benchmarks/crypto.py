@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyhpke import KEMKey
 
 from benchmarks import atoma_baseline
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import ConfidentialComputeResponse
+from veil.hazmat import v1, v2
+from veil.wire.envelopes import ConfidentialComputeResponse
 
 ENDPOINT = "/v1/confidential/chat/completions"
 MODEL = "gemma-3-270m"

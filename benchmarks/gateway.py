@@ -12,7 +12,7 @@ tickets, receipts, one more hop), not the model.
    same request sent (a) through the gateway, lock then request, and (b) straight to the same node
    process. The node is started trusting the tickets of both gateways and of a key this benchmark
    generates, so the direct requests carry a ticket signed here exactly as the gateway builds one
-   (``veil.protocol.tickets``: ``Ticket``, ``envelope_digest``, ``sign_token``), and their signed
+   (``veil.wire.tickets``: ``Ticket``, ``envelope_digest``, ``sign_token``), and their signed
    usage receipts are checked. Client crypto (seal, open, signature checks) and ticket signing
    for the direct path are outside every timing: only the HTTP exchanges are timed. Reported:
    p50/p95 of the direct request, of the gateway's request leg and of lock + request; the
@@ -79,7 +79,7 @@ from benchmarks.load import (
     wait_healthy,
 )
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
-from veil.protocol.tickets import (
+from veil.wire.tickets import (
     RECEIPT_HEADER,
     TICKET_HEADER,
     SignatureInvalid,

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from benchmarks.load import DEFAULT_POSTGRES_URL, fresh_database, percentile, postgres_admin_url
 from veil.gateway.ledger import Ledger, Reservation
-from veil.protocol.errors import VeilError
+from veil.wire.errors import VeilError
 
 TASKS = 64
 MODEL = "bench-model"

@@ -53,9 +53,9 @@ from sqlalchemy.pool import NullPool
 
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
 from veil.gateway.ledger import Ledger
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
-from veil.protocol.errors import DecryptionFailed
+from veil.hazmat import v1, v2
+from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.wire.errors import DecryptionFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = "gemma-3-270m"

@@ -7,7 +7,7 @@ gateway is involved: the same requests go to the node's confidential routes and 
 OpenAI routes, and the plain route of the same node, in the same run, is the baseline.
 
 1. Embeddings: one input to ``POST /v1/confidential/embeddings``, sealed client-side with
-   ``veil.protocol.v1.seal_request`` (atoma-v1) and, separately, ``veil.protocol.v2.seal_request``
+   ``veil.hazmat.v1.seal_request`` (atoma-v1) and, separately, ``veil.hazmat.v2.seal_request``
    (veil-v2), against ``POST /v1/embeddings``. Latency is client-side, from before the request
    body is built (and sealed) until the answer has been read and, for the confidential routes,
    opened and checked (AEAD tag, response hash, the node's Ed25519 signature from ``GET /v1/keys``,
@@ -64,7 +64,7 @@ from veil.client.streaming import (
     open_single,
     plain_chunks,
 )
-from veil.protocol import v1, v2
+from veil.hazmat import v1, v2
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = "gemma-3-270m"

@@ -1,4 +1,8 @@
-"""The architecture rule of DESIGN.md, checked: nothing under gateway/ can decrypt."""
+"""The architecture rule of DESIGN.md, checked: nothing under gateway/ can decrypt.
+
+The decrypting code lives in ``veil.hazmat`` (the suites), the node, the client and the engines;
+the gateway may import ``veil.wire`` (what travels), never those.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from pathlib import Path
 import veil.gateway
 
 GATEWAY = Path(veil.gateway.__file__).parent
-# Modules that hold decryption: the node's side and the v1 suite's session.
-FORBIDDEN = ("veil.node", "veil.protocol.v1", "veil.client", "veil.engines")
+# Packages that hold decryption or plaintext: the suites, the node's side, the client, engines.
+FORBIDDEN = ("veil.hazmat", "veil.node", "veil.client", "veil.engines")
 FORBIDDEN_NAMES = {"AESGCM", "X25519PrivateKey", "HKDF", "ChaCha20Poly1305"}
 
 
@@ -36,15 +40,33 @@ def test_no_gateway_module_imports_anything_that_decrypts() -> None:
 
 
 def test_importing_the_gateway_app_loads_no_decrypting_module() -> None:
-    # A fresh interpreter would be purer; unloading what the gateway package pulled in is enough
-    # to see its transitive imports.
+    # In a fresh interpreter: every module the gateway pulls in, transitively.
     import subprocess
 
     code = (
         "import sys, veil.gateway.app, veil.gateway.cli;"
-        "bad=[m for m in sys.modules if m.startswith(('veil.node','veil.protocol.v1','veil.engines'))];"
+        f"bad=[m for m in sys.modules if m.startswith({FORBIDDEN!r})];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert importlib.util.find_spec("veil.gateway.app") is not None
+
+
+def test_every_module_that_can_decrypt_lives_behind_the_fence() -> None:
+    """Decrypting primitives appear only in packages the gateway may not import, so a suite
+    added to ``veil.wire`` (or anywhere the gateway reaches) fails here."""
+    source = GATEWAY.parent
+    decrypting = FORBIDDEN_NAMES | {"HPKE", "CipherSuite", "KEMKey"}
+    offenders = []
+    for path in sorted(source.rglob("*.py")):
+        module = "veil." + ".".join(path.relative_to(source).with_suffix("").parts)
+        imports = imports_of(path)
+        uses = any(decrypting & set(names) or name.startswith("pyhpke") for name, names in imports)
+        if uses and not module.startswith(FORBIDDEN):
+            offenders.append(module)
+    assert offenders == []
+    assert {"veil.hazmat.v1", "veil.hazmat.v2"} <= {
+        "veil." + ".".join(p.relative_to(source).with_suffix("").parts)
+        for p in (source / "hazmat").glob("*.py")
+    }

@@ -15,7 +15,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from veil.protocol.errors import InternalError, InvalidBody, PayloadTooLarge, VeilError
+from veil.wire.errors import InternalError, InvalidBody, PayloadTooLarge, VeilError
 
 M = TypeVar("M", bound=BaseModel)
 

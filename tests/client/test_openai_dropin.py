@@ -229,3 +229,24 @@ def test_routes_that_cannot_be_sealed_are_refused_not_sent(
         with pytest.raises(errors.PlaintextRefused):
             client.moderations.create(input=SECRET)
     assert wire.requests == []
+
+
+def test_a_plaintext_body_posted_under_confidential_is_refused_not_sent(
+    client_deployment: Deployment, key: str
+) -> None:
+    """The transport passes ``/confidential/`` requests through only when they are envelopes: a
+    base_url that points openai at the confidential routes must not send the prompt in clear."""
+    wire = Recording()
+    http = veil.openai_http_client(
+        client_deployment.url, key, transport=wire, backoff=0, insecure_no_tee=True
+    )
+    with (
+        openai.OpenAI(
+            base_url=f"{client_deployment.url}/v1/confidential", api_key=key, http_client=http
+        ) as client,
+        pytest.raises(errors.PlaintextRefused, match="not a sealed envelope"),
+    ):
+        client.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": SECRET}], max_tokens=4
+        )
+    assert wire.requests == []

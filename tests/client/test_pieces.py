@@ -24,8 +24,8 @@ from veil.client.streaming import (
     V2ResponseOpener,
     open_single,
 )
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import Usage
+from veil.hazmat import v1, v2
+from veil.wire.envelopes import Usage
 
 
 def events(lines: list[str]) -> list[str]:

@@ -17,9 +17,9 @@ from tests.servers import ServerThread
 from veil.config import GatewaySettings
 from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
+from veil.hazmat import v1
 from veil.node.service import EngineRegistry
-from veil.protocol import v1
-from veil.protocol.envelopes import ConfidentialComputeRequest
+from veil.wire.envelopes import ConfidentialComputeRequest
 
 CHAT = "gemma-3-270m"
 EMBED = "all-minilm-l6-v2"

@@ -38,9 +38,9 @@ from tests.node.conftest import RunningNode, start_node
 from tests.servers import ServerThread, wait_until
 from veil.attestation import NoTeeProvider, build_evidence
 from veil.client import errors
+from veil.hazmat import v2
 from veil.node.service import EngineRegistry
-from veil.protocol import v2
-from veil.protocol.tickets import RECEIPT_COMMENT, UsageReceipt, verify_token
+from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, verify_token
 
 LOCK_TTL = 3  # seconds an unused lock holds its units (short, so abandoned locks are seen back)
 MESSAGES = [{"role": "user", "content": "Count from one to ten"}]

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import TEST_MODEL_DIR
 from tests.e2e.conftest import Deployment
 from tests.servers import free_port, http_ok, stop_process, wait_until
-from veil.protocol import v1
+from veil.hazmat import v1
 
 VEIL = [sys.executable, "-m", "veil.cli"]
 

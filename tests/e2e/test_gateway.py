@@ -11,8 +11,8 @@ import pytest
 
 from tests.e2e.conftest import CHAT, EMBED, Deployment
 from tests.servers import wait_until
-from veil.protocol import v1
-from veil.protocol.tickets import TICKET_HEADER, Ticket, envelope_digest, sign_token
+from veil.hazmat import v1
+from veil.wire.tickets import TICKET_HEADER, Ticket, envelope_digest, sign_token
 
 
 def chat(**extra: object) -> dict[str, object]:

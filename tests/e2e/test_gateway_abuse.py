@@ -28,9 +28,9 @@ from tests.servers import ServerThread, wait_until
 from veil.config import GatewaySettings
 from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
+from veil.hazmat import v1
 from veil.node.service import EngineRegistry
-from veil.protocol import v1
-from veil.protocol.tickets import RECEIPT_HEADER, TICKET_HEADER
+from veil.wire.tickets import RECEIPT_HEADER, TICKET_HEADER
 
 # What the proxy answers instead of the node: (status, content type, body, keep the receipt?)
 GARBAGE: dict[str, tuple[int, str, bytes, bool]] = {

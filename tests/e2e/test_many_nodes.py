@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import CHAT, Deployment, deploy
+from veil.hazmat import v1
 from veil.node.service import EngineRegistry
-from veil.protocol import v1
 
 
 @pytest.fixture

@@ -191,7 +191,7 @@ def test_a_live_stream_holds_a_concurrency_slot_until_it_ends(pair: Pair) -> Non
 
 
 def test_requests_the_node_refuses_weigh_more(pair: Pair) -> None:
-    from veil.protocol import v1
+    from veil.hazmat import v1
 
     key = pair.new_user("prober", requests_per_minute=10)
     weight = GatewaySettings().failed_request_weight

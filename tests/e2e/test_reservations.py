@@ -21,10 +21,10 @@ import pytest
 import veil
 from tests.e2e.conftest import CHAT, Deployment, deploy
 from veil.gateway.forward import lease_for
+from veil.hazmat import v1
 from veil.node.service import EngineRegistry
-from veil.protocol import v1
-from veil.protocol.envelopes import RESERVATION_HEADER
-from veil.protocol.tickets import RECEIPT_COMMENT, UsageReceipt, public_key_from_b64, verify_token
+from veil.wire.envelopes import RESERVATION_HEADER
+from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, public_key_from_b64, verify_token
 
 LOCK_TTL = 1
 GRACE = 0.05

@@ -11,8 +11,8 @@ import httpx
 
 from tests.e2e.conftest import CHAT, Deployment, deploy
 from tests.servers import wait_until
+from veil.hazmat import v1
 from veil.node.service import EngineRegistry
-from veil.protocol import v1
 
 
 def stream_envelope(d: Deployment, key: str, max_tokens: int) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from veil.engines import EngineFailure, LlamaCppChatEngine
-from veil.protocol.openai import ChatCompletionRequest
+from veil.wire.openai import ChatCompletionRequest
 
 pytestmark = pytest.mark.slow  # real models or server processes
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from veil.engines import SentenceTransformerEmbeddingEngine
-from veil.protocol.openai import EmbeddingRequest
+from veil.wire.openai import EmbeddingRequest
 
 pytestmark = pytest.mark.slow  # real models or server processes
 

@@ -32,7 +32,7 @@ from veil.engines import (
     UpstreamImageEngine,
 )
 from veil.engines.upstream_tokens import MESSAGE_ALLOWANCE, PROMPT_ALLOWANCE
-from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 pytestmark = pytest.mark.slow  # real models or server processes
 

@@ -30,9 +30,9 @@ import pytest
 from tests.conftest import TEST_MODEL_DIR
 from tests.servers import free_port, stop_process, wait_until
 from veil.gateway.ledger import Ledger, Stack
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import ConfidentialComputeRequest
-from veil.protocol.tickets import UsageReceipt, public_key_from_b64, verify_token
+from veil.hazmat import v1, v2
+from veil.wire.envelopes import ConfidentialComputeRequest
+from veil.wire.tickets import UsageReceipt, public_key_from_b64, verify_token
 
 T = TypeVar("T")
 

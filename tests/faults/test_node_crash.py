@@ -30,9 +30,9 @@ from tests.faults.conftest import (
 )
 from tests.servers import wait_until
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
-from veil.protocol import v2
-from veil.protocol.envelopes import ConfidentialComputeResponse
-from veil.protocol.tickets import RECEIPT_COMMENT, UsageReceipt, public_key_from_b64
+from veil.hazmat import v2
+from veil.wire.envelopes import ConfidentialComputeResponse
+from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, public_key_from_b64
 
 RESERVED = 1800
 MAX_TOKENS = 1500

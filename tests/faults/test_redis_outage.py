@@ -11,9 +11,9 @@ import httpx
 from tests.faults.conftest import CHAT, CHAT_PATH, PrivateRedis
 from tests.node.conftest import RunningNode, start_node
 from tests.servers import wait_until
+from veil.hazmat import v2
 from veil.node.service import EngineRegistry
-from veil.protocol import v2
-from veil.protocol.envelopes import ConfidentialComputeRequest
+from veil.wire.envelopes import ConfidentialComputeRequest
 
 
 def sealed_v2(node: RunningNode) -> ConfidentialComputeRequest:

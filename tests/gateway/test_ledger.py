@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from tests.gateway.conftest import LedgerHarness
 from veil.gateway.ledger import DEFAULT_LEASE_SECONDS, Ledger, Stack, User, alembic_config
 from veil.gateway.ledger.schema import metadata
-from veil.protocol.envelopes import MAX_ID
-from veil.protocol.errors import (
+from veil.wire.envelopes import MAX_ID
+from veil.wire.errors import (
     AuthError,
     BalanceError,
     InvalidBody,

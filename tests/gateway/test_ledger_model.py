@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 )
 
 from tests.gateway.conftest import LedgerHarness
-from veil.protocol.errors import BalanceError, Locked, NotFound, UnavailableStack, VeilError
+from veil.wire.errors import BalanceError, Locked, NotFound, UnavailableStack, VeilError
 
 T0 = 1_800_000_000.0
 GRACE = 50.0

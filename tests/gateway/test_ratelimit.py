@@ -21,7 +21,7 @@ from veil.gateway.ratelimit import (
     make_limiter,
     retry_after_seconds,
 )
-from veil.protocol.errors import InvalidBody, NotFound, ServiceUnavailable
+from veil.wire.errors import InvalidBody, NotFound, ServiceUnavailable
 
 REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 T0 = 1_800_000_000.0  # a minute boundary (divisible by 60)

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.e2e.conftest import Deployment, deploy
 from tests.node.conftest import RunningNode
 from veil.node.service import EngineRegistry
-from veil.protocol.errors import ERRORS_BY_CODE
-from veil.protocol.tickets import TICKET_HEADER, Ticket, envelope_digest, sign_token
+from veil.wire.errors import ERRORS_BY_CODE
+from veil.wire.tickets import TICKET_HEADER, Ticket, envelope_digest, sign_token
 
 CHAT = "gemma-3-270m"
 EMBED = "all-minilm-l6-v2"

@@ -59,12 +59,12 @@ from veil.engines import (
 )
 from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
+from veil.hazmat import v1, v2
 from veil.node.pipeline import open_request
 from veil.node.replay import make_replay_cache
 from veil.node.service import EngineRegistry
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
-from veil.protocol.tickets import TICKET_HEADER
+from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.wire.tickets import TICKET_HEADER
 
 pytestmark = pytest.mark.slow
 

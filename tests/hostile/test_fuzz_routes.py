@@ -37,8 +37,8 @@ from tests.hostile.conftest import (
     rss_bytes,
     ticket_headers,
 )
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import MAX_ID, MAX_REQUEST_UNITS, RESERVATION_HEADER
+from veil.hazmat import v1, v2
+from veil.wire.envelopes import MAX_ID, MAX_REQUEST_UNITS, RESERVATION_HEADER
 
 pytestmark = pytest.mark.slow
 

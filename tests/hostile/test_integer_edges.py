@@ -30,9 +30,9 @@ from tests.conftest import fresh_postgres_database
 from tests.e2e.conftest import CHAT, Deployment, deploy
 from tests.gateway.conftest import LedgerHarness, open_harness
 from tests.hostile.conftest import REQUEST_TIMEOUT, UNLIMITED_RATE, check_response
+from veil.hazmat import v1
 from veil.node.service import EngineRegistry
-from veil.protocol import v1
-from veil.protocol.envelopes import MAX_ID, MAX_REQUEST_UNITS
+from veil.wire.envelopes import MAX_ID, MAX_REQUEST_UNITS
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tests.servers import ServerThread
 from veil.config import NodeSettings
+from veil.hazmat import v1
 from veil.node.app import create_app
 from veil.node.keyring import Keyring
 from veil.node.service import EngineRegistry
-from veil.protocol import v1
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
 
 CHAT = "gemma-3-270m"
 EMBED = "all-minilm-l6-v2"

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tests.node.conftest import CHAT, EMBED, RunningNode
-from veil.protocol import v1
+from veil.hazmat import v1
 
 ROUTE = "/v1/confidential/chat/completions"
 CANARY = "canary-7f3a9c-plaintext"

@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from tests.node.conftest import CHAT, EMBED, RunningNode
-from veil.protocol import v1
-from veil.protocol.envelopes import ConfidentialComputeResponse
-from veil.protocol.errors import DecryptionFailed
-from veil.protocol.tickets import UsageReceipt, verify_token
+from veil.hazmat import v1
+from veil.wire.envelopes import ConfidentialComputeResponse
+from veil.wire.errors import DecryptionFailed
+from veil.wire.tickets import UsageReceipt, verify_token
 
 CHAT_ROUTE = "/v1/confidential/chat/completions"
 EMBED_ROUTE = "/v1/confidential/embeddings"

@@ -34,13 +34,13 @@ from veil.engines import LlamaCppChatEngine, UpstreamChatEngine, make_upstream_e
 from veil.engines.upstream_tokens import IMAGE_PART_TOKENS
 from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import public_b64
+from veil.hazmat import v2
 from veil.node.replay import MemoryReplayCache, RedisReplayCache
 from veil.node.service import EngineRegistry
 from veil.node.tickets import TicketChecker
-from veil.protocol import v2
-from veil.protocol.errors import ServiceUnavailable, TooManyRequests
-from veil.protocol.openai import ChatCompletionRequest
-from veil.protocol.tickets import (
+from veil.wire.errors import ServiceUnavailable, TooManyRequests
+from veil.wire.openai import ChatCompletionRequest
+from veil.wire.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
     TICKET_HEADER,

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from veil.node.keyring import Keyring, key_id
-from veil.protocol.errors import StaleNodeKey
+from veil.wire.errors import StaleNodeKey
 
 
 def test_keys_persist_across_restarts(tmp_path: Path) -> None:

@@ -18,14 +18,14 @@ import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from veil.hazmat import v2
 from veil.node.replay import (
     MemoryReplayCache,
     RedisReplayCache,
     ReplayCache,
     make_replay_cache,
 )
-from veil.protocol import v2
-from veil.protocol.errors import Replayed, ServiceUnavailable
+from veil.wire.errors import Replayed, ServiceUnavailable
 
 REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 UNREACHABLE = "redis://127.0.0.1:1"

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from tests.node.conftest import CHAT, EMBED, RunningNode, start_node
+from veil.hazmat import v2
 from veil.node.service import EngineRegistry
-from veil.protocol import v2
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
 
 CHAT_PATH = "/v1/confidential/chat/completions"
 REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -47,8 +47,8 @@ from veil.node.app import create_app
 from veil.node.keyring import Keyring
 from veil.node.replay import DEFAULT_REDIS_PREFIX, RedisReplayCache
 from veil.node.service import EngineRegistry
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
-from veil.protocol.tickets import RECEIPT_COMMENT, UsageReceipt, verify_token
+from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, verify_token
 
 pytestmark = pytest.mark.slow  # real models, a server process, PostgreSQL and Redis
 

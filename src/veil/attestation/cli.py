@@ -31,7 +31,7 @@ from veil.attestation.evidence import AttestationError, Evidence
 from veil.attestation.policy import Policy
 from veil.attestation.report import NodeKey, VerificationReport, verify_evidence, verify_quote
 from veil.attestation.verify_tdx import as_utc
-from veil.protocol.envelopes import b64decode
+from veil.wire.envelopes import b64decode
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from veil.protocol.envelopes import b64decode, b64encode
+from veil.wire.envelopes import b64decode, b64encode
 
 REPORT_DATA_SIZE = 64
 KEY_SIZE = 32

@@ -250,7 +250,7 @@ USAGE_PAGE = 1000  # rows per GET /v1/usage (the gateway's maximum)
 
 
 def _get_json(http: httpx.Client, url: str, key: str, params: dict[str, Any]) -> Any:
-    from veil.protocol.errors import error_from_body
+    from veil.wire.errors import error_from_body
 
     try:
         response = http.get(url, params=params, headers={"authorization": f"Bearer {key}"})

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from veil.protocol.errors import error_from_body
+from veil.wire.errors import error_from_body
 
 if TYPE_CHECKING:
     from veil.attestation.report import VerificationReport

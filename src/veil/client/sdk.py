@@ -85,10 +85,10 @@ from veil.client.streaming import (
     open_single,
     plain_chunks,
 )
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import RESERVATION_HEADER, NodesCreateLockResponse
-from veil.protocol.errors import InvalidBody
-from veil.protocol.openai import ImageGenerationRequest
+from veil.hazmat import v1, v2
+from veil.wire.envelopes import RESERVATION_HEADER, NodesCreateLockResponse
+from veil.wire.errors import InvalidBody
+from veil.wire.openai import ImageGenerationRequest
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 DEFAULT_CHAT_MAX_TOKENS = 256

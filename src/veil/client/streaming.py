@@ -52,9 +52,9 @@ from veil.client.errors import (
     UsageMismatch,
     api_error,
 )
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import ConfidentialComputeResponse, Usage
-from veil.protocol.errors import DecryptionFailed
+from veil.hazmat import v1, v2
+from veil.wire.envelopes import ConfidentialComputeResponse, Usage
+from veil.wire.errors import DecryptionFailed
 
 DONE_DATA = "[DONE]"
 

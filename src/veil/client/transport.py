@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from veil.attestation.policy import Policy
 from veil.client.errors import APIError, BalanceError, PlaintextRefused, TransportError
@@ -51,6 +52,7 @@ from veil.client.sdk import (
     plan_request,
 )
 from veil.client.streaming import AsyncChatStream, ChatStream, Receipt
+from veil.wire.envelopes import ConfidentialComputeRequest
 
 DONE = b"data: [DONE]\n\n"
 
@@ -78,8 +80,22 @@ _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 def check_passes_through(request: httpx.Request) -> None:
-    """Allow a request to go out as it is only if it has no body, or is an envelope already."""
+    """Allow a request to go out as it is only if it has no body, or is an envelope already.
+
+    A body under ``/confidential/`` must be a well-formed ``ConfidentialComputeRequest``: a
+    wrong ``base_url`` (or a caller posting OpenAI JSON there) must not send plaintext."""
     if "/confidential/" in request.url.path:
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = b""  # a streamed body cannot be checked: refused below
+        try:
+            ConfidentialComputeRequest.model_validate_json(body)
+        except ValidationError:
+            raise PlaintextRefused(
+                f"{request.method} {request.url.path}: the body is not a sealed envelope, so it "
+                "is not sent (is base_url the gateway's /v1?)"
+            ) from None
         return
     has_body = (
         request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers

@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from veil.client.known_nodes import KnownNode
-from veil.protocol.tickets import SignatureInvalid, UsageReceipt, verify_token
+from veil.wire.tickets import SignatureInvalid, UsageReceipt, verify_token
 
 __all__ = ["RowCheck", "StackCheck", "UsageVerdict", "verify_usage"]
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 EngineKind = Literal["chat", "embeddings", "images"]
 

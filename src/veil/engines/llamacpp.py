@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from veil.engines.base import TOKENS_SO_FAR, ChatEngine, EngineFailure, TokenUsage, UnpricedField
-from veil.protocol.openai import ChatCompletionRequest
+from veil.wire.openai import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from veil.engines.base import EmbeddingEngine, EngineFailure
-from veil.protocol.openai import EmbeddingRequest
+from veil.wire.openai import EmbeddingRequest
 
 log = logging.getLogger(__name__)
 

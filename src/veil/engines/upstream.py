@@ -39,7 +39,7 @@ from veil.engines.base import (
     TokenUsage,
 )
 from veil.engines.upstream_tokens import UpstreamTokenizer
-from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 log = logging.getLogger(__name__)
 

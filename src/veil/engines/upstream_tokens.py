@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from veil.protocol.openai import ChatCompletionRequest
+from veil.wire.openai import ChatCompletionRequest
 
 MESSAGE_ALLOWANCE = 8  # role markers and separators around one message
 PROMPT_ALLOWANCE = 32  # BOS, the generation prompt, a short default system line

@@ -33,23 +33,6 @@ from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.ratelimit import UNLIMITED, Admission, Limits, RateLimited, make_limiter
 from veil.gateway.registry import NodeInfo, NodeRegistry
 from veil.gateway.usage import UsageQuery, usage_json
-from veil.protocol.envelopes import (
-    MAX_ID,
-    RESERVATION_HEADER,
-    RESERVATION_ID_PATTERN,
-    ConfidentialComputeRequest,
-    NodesCreateLockRequest,
-    NodesCreateLockResponse,
-)
-from veil.protocol.errors import (
-    AuthError,
-    InternalError,
-    InvalidBody,
-    NotFound,
-    ServiceUnavailable,
-    StaleNodeKey,
-)
-from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 from veil.web import (
     answer_or_error,
     error_response,
@@ -57,6 +40,23 @@ from veil.web import (
     parse_model,
     read_body,
 )
+from veil.wire.envelopes import (
+    MAX_ID,
+    RESERVATION_HEADER,
+    RESERVATION_ID_PATTERN,
+    ConfidentialComputeRequest,
+    NodesCreateLockRequest,
+    NodesCreateLockResponse,
+)
+from veil.wire.errors import (
+    AuthError,
+    InternalError,
+    InvalidBody,
+    NotFound,
+    ServiceUnavailable,
+    StaleNodeKey,
+)
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 log = logging.getLogger("veil.gateway")
 

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from veil.config import GatewaySettings
 from veil.gateway.app import stack_json
-from veil.protocol.errors import VeilError, error_from_body
+from veil.wire.errors import VeilError, error_from_body
 
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")

@@ -40,8 +40,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from veil.gateway.ledger import Ledger, Reservation
 from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.registry import NodeInfo, NodeRegistry
-from veil.protocol.errors import EngineError, InvalidBody, ServiceUnavailable
-from veil.protocol.tickets import (
+from veil.web import parse_json_object
+from veil.wire.errors import EngineError, InvalidBody, ServiceUnavailable
+from veil.wire.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
     TICKET_HEADER,
@@ -52,7 +53,6 @@ from veil.protocol.tickets import (
     sign_token,
     verify_token,
 )
-from veil.web import parse_json_object
 
 log = logging.getLogger("veil.gateway.forward")
 

@@ -19,7 +19,7 @@ The two limits, both per user (every API key of a user shares them; admin keys a
 
 Backends: :class:`MemoryLimiter` (one gateway process) and :class:`RedisLimiter` (every gateway
 on one Redis: one Lua script per admission, so the check and the increment are atomic across
-gateways). Redis unreachable means **fail closed**: :class:`~veil.protocol.errors.ServiceUnavailable`
+gateways). Redis unreachable means **fail closed**: :class:`~veil.wire.errors.ServiceUnavailable`
 (503), logged, never "let everything through". Window arithmetic uses the gateway's clock; gateways
 sharing a Redis are assumed to run NTP (a skew of seconds only shifts a minute's boundary).
 """
@@ -39,7 +39,7 @@ from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
 
-from veil.protocol.errors import ServiceUnavailable, TooManyRequests
+from veil.wire.errors import ServiceUnavailable, TooManyRequests
 
 __all__ = [
     "Admission",

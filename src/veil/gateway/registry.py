@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from veil.protocol.errors import NotFound, ServiceUnavailable, StaleNodeKey
-from veil.protocol.tickets import public_key_from_b64
+from veil.wire.errors import NotFound, ServiceUnavailable, StaleNodeKey
+from veil.wire.tickets import public_key_from_b64
 
 log = logging.getLogger("veil.gateway.registry")
 

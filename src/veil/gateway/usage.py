@@ -18,8 +18,8 @@ from typing import Any, Final
 
 from veil.gateway.ledger.ledger import UsageRecord
 from veil.gateway.registry import NodeRegistry
-from veil.protocol.envelopes import MAX_ID
-from veil.protocol.errors import InvalidBody
+from veil.wire.envelopes import MAX_ID
+from veil.wire.errors import InvalidBody
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "UsageQuery", "parse_since", "signing_key_id", "usage_json"]
 

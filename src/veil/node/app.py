@@ -1,7 +1,7 @@
 """The node's ASGI app: thin routes over ``pipeline`` (crypto) and ``service`` (engines, budget).
 
 Every failure leaves as ``{"error": {"code", "message"}}`` with the status of its class in
-``veil.protocol.errors``; unexpected exceptions become a constant-text 500 and are logged by type and
+``veil.wire.errors``; unexpected exceptions become a constant-text 500 and are logged by type and
 stack frames only, because exception messages can quote their input.
 """
 
@@ -45,16 +45,17 @@ from veil.node.pipeline import (
 from veil.node.replay import make_replay_cache
 from veil.node.service import ChatPlan, EngineRegistry, NodeService, engine_failure_message
 from veil.node.tickets import TicketChecker, make_ticket_cache, sign_receipt
-from veil.protocol.envelopes import ConfidentialComputeRequest, b64decode, b64encode
-from veil.protocol.errors import (
+from veil.web import answer_or_error, error_response, parse_model, read_body
+from veil.wire.envelopes import ConfidentialComputeRequest, b64decode, b64encode
+from veil.wire.errors import (
     EngineError,
     InternalError,
     InvalidBody,
     NotFound,
     ServiceUnavailable,
 )
-from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
-from veil.protocol.tickets import (
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
     TICKET_HEADER,
@@ -62,7 +63,6 @@ from veil.protocol.tickets import (
     UsageReceipt,
     public_key_from_b64,
 )
-from veil.web import answer_or_error, error_response, parse_model, read_body
 
 log = logging.getLogger("veil.node")
 

@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from veil.keyfiles import read_secret, write_secret
-from veil.protocol.envelopes import b64encode
-from veil.protocol.errors import StaleNodeKey
+from veil.wire.envelopes import b64encode
+from veil.wire.errors import StaleNodeKey
 
 DEFAULT_GRACE_SECONDS = 600.0
 _RAW = serialization.Encoding.Raw

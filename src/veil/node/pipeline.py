@@ -14,18 +14,18 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from veil.hazmat import v1, v2
 from veil.node.keyring import Keyring
 from veil.node.replay import ReplayCache
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import (
+from veil.web import parse_model
+from veil.wire.envelopes import (
     ConfidentialComputeRequest,
     ConfidentialComputeResponse,
     Usage,
     b64encode,
 )
-from veil.protocol.errors import DecryptionFailed, InvalidBody, Replayed
-from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
-from veil.web import parse_model
+from veil.wire.errors import DecryptionFailed, InvalidBody, Replayed
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 Endpoint = Literal["chat", "embeddings", "images"]
 OpenAIRequest = ChatCompletionRequest | EmbeddingRequest | ImageGenerationRequest

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from veil.protocol.errors import ServiceUnavailable, TooManyRequests
+from veil.wire.errors import ServiceUnavailable, TooManyRequests
 
 DEFAULT_MAX_ENTRIES = 200_000  # ~40 MB; 200k ids per window is ~800 requests/s sustained
 # One tenant's share: ~40 requests/s sustained over a 250 s window. A twentieth of the total, so

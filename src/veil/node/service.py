@@ -26,8 +26,8 @@ from veil.engines.base import (
     ImageEngine,
     UnpricedField,
 )
-from veil.protocol.errors import BalanceError, EngineError, InvalidBody, NotFound
-from veil.protocol.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.errors import BalanceError, EngineError, InvalidBody, NotFound
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
 E = TypeVar("E", bound=Engine)
 

@@ -25,8 +25,8 @@ from veil.node.replay import (
     ReplayCache,
     make_replay_cache,
 )
-from veil.protocol.errors import AuthError, Replayed
-from veil.protocol.tickets import (
+from veil.wire.errors import AuthError, Replayed
+from veil.wire.tickets import (
     SignatureInvalid,
     Ticket,
     UsageReceipt,

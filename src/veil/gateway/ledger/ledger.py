@@ -97,8 +97,8 @@ from veil.gateway.ledger.schema import (
     UsageReceiptRow,
     UserRow,
 )
-from veil.protocol.envelopes import MAX_ID
-from veil.protocol.errors import (
+from veil.wire.envelopes import MAX_ID
+from veil.wire.errors import (
     AuthError,
     BalanceError,
     InvalidBody,

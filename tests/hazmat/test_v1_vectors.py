@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from veil.hazmat import v1
 from veil.node.keyring import NodeKey
-from veil.protocol import v1
-from veil.protocol.errors import DecryptionFailed, InvalidBody
+from veil.wire.errors import DecryptionFailed, InvalidBody
 
 VECTORS_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "atoma-v1.json"
 

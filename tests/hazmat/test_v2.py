@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from veil.hazmat import v1, v2
 from veil.node.keyring import key_id as keyring_key_id
-from veil.protocol import v1, v2
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
-from veil.protocol.errors import DecryptionFailed, InvalidBody, Replayed
+from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.wire.errors import DecryptionFailed, InvalidBody, Replayed
 
 CHAT = "/v1/confidential/chat/completions"
 EMBED = "/v1/confidential/embeddings"

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyhpke import AEADId, KDFId, KEMId, KEMKeyPair
 
-from veil.protocol import v2
+from veil.hazmat import v2
 
 VECTOR_FILE = files("cryptography_vectors") / "HPKE" / "test-vectors.json"
 

@@ -65,7 +65,7 @@ from pyhpke import (
     PyHPKEError,
 )
 
-from veil.protocol.envelopes import (
+from veil.wire.envelopes import (
     HASH_SIZE,
     NONCE_SIZE,
     REQUEST_ID_SIZE,
@@ -77,7 +77,7 @@ from veil.protocol.envelopes import (
     Usage,
     b64encode,
 )
-from veil.protocol.errors import DecryptionFailed, InvalidBody, Replayed
+from veil.wire.errors import DecryptionFailed, InvalidBody, Replayed
 
 SUITE: Final = "veil-v2"
 KEY_SIZE: Final = 32

@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from veil.protocol.envelopes import MAX_ID
+from veil.wire.envelopes import MAX_ID
 
 TICKET_HEADER = "x-veil-ticket"
 RECEIPT_HEADER = "x-veil-receipt"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from veil.protocol.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
+from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
 
 
 def b64(n: int, fill: int = 7) -> str:

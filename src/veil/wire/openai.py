@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from veil.protocol.envelopes import MAX_REQUEST_UNITS, ModelName
+from veil.wire.envelopes import MAX_REQUEST_UNITS, ModelName
 
 # Token budgets are reserved in the ledger (plus the prompt's bytes): capped so the sum still fits
 # a signed 64-bit column, or a huge value would be a database overflow rather than a 400.

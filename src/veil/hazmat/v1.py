@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from veil.protocol.envelopes import (
+from veil.wire.envelopes import (
     HASH_SIZE,
     NONCE_SIZE,
     SALT_SIZE,
@@ -29,7 +29,7 @@ from veil.protocol.envelopes import (
     ConfidentialComputeRequest,
     ConfidentialComputeResponse,
 )
-from veil.protocol.errors import DecryptionFailed, InvalidBody
+from veil.wire.errors import DecryptionFailed, InvalidBody
 
 SUITE = "atoma-v1"
 KEY_SIZE = 32

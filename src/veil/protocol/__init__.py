@@ -1,1 +1,0 @@
-"""The wire and nothing else: envelopes, suites and error codes (see PROTOCOL.md)."""
