@@ -170,11 +170,15 @@ def with_ledger(url: str, work: Callable[[Ledger], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def create_account(url: str, name: str, units: dict[str, int]) -> tuple[str, dict[str, int]]:
-    """A user with one stack per model, made in the database before any gateway runs."""
+def create_account(
+    url: str, name: str, units: dict[str, int], *, requests_per_minute: int | None = None
+) -> tuple[str, dict[str, int]]:
+    """A user with one stack per model, made in the database before any gateway runs. A load
+    test raises ``requests_per_minute`` above the gateway's default, which it would otherwise
+    hit (its requests would then end in a correct, but here unwanted, 429)."""
 
     async def work(ledger: Ledger) -> tuple[str, dict[str, int]]:
-        _, key = await ledger.create_user(name)
+        _, key = await ledger.create_user(name, requests_per_minute=requests_per_minute)
         stacks = {m: (await ledger.create_stack(name, m, n)).id for m, n in units.items()}
         return key, stacks
 

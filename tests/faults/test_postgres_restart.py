@@ -75,7 +75,10 @@ def test_postgres_restart_under_load_fails_cleanly_and_recovers(
     tmp_path: Path, node_registry: EngineRegistry, private_postgres: PrivatePostgres
 ) -> None:
     db = private_postgres.url
-    key, stack_ids = create_account(db, "loaded", {EMBED: 10_000_000})
+    # ~100 requests a second from four workers: far above the default requests-per-minute limit.
+    key, stack_ids = create_account(
+        db, "loaded", {EMBED: 10_000_000}, requests_per_minute=1_000_000
+    )
     gateway_key = public_b64(load_or_create_gateway_key(tmp_path / "gateway"))
     node_server, node = start_node(tmp_path / "node", node_registry, gateway_keys=[gateway_key])
     gateway = GatewayProcess(tmp_path / "gateway", [node.url], database_url=db)
