@@ -440,7 +440,7 @@ def render(outcomes: list[Outcome], quick: bool, when: datetime.datetime) -> str
         *[f"| {key} | {value} |" for key, value in machine().items()],
         "",
         "Everything ran on this one machine over loopback: the clients, the gateways, the nodes, "
-        "PostgreSQL, Redis and the models (Gemma 3 270M Q4_K_M on llama.cpp, all-MiniLM-L6-v2 on "
+        "PostgreSQL, Redis and the models (SmolLM2-135M-Instruct Q4_1 on llama.cpp, all-MiniLM-L6-v2 on "
         "CPU torch). There is no TEE and no GPU here, so these numbers say how Veil's own work "
         "(crypto, routing, ledger) compares with its baselines, not how fast a production "
         "deployment is (see `docs/SCALING.md`).",

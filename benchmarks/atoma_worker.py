@@ -81,7 +81,7 @@ class Worker:
             envelope = ConfidentialComputeRequest(
                 ciphertext=b64(ciphertext),
                 client_dh_public_key=b64(client_pk.public_bytes_raw()),
-                model_name="gemma-3-270m",
+                model_name="smollm2-135m-instruct",
                 node_dh_public_key=b64(node_pk.public_bytes_raw()),
                 nonce=b64(nonce),
                 plaintext_body_hash=b64(crypto_utils.calculate_hash(self.request)),

@@ -83,7 +83,7 @@ def sealed_stream(
         last = i == CHUNKS - 1
         chunk = {
             "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
-            "model": "gemma-3-270m",
+            "model": "smollm2-135m-instruct",
             "choices": [] if last else [
                 {"index": 0, "delta": {"content": f" token{i}"}, "logprobs": None,
                  "finish_reason": None}
@@ -135,7 +135,7 @@ def bench_stream() -> list[tuple[str, float]]:
 
     def veil_full() -> None:
         session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
-        receipt = Receipt("chat", "gemma-3-270m", 0, "bench", 0, None)
+        receipt = Receipt("chat", "smollm2-135m-instruct", 0, "bench", 0, None)
         checker = StreamChecker(ResponseOpener(session, signer.public_key(), receipt))
         for line in data:
             checker.event(line)
@@ -183,6 +183,7 @@ def local_deployment() -> Iterator[tuple[str, str]]:
 
     from veil.engines import (
         CHAT_MODEL_ID,
+        CHAT_MODEL_SAMPLING,
         EMBEDDINGS_MODEL_ID,
         LlamaCppChatEngine,
         SentenceTransformerEmbeddingEngine,
@@ -192,7 +193,9 @@ def local_deployment() -> Iterator[tuple[str, str]]:
 
     models_dir = Path(os.environ.get("VEIL_TEST_MODEL_DIR", root / ".cache/test-models"))
     paths = prepare_embedded_models(models_dir, progress=False)
-    chat = LlamaCppChatEngine(CHAT_MODEL_ID, paths.chat_gguf, n_ctx=2048)
+    chat = LlamaCppChatEngine(
+        CHAT_MODEL_ID, paths.chat_gguf, n_ctx=2048, sampling_defaults=CHAT_MODEL_SAMPLING
+    )
     embeddings = SentenceTransformerEmbeddingEngine(EMBEDDINGS_MODEL_ID, paths.embeddings_dir)
     asyncio.run(chat.start())
     asyncio.run(embeddings.start())
@@ -254,7 +257,7 @@ def bench_requests(
         kinds: dict[str, Callable[[], Receipt]] = {
             "chat (8 tokens)": lambda: (
                 client.chat.completions.create(
-                    model="gemma-3-270m", messages=messages, max_tokens=8, temperature=0
+                    model="smollm2-135m-instruct", messages=messages, max_tokens=8, temperature=0
                 ).veil
             ),
             "chat stream (8 tokens)": lambda: _drain(client, messages),
@@ -299,7 +302,7 @@ def ed25519_verify_seconds() -> float:
 
 def _drain(client: veil.Client, messages: list[dict[str, str]]) -> Receipt:
     stream = client.chat.completions.create(
-        model="gemma-3-270m", messages=messages, max_tokens=8, temperature=0, stream=True
+        model="smollm2-135m-instruct", messages=messages, max_tokens=8, temperature=0, stream=True
     )
     for _ in stream:
         pass

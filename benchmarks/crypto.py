@@ -47,21 +47,21 @@ from veil.hazmat import v1, v2
 from veil.wire.envelopes import ConfidentialComputeResponse
 
 ENDPOINT = "/v1/confidential/chat/completions"
-MODEL = "gemma-3-270m"
+MODEL = "smollm2-135m-instruct"
 REQUEST = (
-    b'{"model":"gemma-3-270m","messages":[{"role":"user","content":"'
+    b'{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"'
     + b"Summarise the following paragraph in one sentence. " * 8
     + b'"}],"max_tokens":256,"stream":false}'
 )
 ANSWER = (
-    b'{"id":"chatcmpl-1","object":"chat.completion","created":1750000000,"model":"gemma-3-270m",'
+    b'{"id":"chatcmpl-1","object":"chat.completion","created":1750000000,"model":"smollm2-135m-instruct",'
     b'"choices":[{"index":0,"message":{"role":"assistant","content":"'
     + b"A one sentence summary of the paragraph. " * 40
     + b'"},"finish_reason":"stop"}]}'
 )
 CHUNK = (
     b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1750000000,'
-    b'"model":"gemma-3-270m","choices":[{"index":0,"delta":{"content":" word"},'
+    b'"model":"smollm2-135m-instruct","choices":[{"index":0,"delta":{"content":" word"},'
     b'"finish_reason":null}]}'
 )
 
@@ -330,7 +330,9 @@ def key_agreement(keys: Keys, iterations: int, rounds: int) -> None:
 
 # -- against atoma-sdk 0.1.3 and OpenSSL ----------------------------------------------------------
 
-REQUEST_2K = b'{"model":"gemma-3-270m","max_tokens":256,"messages":[{"role":"user","content":"'
+REQUEST_2K = (
+    b'{"model":"smollm2-135m-instruct","max_tokens":256,"messages":[{"role":"user","content":"'
+)
 REQUEST_2K += b"x" * (2048 - len(REQUEST_2K) - 4) + b'"}]}'
 _CHUNK_HEAD = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1750000000,"choices":'
 _CHUNK_HEAD += b'[{"index":0,"delta":{"content":"'

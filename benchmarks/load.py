@@ -58,7 +58,7 @@ from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeR
 from veil.wire.errors import DecryptionFailed
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAT = "gemma-3-270m"
+CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 UNITS = {CHAT: 256, EMBED: 128}  # what each lock holds; prompt + completion fit well inside
 STACK_UNITS = 10**9

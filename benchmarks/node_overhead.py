@@ -1,6 +1,6 @@
 """What confidentiality costs on the node itself: ``python -m benchmarks.node_overhead [--quick]``.
 
-One real ``veil node`` subprocess on the embedded models (``gemma-3-270m`` on llama.cpp,
+One real ``veil node`` subprocess on the embedded models (``smollm2-135m-instruct`` on llama.cpp,
 ``all-minilm-l6-v2`` on CPU torch) on a free loopback port, started without ``--gateway-key``, so
 it accepts envelopes sent to it directly and spends each envelope's ``num_compute_units``. No
 gateway is involved: the same requests go to the node's confidential routes and to its plain
@@ -67,7 +67,7 @@ from veil.client.streaming import (
 from veil.hazmat import v1, v2
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAT = "gemma-3-270m"
+CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 EMBED_INPUT = "The quarterly figures stay private until the board meets on Thursday morning."
 PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]

@@ -1,5 +1,5 @@
 """Fixtures the whole suite shares: the embedded models, prepared once, and their engines loaded
-once per session (loading Gemma and MiniLM dominates test time otherwise).
+once per session (loading SmolLM2 and MiniLM dominates test time otherwise).
 
 The models are prepared into ``VEIL_TEST_MODEL_DIR`` (default: ``.cache/test-models`` in the repo),
 which later runs reuse. The engines are plain objects usable from any event loop.
@@ -32,6 +32,7 @@ os.environ.setdefault("VEIL_HOME", tempfile.mkdtemp(prefix="veil-test-home-"))
 
 from veil.engines import (
     CHAT_MODEL_ID,
+    CHAT_MODEL_SAMPLING,
     EMBEDDINGS_MODEL_ID,
     EmbeddedModelPaths,
     LlamaCppChatEngine,
@@ -145,7 +146,9 @@ def embedded_models() -> EmbeddedModelPaths:
 
 @pytest.fixture(scope="session")
 def chat_engine(embedded_models: EmbeddedModelPaths) -> Iterator[LlamaCppChatEngine]:
-    engine = LlamaCppChatEngine(CHAT_MODEL_ID, embedded_models.chat_gguf, n_ctx=2048)
+    engine = LlamaCppChatEngine(
+        CHAT_MODEL_ID, embedded_models.chat_gguf, n_ctx=2048, sampling_defaults=CHAT_MODEL_SAMPLING
+    )
     asyncio.run(engine.start())
     yield engine
     asyncio.run(engine.close())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -45,6 +46,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 # `veil serve` is a local demo: on first start the admin gets this many units on every model.
 DEMO_STACK_UNITS = 1_000_000
+DEMO_QUESTION = "What is the capital of France? Answer in one word."
 
 DataDir = Annotated[
     Path | None,
@@ -365,7 +367,11 @@ def serve(
             "(or set VEIL_INSECURE_NO_TEE=1).",
             highlight=False,
         )
-        run_gateway(settings, bootstrap_units=DEMO_STACK_UNITS)
+        run_gateway(
+            settings,
+            bootstrap_units=DEMO_STACK_UNITS,
+            on_admin_key=lambda key: _print_demo_key(key, host, port),
+        )
     finally:
         child.terminate()
         try:
@@ -394,6 +400,35 @@ def bench(
     from veil.bench import run_all
 
     raise typer.Exit(run_all(out, quick, only or []))
+
+
+def _demo_shell_lines(key: str, host: str, port: int) -> list[str]:
+    """What a user of ``veil serve`` pastes into the client's shell: the key, the one opt-out this
+    TEE-less demo needs, and the gateway's URL when it is not the client's default."""
+    lines = [f"export VEIL_API_KEY={key}"]
+    if (host, port) != ("127.0.0.1", 8080):
+        reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        if ":" in reachable:
+            reachable = f"[{reachable}]"
+        lines.append(f"export VEIL_BASE_URL=http://{reachable}:{port}")
+    lines.append(
+        "export VEIL_INSECURE_NO_TEE=1   # this demo node has no TEE: accept it for this gateway only"
+    )
+    return lines
+
+
+def _print_demo_key(key: str, host: str, port: int) -> None:
+    """The admin key, once, inside the lines to paste (markup off: they are copied verbatim)."""
+    err.print(
+        "\n[bold]Admin API key[/] (shown once, only its hash is stored). "
+        "Paste these lines into the shell you run the client in:",
+        highlight=False,
+    )
+    for line in _demo_shell_lines(key, host, port):
+        err.print(f"  {line}", markup=False, highlight=False)
+    err.print("Then ask:", highlight=False)
+    # "in one word": a 135M model answers a bare question less reliably (see CHAT_MODEL_SAMPLING).
+    err.print(f"  veil chat {shlex.quote(DEMO_QUESTION)}\n", markup=False, highlight=False)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

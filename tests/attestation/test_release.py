@@ -90,7 +90,7 @@ def manifest_document(**changes: Any) -> dict[str, Any]:
         "tdx": [{"mr_td": SAMPLE_MR_TD, "rtmr3": "00" * 48}],
         "sev_snp": [{"measurement": GENOA_MEASUREMENT}],
         "gpu": [{"driver_version": "550.90.07", "vbios_version": "96.00.9F.00.01"}],
-        "models": {"gemma-3-270m-it": "sha256:" + "ab" * 32},
+        "models": {"smollm2-135m-instruct": "sha256:" + "ab" * 32},
         "created_at": "2026-06-01T00:00:00Z",
     }
     document.update(changes)
@@ -447,8 +447,8 @@ def test_gpu_and_model_match() -> None:
     assert manifest.gpu_match("550.90.07", "96.00.9f.00.01")
     assert not manifest.gpu_match("550.90.08", "96.00.9F.00.01")
     assert not manifest.gpu_match("550.90.07", "96.00.5E.00.01")
-    assert manifest.model_match("gemma-3-270m-it", "sha256:" + "ab" * 32)
-    assert not manifest.model_match("gemma-3-270m-it", "sha256:" + "ab" * 31 + "ac")
+    assert manifest.model_match("smollm2-135m-instruct", "sha256:" + "ab" * 32)
+    assert not manifest.model_match("smollm2-135m-instruct", "sha256:" + "ab" * 31 + "ac")
     assert not manifest.model_match("other-model", "sha256:" + "ab" * 32)
 
 

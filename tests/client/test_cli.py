@@ -148,7 +148,7 @@ def test_balance_error_names_what_is_left(client_deployment: Deployment) -> None
     )
     assert result.returncode != 0
     assert result.stderr.startswith("error: BALANCE_ERROR: ")
-    assert "30 units left for gemma-3-270m" in result.stderr
+    assert "30 units left for smollm2-135m-instruct" in result.stderr
 
 
 STRICT = {"VEIL_INSECURE_NO_TEE": ""}

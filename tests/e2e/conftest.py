@@ -21,7 +21,7 @@ from veil.hazmat import v1
 from veil.node.service import EngineRegistry
 from veil.wire.envelopes import ConfidentialComputeRequest
 
-CHAT = "gemma-3-270m"
+CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 
 

@@ -128,7 +128,7 @@ class HostileGateway:
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-OTHER_CHAT = "gemma-3-270m-twin"
+OTHER_CHAT = "smollm2-135m-instruct-twin"
 
 
 class TwinChatModel:

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ def test_users_and_stacks_are_scriptable_with_json(tmp_path: Path) -> None:
             "--user",
             "ana",
             "--model",
-            "gemma-3-270m",
+            "smollm2-135m-instruct",
             "--units",
             "1000",
             "--json",
@@ -126,27 +127,57 @@ def serve(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         stop_process(proc)
 
 
+NO_TEE_LINE = (
+    "export VEIL_INSECURE_NO_TEE=1   # this demo node has no TEE: accept it for this gateway only"
+)
+HINT = "veil chat 'What is the capital of France? Answer in one word.'"
+
+
+def pasted(lines: list[str], *command: str) -> subprocess.CompletedProcess[str]:
+    """``command`` run by a shell after ``lines``, as a user pastes them (no VEIL_ variables
+    inherited from the test run other than VEIL_HOME, which keeps the real home untouched)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_") or k == "VEIL_HOME"}
+    script = "\n".join([*lines, " ".join([*map(shlex.quote, VEIL), *command])])
+    return subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=180, env=env
+    )
+
+
 def test_serve_prints_an_admin_key_that_works_at_once(serve: tuple[str, Path, Path]) -> None:
     url, log, data_dir = serve
-    found = re.search(r"(veil_[A-Za-z0-9_-]{20,})", log.read_text())
-    assert found, log.read_text()[-2000:]
+    text = log.read_text()
+    found = re.search(r"(veil_[A-Za-z0-9_-]{20,})", text)
+    assert found, text[-2000:]
     key = found.group(1)
+    # The key is shown once, inside the exact lines to paste, followed by what to try.
+    assert text.count(key) == 1
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("export ")]
+    assert lines == [f"export VEIL_API_KEY={key}", f"export VEIL_BASE_URL={url}", NO_TEE_LINE]
+    assert text.index(NO_TEE_LINE) < text.index(HINT)
+
+    # Pasted as printed, the hint works; without the no-TEE line the client refuses the node.
+    answered = pasted(lines, HINT.removeprefix("veil "), "--max-tokens", "24")
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    assert "Paris" in answered.stdout, answered.stdout  # sampled at the model's 0.2 / 0.9
+    refused = pasted(lines[:2], "chat", "'What is the capital of France?'", "--max-tokens", "4")
+    assert refused.returncode != 0
+    assert "--insecure-no-tee" in refused.stderr and not refused.stdout.strip()
     headers = {"authorization": f"Bearer {key}"}
     lock = httpx.post(
         f"{url}/v1/nodes/lock",
-        json={"model": "gemma-3-270m", "max_num_tokens": 64},
+        json={"model": "smollm2-135m-instruct", "max_num_tokens": 64},
         headers=headers,
     )
     assert lock.status_code == 200, lock.text
     body = {
-        "model": "gemma-3-270m",
+        "model": "smollm2-135m-instruct",
         "max_tokens": 4,
         "messages": [{"role": "user", "content": "Hello"}],
     }
     envelope, session = v1.seal_request(
         base64.b64decode(lock.json()["public_key"]),
         json.dumps(body).encode(),
-        model_name="gemma-3-270m",
+        model_name="smollm2-135m-instruct",
         stack_small_id=lock.json()["stack_small_id"],
     )
     answer = httpx.post(
@@ -164,11 +195,11 @@ def test_serve_prints_an_admin_key_that_works_at_once(serve: tuple[str, Path, Pa
 
 
 def test_stacks_show_without_id_lists_the_callers_own_stacks(deployment: Deployment) -> None:
-    key, stacks = deployment.new_user("cli-own", {"gemma-3-270m": 700})
-    deployment.new_user("cli-other", {"gemma-3-270m": 900})
+    key, stacks = deployment.new_user("cli-own", {"smollm2-135m-instruct": 700})
+    deployment.new_user("cli-other", {"smollm2-135m-instruct": 900})
     result = veil("stacks", "show", "--base-url", deployment.url, "--api-key", key, "--json")
     mine = json.loads(result.stdout)["stacks"]
-    assert [s["stack_small_id"] for s in mine] == [stacks["gemma-3-270m"]]
+    assert [s["stack_small_id"] for s in mine] == [stacks["smollm2-135m-instruct"]]
     assert mine[0]["free_units"] == 700
     bad = veil(
         "stacks", "show", "--base-url", deployment.url, "--api-key", "veil_nope", check=False
@@ -179,11 +210,11 @@ def test_stacks_show_without_id_lists_the_callers_own_stacks(deployment: Deploym
 def test_revoked_key_stops_working_and_admin_routes_need_an_admin_key(
     deployment: Deployment,
 ) -> None:
-    key, _ = deployment.new_user("cli-revoked", {"gemma-3-270m": 100})
-    assert deployment.lock(key, "gemma-3-270m", max_num_tokens=10).status_code == 200
+    key, _ = deployment.new_user("cli-revoked", {"smollm2-135m-instruct": 100})
+    assert deployment.lock(key, "smollm2-135m-instruct", max_num_tokens=10).status_code == 200
     for headers in ({}, {"authorization": f"Bearer {key}"}):
         refused = httpx.post(f"{deployment.url}/admin/users", json={"name": "x"}, headers=headers)
         assert refused.status_code == 401
     veil("users", "revoke", key, "--data-dir", str(deployment.gateway_dir))
-    after = deployment.lock(key, "gemma-3-270m", max_num_tokens=10)
+    after = deployment.lock(key, "smollm2-135m-instruct", max_num_tokens=10)
     assert after.status_code == 401 and after.json()["error"]["code"] == "AUTH_ERROR"

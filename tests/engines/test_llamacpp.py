@@ -1,4 +1,4 @@
-"""The embedded chat engine on the real Gemma 3 270M GGUF (shared session engine)."""
+"""The embedded chat engine on the real SmolLM2-135M-Instruct GGUF (shared session engine)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ from typing import Any
 
 import pytest
 
-from veil.engines import EngineFailure, LlamaCppChatEngine
+from veil.engines import CHAT_MODEL_SAMPLING, EngineFailure, LlamaCppChatEngine, SamplingDefaults
+from veil.engines.llamacpp import _Sampling
 from veil.wire.openai import ChatCompletionRequest
 
 pytestmark = pytest.mark.slow  # real models or server processes
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+ONE_WORD = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 def chat(messages: list[dict[str, Any]] = QUESTION, **fields: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(
-        {"model": "gemma-3-270m", "messages": messages, **fields}
+        {"model": "smollm2-135m-instruct", "messages": messages, **fields}
     )
 
 
@@ -35,7 +37,7 @@ def test_complete_returns_real_tokens_with_exact_usage(chat_engine: LlamaCppChat
     answer = asyncio.run(chat_engine.complete(request, 8))
 
     assert answer["object"] == "chat.completion"
-    assert answer["model"] == "gemma-3-270m"
+    assert answer["model"] == "smollm2-135m-instruct"
     assert answer["choices"][0]["message"]["role"] == "assistant"
     assert answer["choices"][0]["message"]["content"].strip()
     usage = answer["usage"]
@@ -73,7 +75,8 @@ def test_stream_yields_chunks_as_generated_then_exact_usage(
     content_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
     assert len(content_chunks) >= 3
     assert all(
-        c["object"] == "chat.completion.chunk" and c["model"] == "gemma-3-270m" for c in chunks
+        c["object"] == "chat.completion.chunk" and c["model"] == "smollm2-135m-instruct"
+        for c in chunks
     )
     assert chunks[-2]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
     final = chunks[-1]
@@ -92,16 +95,53 @@ def test_max_tokens_is_respected_exactly(chat_engine: LlamaCppChatEngine) -> Non
     assert chunks[-1]["usage"]["completion_tokens"] == 3
 
 
+def test_the_chat_template_is_applied_and_the_answer_makes_sense(
+    chat_engine: LlamaCppChatEngine,
+) -> None:
+    # The GGUF's own template (ChatML, with SmolLM's default system turn) builds the prompt.
+    request = chat(ONE_WORD, temperature=0)
+    with chat_engine._count_lock:
+        prompt = chat_engine._format(request, []).tokens
+    text = chat_engine._llama.detokenize(prompt, special=True).decode()
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert text.endswith("Answer in one word.<|im_end|>\n<|im_start|>assistant\n")
+
+    answer = asyncio.run(chat_engine.complete(request, 16))
+    assert answer["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    assert answer["choices"][0]["finish_reason"] == "stop"  # the model ended its own turn
+
+
 def test_stop_strings_end_generation_without_appearing(chat_engine: LlamaCppChatEngine) -> None:
-    # Greedy Gemma 270M repeats the question: "What is the capital of France? ..."
-    request = chat(temperature=0, stop=[" capital"])
+    # Greedy SmolLM2 answers "The capital of France is Paris."
+    request = chat(ONE_WORD, temperature=0, stop=[" Paris"])
     answer = asyncio.run(chat_engine.complete(request, 16))
     streamed = asyncio.run(collect(chat_engine, request, 16))
 
-    assert answer["choices"][0]["message"]["content"] == "What is the"
+    assert answer["choices"][0]["message"]["content"] == "The capital of France is"
     assert answer["choices"][0]["finish_reason"] == "stop"
-    assert streamed_text(streamed) == "What is the"
+    assert streamed_text(streamed) == "The capital of France is"
     assert streamed[-1]["usage"] == answer["usage"]
+
+
+def test_fields_a_request_leaves_out_get_the_models_recommended_sampling(
+    chat_engine: LlamaCppChatEngine,
+) -> None:
+    assert chat_engine.sampling_defaults == CHAT_MODEL_SAMPLING == SamplingDefaults(0.2, 0.9)
+    left_out = _Sampling.from_request(chat(), CHAT_MODEL_SAMPLING)
+    assert (left_out.temperature, left_out.top_p) == (0.2, 0.9)
+    asked = _Sampling.from_request(chat(temperature=1.5, top_p=0.5), CHAT_MODEL_SAMPLING)
+    assert (asked.temperature, asked.top_p) == (1.5, 0.5)
+    assert _Sampling.from_request(chat(temperature=0), CHAT_MODEL_SAMPLING).temperature == 0.0
+    openai = _Sampling.from_request(chat())  # an engine without its own: OpenAI's defaults
+    assert (openai.temperature, openai.top_p) == (1.0, 1.0)
+
+    # End to end: leaving the fields out samples exactly as asking for 0.2 / 0.9 does.
+    implicit = asyncio.run(chat_engine.complete(chat(ONE_WORD, seed=7), 16))
+    explicit = asyncio.run(
+        chat_engine.complete(chat(ONE_WORD, seed=7, temperature=0.2, top_p=0.9), 16)
+    )
+    assert implicit["choices"][0]["message"] == explicit["choices"][0]["message"]
+    assert "Paris" in implicit["choices"][0]["message"]["content"]
 
 
 def test_same_seed_same_sample(chat_engine: LlamaCppChatEngine) -> None:

@@ -1,6 +1,6 @@
 """Upstream engines against real OpenAI-compatible servers on loopback.
 
-- llama-cpp-python's own server (``python -m llama_cpp.server``) on the embedded Gemma GGUF: a
+- llama-cpp-python's own server (``python -m llama_cpp.server``) on the embedded SmolLM2 GGUF: a
   real third-party server that reports no usage in streams and tokenizes only plain text, so it
   exercises the fallbacks;
 - the stand-in server of ``openai_stand_in`` over Veil's embedded engines: usage reported the
@@ -52,9 +52,10 @@ def content_of(chunks: list[dict[str, Any]]) -> str:
 
 def start_llama_server(gguf: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    # No --chat_format: the server applies the GGUF's own chat template, as the engine does.
     command = [
-        sys.executable, str(LAUNCHER), "--model", str(gguf), "--model_alias", "gemma-upstream",
-        "--chat_format", "gemma", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+        sys.executable, str(LAUNCHER), "--model", str(gguf), "--model_alias", "smollm2-upstream",
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
     ]  # fmt: skip
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -106,7 +107,9 @@ async def health(engine: UpstreamChatEngine | UpstreamImageEngine) -> bool:
 
 
 def test_llama_server_chat_with_usage_in_both_modes(llama_server: str) -> None:
-    engine = UpstreamChatEngine("veil-chat", f"{llama_server}/v1", upstream_model="gemma-upstream")
+    engine = UpstreamChatEngine(
+        "veil-chat", f"{llama_server}/v1", upstream_model="smollm2-upstream"
+    )
     whole, chunks, counted = asyncio.run(run_chat(engine, chat(), 8))
 
     assert whole["model"] == "veil-chat"
@@ -126,12 +129,12 @@ def test_llama_server_chat_with_usage_in_both_modes(llama_server: str) -> None:
 def test_llama_server_prompt_count_is_an_upper_bound_from_its_tokenizer(
     llama_server: str,
 ) -> None:
-    engine = UpstreamChatEngine("veil-chat", llama_server, upstream_model="gemma-upstream")
+    engine = UpstreamChatEngine("veil-chat", llama_server, upstream_model="smollm2-upstream")
     whole, _, counted = asyncio.run(run_chat(engine, chat(), 2))
 
-    # /extras/tokenize/count: "<bos>What is the capital of France?" is 8 tokens.
+    # /extras/tokenize/count: "What is the capital of France?" is 7 tokens (SmolLM2 adds no BOS).
     assert engine.tokenizer._chat_form == "text"
-    assert counted == 8 + MESSAGE_ALLOWANCE + PROMPT_ALLOWANCE
+    assert counted == 7 + MESSAGE_ALLOWANCE + PROMPT_ALLOWANCE
     assert counted >= whole["usage"]["prompt_tokens"]
 
 
@@ -139,7 +142,7 @@ def test_killing_the_server_mid_stream_fails_with_partial_usage(
     embedded_models: EmbeddedModelPaths, tmp_path: Path
 ) -> None:
     process, url = start_llama_server(embedded_models.chat_gguf, tmp_path / "server.log")
-    engine = UpstreamChatEngine("veil-chat", url, upstream_model="gemma-upstream")
+    engine = UpstreamChatEngine("veil-chat", url, upstream_model="smollm2-upstream")
     relayed: list[dict[str, Any]] = []
 
     async def stream_until_killed() -> None:
@@ -169,7 +172,7 @@ def test_killing_the_server_mid_stream_fails_with_partial_usage(
 def test_streamed_usage_from_the_upstream_is_relayed_exactly(
     stand_in: str, chat_engine: LlamaCppChatEngine
 ) -> None:
-    engine = UpstreamChatEngine("veil-chat", stand_in, upstream_model="gemma-3-270m")
+    engine = UpstreamChatEngine("veil-chat", stand_in, upstream_model="smollm2-135m-instruct")
     whole, chunks, counted = asyncio.run(run_chat(engine, chat(), 8))
     direct = asyncio.run(chat_engine.complete(chat(), 8))
 
@@ -188,7 +191,7 @@ def test_without_a_tokenize_endpoint_the_count_is_a_byte_bound(
 ) -> None:
     app = create_openai_stand_in(chat_engine, embedding_engine, tokenize=False)
     with ServerThread(app) as server:
-        engine = UpstreamChatEngine("veil-chat", server.url, upstream_model="gemma-3-270m")
+        engine = UpstreamChatEngine("veil-chat", server.url, upstream_model="smollm2-135m-instruct")
         counted = asyncio.run(engine.count_prompt_tokens(chat()))
         exact = asyncio.run(chat_engine.count_prompt_tokens(chat()))
 

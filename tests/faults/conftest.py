@@ -37,7 +37,7 @@ from veil.wire.tickets import UsageReceipt, public_key_from_b64, verify_token
 T = TypeVar("T")
 
 VEIL = [sys.executable, "-m", "veil.cli"]
-CHAT = "gemma-3-270m"
+CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 CHAT_PATH = "/v1/confidential/chat/completions"
 EMBED_PATH = "/v1/confidential/embeddings"

@@ -31,7 +31,7 @@ from veil.wire.errors import (
 )
 
 T0 = 1_800_000_000.0
-MODEL = "gemma-3-270m"
+MODEL = "smollm2-135m-instruct"
 TTL = 60.0
 
 

@@ -24,7 +24,7 @@ from veil.wire.errors import DecryptionFailed, InvalidBody, Replayed
 CHAT = "/v1/confidential/chat/completions"
 EMBED = "/v1/confidential/embeddings"
 NOW = 1_750_000_000.0
-BODY = b'{"model":"gemma-3-270m","messages":[{"role":"user","content":"a secret prompt"}]}'
+BODY = b'{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"a secret prompt"}]}'
 
 V2_REQUEST_FIELDS = ("protocol", "key_id", "request_id", "timestamp")
 
@@ -70,7 +70,7 @@ def seal(
 ) -> tuple[ConfidentialComputeRequest, v2.ClientSession]:
     args: dict[str, Any] = {
         "endpoint": CHAT,
-        "model_name": "gemma-3-270m",
+        "model_name": "smollm2-135m-instruct",
         "stack_small_id": 7,
         "num_compute_units": 256,
         "stream": True,
@@ -568,7 +568,7 @@ def test_response_sealed_under_a_different_node_key_is_refused(node: Node) -> No
         other.key_id,
         BODY,
         endpoint=CHAT,
-        model_name="gemma-3-270m",
+        model_name="smollm2-135m-instruct",
         stack_small_id=7,
         num_compute_units=256,
         stream=True,

@@ -21,7 +21,7 @@ from veil.node.service import EngineRegistry
 from veil.wire.errors import ERRORS_BY_CODE
 from veil.wire.tickets import TICKET_HEADER, Ticket, envelope_digest, sign_token
 
-CHAT = "gemma-3-270m"
+CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 
 #: Per-request ceiling: a route that takes longer than this is a hang.

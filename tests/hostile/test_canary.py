@@ -5,7 +5,7 @@ Topology, all real servers on loopback::
 
     client --> [client-side recording proxy] --> gateway --> [node-side recording proxy] --> node
                                                    |                                          |
-                                               ledger.db                       embedded Gemma + MiniLM,
+                                               ledger.db                       embedded SmolLM2 + MiniLM,
                                                                           images stand-in, echo upstream
 
 Requests carrying the canary go through every confidential route (chat, streamed chat, embeddings,

@@ -110,7 +110,7 @@ WEIRD_TEXT = [
     "\\u0000\\ud800",
     "null",
     "NaN",
-    "gemma-3-270m\x00",
+    "smollm2-135m-instruct\x00",
     CHAT,
     EMBED,
     "stand-in-images",

@@ -21,7 +21,7 @@ from veil.node.keyring import Keyring
 from veil.node.service import EngineRegistry
 from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
 
-CHAT = "gemma-3-270m"
+CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 
 

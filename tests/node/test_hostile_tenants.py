@@ -1,6 +1,6 @@
 """Issue 12, node side: a tenant out to pay less, or to knock others off, against real nodes.
 
-Everything is real: uvicorn nodes on loopback over the session's engines (Gemma on llama.cpp,
+Everything is real: uvicorn nodes on loopback over the session's engines (SmolLM2 on llama.cpp,
 MiniLM), the OpenAI stand-in of ``tests.engines.openai_stand_in`` as an upstream (itself over the
 same real engines), a real gateway app, and the real Redis at 127.0.0.1:6379 (a unique key prefix
 per test).

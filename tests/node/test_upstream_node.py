@@ -29,7 +29,7 @@ def test_backend_dying_mid_stream_ends_with_a_sealed_error_and_usage_so_far(
     process, url = start_llama_server(embedded_models.chat_gguf, tmp_path / "llama.log")
     registry = EngineRegistry()
     registry.add(
-        make_upstream_engine("chat", "upstream-chat", url, upstream_model="gemma-upstream")
+        make_upstream_engine("chat", "upstream-chat", url, upstream_model="smollm2-upstream")
     )
     server, node = start_node(tmp_path / "node", registry)
     try:

@@ -205,7 +205,7 @@ def upstream_node(data_dir: Path, chat_url: str, gateway_keys: list[str]) -> Ser
     """A node whose chat model is served by the upstream server; the node starts and closes the
     upstream engine in its own event loop (``manage_engines``)."""
     registry = EngineRegistry()
-    registry.add(make_upstream_engine("chat", CHAT, chat_url, upstream_model="gemma-upstream"))
+    registry.add(make_upstream_engine("chat", CHAT, chat_url, upstream_model="smollm2-upstream"))
     settings = NodeSettings(
         data_dir=data_dir, embedded=False, gateway_keys=gateway_keys, replay_cache=REDIS_URL
     )

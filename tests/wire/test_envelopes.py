@@ -21,7 +21,7 @@ def envelope(**changes: object) -> dict[str, object]:
     body: dict[str, object] = {
         "ciphertext": b64(40),
         "client_dh_public_key": b64(32, 1),
-        "model_name": "gemma-3-270m",
+        "model_name": "smollm2-135m-instruct",
         "node_dh_public_key": b64(32, 2),
         "nonce": b64(12),
         "plaintext_body_hash": b64(32),

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # The SDK (and with it ``openai``) is imported when a command runs, not when ``veil`` starts.
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"  # the same as veil.client.sdk.DEFAULT_BASE_URL
-DEFAULT_CHAT_MODEL = "gemma-3-270m"
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
 SHOWN_CIPHERTEXT = 24  # base64 characters of ciphertext --show-wire prints
 

@@ -28,9 +28,10 @@ from veil.engines.base import (
     ImageEngine,
     TokenUsage,
 )
-from veil.engines.llamacpp import LlamaCppChatEngine
+from veil.engines.llamacpp import LlamaCppChatEngine, SamplingDefaults
 from veil.engines.models import (
     CHAT_MODEL_ID,
+    CHAT_MODEL_SAMPLING,
     EMBEDDINGS_MODEL_ID,
     EmbeddedModelPaths,
     ModelPreparationError,
@@ -46,6 +47,7 @@ from veil.engines.upstream import (
 
 __all__ = [
     "CHAT_MODEL_ID",
+    "CHAT_MODEL_SAMPLING",
     "EMBEDDINGS_MODEL_ID",
     "ChatEngine",
     "EmbeddedModelPaths",
@@ -56,6 +58,7 @@ __all__ = [
     "ImageEngine",
     "LlamaCppChatEngine",
     "ModelPreparationError",
+    "SamplingDefaults",
     "SentenceTransformerEmbeddingEngine",
     "TokenUsage",
     "UpstreamChatEngine",

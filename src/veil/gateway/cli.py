@@ -308,7 +308,11 @@ def print_admin_key(key: str) -> None:
     )
 
 
-def run_gateway(settings: GatewaySettings, bootstrap_units: int = 0) -> None:
+def run_gateway(
+    settings: GatewaySettings,
+    bootstrap_units: int = 0,
+    on_admin_key: Callable[[str], None] = print_admin_key,
+) -> None:
     import uvicorn
 
     from veil.gateway.app import create_gateway_app
@@ -320,6 +324,6 @@ def run_gateway(settings: GatewaySettings, bootstrap_units: int = 0) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
     key = load_or_create_gateway_key(settings.data_dir)
     app = create_gateway_app(
-        settings, key, on_admin_key=print_admin_key, bootstrap_units=bootstrap_units
+        settings, key, on_admin_key=on_admin_key, bootstrap_units=bootstrap_units
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())

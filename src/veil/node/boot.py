@@ -11,7 +11,7 @@ from veil.engines import (
     parse_upstream_spec,
     prepare_embedded_models,
 )
-from veil.engines.models import CHAT_MODEL_ID, EMBEDDINGS_MODEL_ID
+from veil.engines.models import CHAT_MODEL_ID, CHAT_MODEL_SAMPLING, EMBEDDINGS_MODEL_ID
 from veil.node.service import EngineRegistry
 
 
@@ -30,7 +30,10 @@ def build_engines(settings: NodeSettings, *, progress: bool = True) -> EngineReg
             if CHAT_MODEL_ID not in registry.model_ids():
                 registry.add(
                     LlamaCppChatEngine(
-                        CHAT_MODEL_ID, paths.chat_gguf, n_ctx=settings.chat_context_tokens
+                        CHAT_MODEL_ID,
+                        paths.chat_gguf,
+                        n_ctx=settings.chat_context_tokens,
+                        sampling_defaults=CHAT_MODEL_SAMPLING,
                     )
                 )
             if EMBEDDINGS_MODEL_ID not in registry.model_ids():
