@@ -9,6 +9,33 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
 
+# The node's replay caches (veil.node.replay): v2 request ids and gateway ticket ids.
+# ~40 MB in memory; 200k ids per 250 s window is ~800 requests/s sustained.
+REPLAY_MAX_ENTRIES = 200_000
+# One tenant's share: ~40 requests/s sustained over a 250 s window. A twentieth of the total, so
+# one tenant (or a few) cannot fill the space every other tenant needs.
+REPLAY_MAX_PER_TENANT = 10_000
+# Live gateway tickets one node process remembers; a full cache refuses (503), never forgets.
+TICKET_REPLAY_MAX_ENTRIES = 200_000
+# Redis keys: request ids under PREFIX, ticket ids under PREFIX + TICKET_REPLAY_SUFFIX.
+REPLAY_PREFIX = "veil:replay:"
+TICKET_REPLAY_SUFFIX = "ticket:"
+# A Redis that answers slower than this is "unknown": the request is refused (503), not served.
+REPLAY_REDIS_TIMEOUT_SECONDS = 2.0
+
+# The client (veil.Client, the openai transport, `veil chat`); VEIL_BASE_URL overrides the URL.
+CLIENT_BASE_URL = "http://127.0.0.1:8080"
+# A chat answer may take minutes on a CPU node; connecting may not.
+CLIENT_TIMEOUT_SECONDS = 600.0
+CLIENT_CONNECT_TIMEOUT_SECONDS = 10.0
+# Attempts (each a new lock, attestation and encryption) for 409/425/503, and the first pause
+# between them (doubled each time).
+CLIENT_MAX_ATTEMPTS = 3
+CLIENT_BACKOFF_SECONDS = 0.25
+# Completion tokens a chat request reserves when it names no max_tokens (its prompt's size in
+# bytes is added on top).
+CLIENT_CHAT_MAX_TOKENS = 256
+
 
 def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "veil"
@@ -59,9 +86,12 @@ class NodeSettings(BaseSettings):
     replay_cache: str = "memory"
     # Bounds of the in-memory replay caches, and each tenant's (stack's) share of the v2 id space;
     # the Redis key prefix (the ticket ids live under PREFIX + "ticket:").
-    replay_max_entries: int = Field(default=200_000, ge=1)
-    replay_max_per_tenant: int = Field(default=10_000, ge=1)
-    replay_prefix: str = Field(default="veil:replay:", min_length=1, max_length=200)
+    replay_max_entries: int = Field(default=REPLAY_MAX_ENTRIES, ge=1)
+    replay_max_per_tenant: int = Field(default=REPLAY_MAX_PER_TENANT, ge=1)
+    replay_prefix: str = Field(default=REPLAY_PREFIX, min_length=1, max_length=200)
+    # The in-memory bound of gateway ticket ids (their own cache, beside the v2 ids').
+    ticket_replay_max_entries: int = Field(default=TICKET_REPLAY_MAX_ENTRIES, ge=1)
+    replay_redis_timeout_seconds: float = Field(default=REPLAY_REDIS_TIMEOUT_SECONDS, gt=0)
     log_level: str = "info"
 
     @property

@@ -20,7 +20,6 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["KnownNode", "KnownNodes", "KnownNodesError", "known_nodes_path", "signing_key_id"]
+from veil.wire.keyid import key_id
+
+__all__ = ["KnownNode", "KnownNodes", "KnownNodesError", "known_nodes_path"]
 
 log = logging.getLogger("veil.client.known_nodes")
 
@@ -52,12 +53,6 @@ def known_nodes_path() -> Path:
     return base / FILE_NAME
 
 
-def signing_key_id(public_key: bytes) -> str:
-    """First 8 bytes of BLAKE2b-256 of the raw Ed25519 key, hex (the gateway's ``/v1/usage``
-    names keys the same way)."""
-    return hashlib.blake2b(public_key, digest_size=32).digest()[:8].hex()
-
-
 @dataclass(frozen=True)
 class KnownNode:
     """One node signing key and what vouched for it."""
@@ -71,7 +66,7 @@ class KnownNode:
 
     @property
     def key_id(self) -> str:
-        return signing_key_id(self.signing_public_key)
+        return key_id(self.signing_public_key)
 
     @property
     def tee_attested(self) -> bool:

@@ -24,7 +24,6 @@ from veil.engines.base import (
     EmbeddingEngine,
     Engine,
     EngineFailure,
-    EngineKind,
     ImageEngine,
     TokenUsage,
 )
@@ -44,6 +43,7 @@ from veil.engines.upstream import (
     UpstreamEmbeddingEngine,
     UpstreamImageEngine,
 )
+from veil.wire.routes import ENDPOINTS, Endpoint
 
 __all__ = [
     "CHAT_MODEL_ID",
@@ -54,7 +54,6 @@ __all__ = [
     "EmbeddingEngine",
     "Engine",
     "EngineFailure",
-    "EngineKind",
     "ImageEngine",
     "LlamaCppChatEngine",
     "ModelPreparationError",
@@ -69,16 +68,16 @@ __all__ = [
     "prepare_embedded_models",
 ]
 
-_KINDS: tuple[EngineKind, ...] = ("chat", "embeddings", "images")
+_KINDS = ENDPOINTS
 _SPEC_SHAPE = "[chat:|embeddings:|images:]MODEL=URL"
 
 
-def parse_upstream_spec(spec: str) -> tuple[EngineKind, str, str]:
+def parse_upstream_spec(spec: str) -> tuple[Endpoint, str, str]:
     """``[KIND:]MODEL=URL`` -> (kind, model id, url); ValueError says what is wrong."""
     left, sep, url = spec.strip().partition("=")
     if not sep:
         raise ValueError(f"upstream {spec!r} must look like {_SPEC_SHAPE}")
-    kind: EngineKind = "chat"
+    kind: Endpoint = "chat"
     prefix, colon, rest = left.partition(":")
     for known in _KINDS:
         if colon and prefix == known:
@@ -100,7 +99,7 @@ def parse_upstream_spec(spec: str) -> tuple[EngineKind, str, str]:
 
 
 def make_upstream_engine(
-    kind: EngineKind,
+    kind: Endpoint,
     model_id: str,
     url: str,
     *,

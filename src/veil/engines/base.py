@@ -11,12 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
-
-EngineKind = Literal["chat", "embeddings", "images"]
-
+from veil.wire.routes import Endpoint
 
 #: A stream chunk may carry, under this key, the completion tokens produced so far (cumulative,
 #: by the model's tokenizer or the upstream's usage). The node removes it before relaying the
@@ -64,7 +62,7 @@ class EngineFailure(Exception):
 
 
 class Engine(ABC):
-    kind: ClassVar[EngineKind]
+    kind: ClassVar[Endpoint]
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id

@@ -9,7 +9,6 @@ locks (``veil usage --verify``) and add the charges up against its stacks' ``use
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,16 +19,12 @@ from veil.gateway.ledger.ledger import UsageRecord
 from veil.gateway.registry import NodeRegistry
 from veil.wire.envelopes import MAX_ID
 from veil.wire.errors import InvalidBody
+from veil.wire.keyid import key_id
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "UsageQuery", "parse_since", "signing_key_id", "usage_json"]
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "UsageQuery", "parse_since", "usage_json"]
 
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
-
-
-def signing_key_id(public_key: bytes) -> str:
-    """First 8 bytes of BLAKE2b-256 of the raw Ed25519 key, hex (as node X25519 key ids)."""
-    return hashlib.blake2b(public_key, digest_size=32).digest()[:8].hex()
 
 
 def parse_since(value: str) -> float:
@@ -113,7 +108,7 @@ def usage_json(
                 "completion_tokens": r.completion_tokens,
                 "receipt": r.receipt,
                 "node_signing_key": None if key is None else base64.b64encode(key).decode(),
-                "node_signing_key_id": None if key is None else signing_key_id(key),
+                "node_signing_key_id": None if key is None else key_id(key),
             }
         )
     more = len(records) > limit

@@ -40,7 +40,6 @@ until which the id must be remembered.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import os
@@ -78,6 +77,7 @@ from veil.wire.envelopes import (
     b64encode,
 )
 from veil.wire.errors import DecryptionFailed, InvalidBody, Replayed
+from veil.wire.keyid import key_id as key_id_of
 
 SUITE: Final = "veil-v2"
 KEY_SIZE: Final = 32
@@ -101,12 +101,11 @@ class StreamOrderError(DecryptionFailed):
     """A response chunk arrived out of place: dropped, reordered, duplicated, foreign or truncated."""
 
 
+class ResponseHashMismatch(DecryptionFailed):
+    """A chunk decrypted, but its ``response_hash`` is not the HMAC of what it decrypted to."""
+
+
 # -- primitives shared by both sides ---------------------------------------------------------------
-
-
-def key_id_of(public_key: bytes) -> str:
-    """First 8 bytes of BLAKE2b-256 of the raw X25519 public key, hex (PROTOCOL.md section 6)."""
-    return hashlib.blake2b(public_key, digest_size=32).digest()[:8].hex()
 
 
 def request_info(endpoint: str) -> bytes:
@@ -351,7 +350,7 @@ class ClientSession:
             raise DecryptionFailed("chunk nonce does not match its index")
         plaintext = cipher.open(response.index, response.final, response.ciphertext)
         if not hmac.compare_digest(cipher.response_hash(plaintext), response.response_hash):
-            raise DecryptionFailed("response_hash does not match the decrypted response")
+            raise ResponseHashMismatch("response_hash does not match the decrypted response")
         self._cipher = cipher
         self._next_index = response.index + 1
         self._final_seen = response.final

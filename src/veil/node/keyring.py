@@ -15,7 +15,6 @@ is 409 STALE_NODE_KEY.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -32,17 +31,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from veil.keyfiles import read_secret, write_secret
 from veil.wire.envelopes import b64encode
 from veil.wire.errors import StaleNodeKey
+from veil.wire.keyid import key_id
 
 DEFAULT_GRACE_SECONDS = 600.0
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
 _RAW_PRIV = serialization.PrivateFormat.Raw
 _NO_ENC = serialization.NoEncryption()
-
-
-def key_id(public_key: bytes) -> str:
-    """First 8 bytes of BLAKE2b-256 of the raw public key, hex (PROTOCOL.md section 6)."""
-    return hashlib.blake2b(public_key, digest_size=32).digest()[:8].hex()
 
 
 @dataclass(frozen=True)
