@@ -9,7 +9,8 @@ Conventions, chosen so the same rows mean the same thing on SQLite and PostgreSQ
 - ``stacks.price_per_million_units`` is a ``BIGINT`` of micro-units of currency (1e-6) per one
   million compute units: integers, so no rounding ever happens inside the database.
 - States are short strings guarded by CHECK constraints rather than database enums, so adding a
-  state later is a one-line migration on both backends.
+  state later is a one-line migration on both backends. The CHECK text and the defaults are built
+  from the enums in ``state.py``; the migrations keep the literal SQL they were written with.
 - The rules that keep money consistent are CHECK constraints, not only Python: a stack can never
   hold more reserved + used units than it has, whichever gateway writes.
 
@@ -18,6 +19,8 @@ compares the two.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 from sqlalchemy import (
     BigInteger,
@@ -33,6 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from veil.gateway.ledger.state import INITIAL, ReservationState, StackState, check_in
+
 # SQLite only auto-increments a column declared exactly "INTEGER PRIMARY KEY" (the rowid alias), so
 # 64-bit ids are BIGINT on PostgreSQL and INTEGER (which is 64-bit anyway) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -45,10 +50,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-STACK_STATES = ("active", "locked", "settling")
-RESERVATION_STATES = ("held", "in_flight", "settled", "released", "expired")
-LIVE_STATES = ("held", "in_flight")
-"""Reservations whose units are still counted in ``stacks.reserved_units``."""
+STACK_STATES: Final = tuple(StackState)
+RESERVATION_STATES: Final = tuple(ReservationState)
 
 
 class Base(DeclarativeBase):
@@ -98,7 +101,7 @@ class StackRow(Base):
         CheckConstraint("used_units >= 0", name="used_nonnegative"),
         CheckConstraint("reserved_units + used_units <= total_units", name="units_fit"),
         CheckConstraint("price_per_million_units >= 0", name="price_nonnegative"),
-        CheckConstraint("state IN ('active', 'locked', 'settling')", name="state_valid"),
+        CheckConstraint(check_in("state", StackState), name="state_valid"),
         Index("ix_stacks_user_id_model", "user_id", "model"),
     )
 
@@ -109,7 +112,9 @@ class StackRow(Base):
     reserved_units: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     used_units: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     price_per_million_units: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    state: Mapped[str] = mapped_column(
+        String(16), default=StackState.ACTIVE.value, server_default=StackState.ACTIVE.value
+    )
     created_at: Mapped[float] = mapped_column(Double)
 
 
@@ -131,9 +136,7 @@ class ReservationRow(Base):
         CheckConstraint("units > 0", name="units_positive"),
         CheckConstraint("charged_units IS NULL OR charged_units >= 0", name="charged_nonnegative"),
         CheckConstraint("charged_units IS NULL OR charged_units <= units", name="charged_fits"),
-        CheckConstraint(
-            "state IN ('held', 'in_flight', 'settled', 'released', 'expired')", name="state_valid"
-        ),
+        CheckConstraint(check_in("state", ReservationState), name="state_valid"),
         # claim(): the oldest live held reservation of a user on a stack.
         Index("ix_reservations_stack_id_user_id_state", "stack_id", "user_id", "state"),
         # expire(): live reservations by deadline.
@@ -145,7 +148,9 @@ class ReservationRow(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     node_small_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
     units: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(16), default="held", server_default="held")
+    state: Mapped[str] = mapped_column(
+        String(16), default=INITIAL.value, server_default=INITIAL.value
+    )
     created_at: Mapped[float] = mapped_column(Double)
     expires_at: Mapped[float] = mapped_column(Double)
     charged_units: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
