@@ -17,6 +17,9 @@ A node that answers something no Veil node would (a 200 without a valid signed r
 JSON body, an error status without the error shape) gets the caller a 502 ``ENGINE_ERROR`` instead
 of its bytes, and charges nothing. The gateway never sees plaintext here: it moves bytes and reads
 signed receipts.
+
+The lease renewals, the receipt checks and the ledger writes are ``settlement.Settlement``'s; this
+module is the exchange with the node (the ticket, the request, the answer or stream, the drain).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import contextlib
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -35,35 +37,27 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from veil.gateway.ledger import Ledger, Reservation
 from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.registry import NodeInfo, NodeRegistry
+from veil.gateway.settlement import Settlement
 from veil.web import parse_json_object
 from veil.wire.errors import EngineError, InvalidBody, ServiceUnavailable
 from veil.wire.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
     TICKET_HEADER,
-    SignatureInvalid,
     Ticket,
     UsageReceipt,
     envelope_digest,
     sign_token,
-    verify_token,
 )
 
 log = logging.getLogger("veil.gateway.forward")
 
 _RECEIPT_PREFIX = RECEIPT_COMMENT.decode()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# How long settlement keeps retrying while the ledger database is unreachable (a restart, a
-# failover): settling is idempotent, and giving up leaves the units held until expiry.
-SETTLE_RETRY_SECONDS = 30.0
-# Lease renewals per node timeout: two may fail in a row before the lease runs out (and then the
-# ledger's in-flight grace still stands between a slow database and a forgiven request).
-HEARTBEATS_PER_LEASE = 3
 
 
 def answer_margin(node_timeout: float) -> float:
@@ -80,30 +74,6 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the ledger database cannot be reached right now (down, restarting,
-    connection cut) rather than a bug: such a request fails with 503, never 500.
-
-    PostgreSQL SQLSTATE classes 08 (connection exception) and 57P (admin or crash shutdown,
-    cannot connect now), a connection SQLAlchemy invalidated, a DBAPI OperationalError, or an
-    ``OSError`` (refused, reset, timed out) anywhere in the cause chain.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError | OperationalError):
-            return True
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
-        sqlstate = getattr(current, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(("08", "57P")):
-            return True
-        orig = current.orig if isinstance(current, DBAPIError) else None
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
-
-
 @dataclass
 class Forwarder:
     client: httpx.AsyncClient
@@ -112,53 +82,22 @@ class Forwarder:
     key: Ed25519PrivateKey
     metrics: GatewayMetrics
     node_timeout: float
-    # reservation id -> the task renewing its lease while its request is served
-    _leases: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # requests the caller was answered for (a node timeout) that still wait for the node's receipt
     _draining: set[asyncio.Task[None]] = field(default_factory=set)
-    # reservations whose settlement a stream relay or a late-answer drain has taken over
-    _handed: set[str] = field(default_factory=set)
-    # reservation id -> (its stream relay, model), watched by the lease renewal
-    _relays: dict[str, tuple[weakref.ref[AsyncIterator[bytes]], str]] = field(default_factory=dict)
-    # request id -> its newest verified receipt and the signed token it came in, so settlement
-    # stores the node's signature (GET /v1/usage shows it; `veil usage --verify` checks it)
-    _tokens: dict[str, tuple[UsageReceipt, str]] = field(default_factory=dict)
+    settlement: Settlement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settlement = Settlement(self.ledger, self.registry, self.metrics, self.lease_seconds)
 
     @property
     def lease_seconds(self) -> float:
         """How long a claim or a heartbeat covers a request: a deadline and its margin."""
         return lease_for(self.node_timeout)
 
-    def keep_alive(self, reservation: Reservation, node: NodeInfo) -> None:
-        """Renew ``reservation``'s lease until it is settled (``settle`` stops the renewals)."""
-        if reservation.id not in self._leases:
-            self._leases[reservation.id] = asyncio.create_task(self._renew(reservation, node))
-
-    async def _renew(self, reservation: Reservation, node: NodeInfo) -> None:
-        interval = self.lease_seconds / HEARTBEATS_PER_LEASE
-        while True:
-            await asyncio.sleep(interval)
-            relay = self._relays.get(reservation.id)
-            if relay is not None and relay[0]() is None:
-                log.warning("a stream was dropped before it was relayed; releasing its units")
-                self._leases.pop(reservation.id, None)  # this task: settle must not cancel it
-                await self.settle(reservation, None, relay[1])
-                return
-            try:
-                deadline = await self.ledger.heartbeat(
-                    reservation.id, lease_seconds=self.lease_seconds
-                )
-            except Exception as exc:  # the next beat may succeed; the grace covers a few misses
-                log.warning("lease renewal failed (%s); retrying", type(exc).__name__)
-                continue
-            if deadline is None:  # settled, or expired by a sweep: nothing left to cover
-                return
-            with contextlib.suppress(Exception):  # the node may have left the registry
-                self.registry.hold(node.node_small_id, reservation.id, deadline)
-
     async def aclose(self) -> None:
         """At shutdown: stop listening for late answers (their units are released) and renewals."""
-        for task in [*self._draining, *self._leases.values()]:
+        self.settlement.stop()
+        for task in self._draining:
             task.cancel()
         for task in list(self._draining):
             with contextlib.suppress(BaseException):
@@ -184,78 +123,6 @@ class Forwarder:
             deadline=None if stream else now + self.node_timeout,
         )
         return sign_token(ticket, self.key)
-
-    def _receipt(self, token: str | None, node: NodeInfo, request_id: str) -> UsageReceipt | None:
-        if not token or node.signing_key is None:
-            return None
-        try:
-            receipt = verify_token(token, UsageReceipt, [node.signing_key])
-        except SignatureInvalid as exc:
-            log.error("node %d sent an invalid usage receipt: %s", node.node_small_id, exc)
-            return None
-        if receipt.ticket_id != request_id:
-            log.error("node %d sent a receipt for another request", node.node_small_id)
-            return None
-        self._tokens[request_id] = (receipt, token.strip())
-        return receipt
-
-    async def settle(
-        self,
-        reservation: Reservation,
-        receipt: UsageReceipt | None,
-        model: str,
-        token: str | None = None,
-    ) -> None:
-        # Shielded: a client that disconnects cancels the response task, and the ledger must
-        # still be written.
-        lease = self._leases.pop(reservation.id, None)
-        if lease is not None:
-            lease.cancel()
-        self._handed.discard(reservation.id)
-        self._relays.pop(reservation.id, None)
-        signed = self._tokens.pop(reservation.request_id or "", None)
-        if receipt is not None:
-            signed = self._tokens.pop(receipt.ticket_id, signed)
-        if token is None and signed is not None and signed[0] is receipt:
-            token = signed[1]
-        self.registry.release(reservation.id)
-        with anyio.CancelScope(shield=True):
-            deadline = time.monotonic() + SETTLE_RETRY_SECONDS
-            delay = 0.1
-            while True:
-                try:
-                    op = "release" if receipt is None else "settle"
-                    with self.metrics.ledger_latency.labels(op).time():
-                        await self._write_settlement(reservation, receipt, token)
-                    break
-                except Exception as exc:
-                    if not database_unavailable(exc) or time.monotonic() + delay > deadline:
-                        raise
-                    log.warning(
-                        "ledger unavailable while settling (%s); retrying", type(exc).__name__
-                    )
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-            if receipt is not None:
-                self.metrics.units_charged.labels(model).inc(
-                    min(receipt.compute_units, reservation.units)
-                )
-
-    async def _write_settlement(
-        self, reservation: Reservation, receipt: UsageReceipt | None, token: str | None = None
-    ) -> None:
-        """One attempt; idempotent (a reservation already final is left as it is). The node's
-        signed token is what the ledger keeps, so a user can check the charge (GET /v1/usage)."""
-        if receipt is None:
-            await self.ledger.release(reservation.id)
-            return
-        await self.ledger.settle(
-            reservation.id,
-            receipt.compute_units,
-            prompt_tokens=receipt.prompt_tokens,
-            completion_tokens=receipt.completion_tokens,
-            receipt=token.strip() if token else receipt.model_dump_json(),
-        )
 
     async def forward(
         self,
@@ -284,14 +151,14 @@ class Forwarder:
             headers=headers,
             timeout=httpx.Timeout(wait + self.node_timeout, connect=5.0),
         )
-        self.keep_alive(reservation, node)
+        self.settlement.keep_alive(reservation, node)
         try:
             return await self._exchange(request, path, node, reservation, model, request_id)
         except BaseException:
             # Whatever went wrong, a request still owned here is released: its lease must not
             # be renewed forever. (A relayed stream or a late answer settles on its own.)
-            if reservation.id in self._leases and reservation.id not in self._handed:
-                await self.settle(reservation, None, model)
+            if self.settlement.unsettled(reservation):
+                await self.settlement.settle(reservation, None, model)
             raise
 
     async def _exchange(
@@ -326,15 +193,13 @@ class Forwarder:
             upstream = sending.result()
         except httpx.HTTPError as exc:
             self._blame(node, exc, "connection failed")
-            await self.settle(reservation, None, model)
+            await self.settlement.settle(reservation, None, model)
             raise ServiceUnavailable("the node did not answer; nothing was charged") from None
 
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             relay = self._relay(upstream, node, reservation, model, request_id)
-            self._handed.add(reservation.id)
-            # A relay that is dropped unstarted (the caller left first) never runs its finally:
-            # the lease renewal notices it is gone and releases the reservation instead.
-            self._relays[reservation.id] = (weakref.ref(relay), model)
+            self.settlement.hand_over(reservation)
+            self.settlement.watch_relay(reservation, relay, model)
             return StreamingResponse(
                 relay,
                 status_code=upstream.status_code,
@@ -345,13 +210,13 @@ class Forwarder:
             content = await upstream.aread()
         except httpx.HTTPError as exc:
             self._blame(node, exc, "connection lost")
-            await self.settle(reservation, None, model)
+            await self.settlement.settle(reservation, None, model)
             raise ServiceUnavailable("the node connection broke; nothing was charged") from None
         finally:
             await upstream.aclose()
         receipt, malformed = self._judge(upstream, content, node, request_id)
         if malformed:
-            await self.settle(reservation, None, model)
+            await self.settlement.settle(reservation, None, model)
             log.error(
                 "node %d answered HTTP %d with a malformed answer (%d bytes)",
                 node.node_small_id,
@@ -362,7 +227,7 @@ class Forwarder:
                 f"the node answered HTTP {upstream.status_code} with a malformed answer (no "
                 "signed usage receipt or not the expected JSON); nothing was charged"
             )
-        await self.settle(reservation, receipt, model)
+        await self.settlement.settle(reservation, receipt, model)
         return Response(
             content,
             status_code=upstream.status_code,
@@ -379,7 +244,7 @@ class Forwarder:
         """(the receipt to charge, whether the answer is malformed). A 200 must carry a valid
         receipt and a JSON object; an error must have the error shape, and is charged only if the
         node signed a receipt for it (what it produced before it stopped)."""
-        receipt = self._receipt(upstream.headers.get(RECEIPT_HEADER), node, request_id)
+        receipt = self.settlement.receipt(upstream.headers.get(RECEIPT_HEADER), node, request_id)
         if upstream.status_code == 200:
             return receipt, receipt is None or _json_object(content) is None
         return receipt, not _is_error_body(content)
@@ -400,7 +265,7 @@ class Forwarder:
         model: str,
         request_id: str,
     ) -> None:
-        self._handed.add(reservation.id)
+        self.settlement.hand_over(reservation)
         task = asyncio.create_task(self._late(sending, node, reservation, model, request_id))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
@@ -423,7 +288,7 @@ class Forwarder:
                     async for line in upstream.aiter_lines():
                         if line.startswith(_RECEIPT_PREFIX):
                             token = line[len(_RECEIPT_PREFIX) :]
-                            receipt = self._receipt(token, node, request_id)
+                            receipt = self.settlement.receipt(token, node, request_id)
                             if receipt is not None:
                                 break
                 else:
@@ -441,7 +306,7 @@ class Forwarder:
             log.error("reading a late answer failed: %s", type(exc).__name__)
         finally:
             try:
-                await self.settle(reservation, receipt, model)
+                await self.settlement.settle(reservation, receipt, model)
             except Exception as exc:  # nobody awaits this task: say it here
                 log.error("settling a late answer failed: %s", type(exc).__name__)
             log.info(
@@ -467,7 +332,7 @@ class Forwarder:
             async for line in upstream.aiter_lines():
                 if line.startswith(_RECEIPT_PREFIX):
                     token = line[len(_RECEIPT_PREFIX) :]
-                    receipt = self._receipt(token, node, request_id)
+                    receipt = self.settlement.receipt(token, node, request_id)
                     if receipt is not None:
                         latest, latest_token = receipt, token
                 yield (line + "\n").encode()
@@ -479,7 +344,7 @@ class Forwarder:
         finally:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-            await self.settle(reservation, latest, model, latest_token)
+            await self.settlement.settle(reservation, latest, model, latest_token)
 
 
 def _json_object(content: bytes) -> dict[str, object] | None:

@@ -1,0 +1,283 @@
+"""The gateway's one state object (``app.state.gateway``): what the routers call.
+
+It holds the ledger, the node registry, the forwarder, the rate limiter and the metrics, and does
+the work of each paid surface: lock (reserve on a node, relay its evidence), forward a sealed
+envelope, forward a plain OpenAI request. The routers in ``veil.gateway.routes`` only parse the
+HTTP request and call one method here.
+
+Nothing here can decrypt: an envelope is a validated set of base64 fields whose bytes go to the
+node untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Response
+
+from veil.config import GatewaySettings
+from veil.gateway.forward import Forwarder, new_request_id
+from veil.gateway.ledger import Ledger, Reservation, User
+from veil.gateway.metrics import GatewayMetrics
+from veil.gateway.ratelimit import Limits, make_limiter
+from veil.gateway.registry import NodeInfo, NodeRegistry
+from veil.web import parse_json_object, parse_model
+from veil.wire.envelopes import (
+    ConfidentialComputeRequest,
+    NodesCreateLockRequest,
+    NodesCreateLockResponse,
+)
+from veil.wire.errors import InvalidBody, NotFound, ServiceUnavailable, StaleNodeKey
+from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.routes import ROUTES, Endpoint
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("veil.gateway")
+
+
+class Gateway:
+    """One running gateway: its settings, ledger, nodes, forwarder, limiter and metrics."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        ledger: Ledger,
+        key: Ed25519PrivateKey,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.key = key
+        self.client = client
+        self.metrics = GatewayMetrics()
+        self.registry = NodeRegistry(client)
+        self.forwarder = Forwarder(
+            client, ledger, self.registry, key, self.metrics, settings.node_timeout_seconds
+        )
+        # A slot outlives the longest non-streamed request; a live stream keeps extending it.
+        self.limiter = make_limiter(
+            settings.redis_url,
+            slot_ttl=settings.node_timeout_seconds + 60.0,
+            prefix=settings.rate_limit_prefix,
+        )
+
+    async def aclose(self) -> None:
+        """At shutdown: stop the forwarder's background work, then close what it used."""
+        await self.forwarder.aclose()
+        await self.client.aclose()
+        await self.limiter.close()
+        await self.ledger.close()
+
+    # -- rate limits -----------------------------------------------------------------------
+    def limits(self, user: User) -> Limits:
+        """The limits in force for ``user``: its own, or the gateway's defaults."""
+        return Limits(
+            requests_per_minute=user.requests_per_minute
+            or self.settings.default_requests_per_minute,
+            concurrency=user.concurrency or self.settings.default_concurrency,
+        )
+
+    def limits_json(self, user: User) -> dict[str, Any]:
+        """A user's own limits (None: the default) and the limits in force."""
+        limits = self.limits(user)
+        return {
+            "requests_per_minute": user.requests_per_minute,
+            "concurrency": user.concurrency,
+            "effective": {
+                "requests_per_minute": limits.requests_per_minute,
+                "concurrency": limits.concurrency,
+            },
+        }
+
+    # -- reserving on a node ---------------------------------------------------------------
+    def default_units(self, kind: str) -> int:
+        """What a lock holds when the caller names no budget, by the model's kind."""
+        if kind == "embeddings":
+            return self.settings.default_embedding_units
+        if kind == "images":
+            return self.settings.default_image_units
+        return self.settings.default_chat_units
+
+    async def alive(self, node: NodeInfo) -> bool:
+        try:
+            response = await self.client.get(f"{node.url}/health", timeout=3)
+            return response.status_code == 200
+        except httpx.HTTPError:
+            self.registry.mark_unhealthy(node, "health check failed")
+            return False
+
+    async def reserve_on_a_node(
+        self, user: User, model: str, units: int, ttl: int
+    ) -> tuple[NodeInfo, Reservation]:
+        """Reserve on the least busy healthy node that answers; try the next one otherwise."""
+        for node in self.registry.candidates(model):
+            if not await self.alive(node):
+                continue
+            with self.metrics.ledger_latency.labels("reserve").time():
+                reservation = await self.ledger.reserve(
+                    user.id, model, units, node_small_id=node.node_small_id, ttl_seconds=ttl
+                )
+            self.registry.hold(node.node_small_id, reservation.id, reservation.expires_at)
+            return node, reservation
+        raise ServiceUnavailable(f"no node serving {model!r} is reachable right now")
+
+    async def lock(self, user: User, ask: NodesCreateLockRequest) -> NodesCreateLockResponse:
+        """Hold units on a node for ``ask.model``; with a nonce, relay the node's evidence."""
+        kind = self.registry.kind_of(ask.model)
+        units = ask.max_num_tokens or self.default_units(kind)
+        ttl = ask.timeout or self.settings.lock_timeout_seconds
+        node, reservation = await self.reserve_on_a_node(user, ask.model, units, ttl)
+        evidence = None
+        if ask.attestation_nonce is not None:
+            evidence = await self.evidence(node, ask.attestation_nonce, reservation)
+            if (
+                evidence.get("x25519_public_key")
+                != base64.b64encode(node.current_public_key).decode()
+            ):
+                # The node rotated since our last refresh: learn its new key now, or the client
+                # would see evidence for one key and a lock for another.
+                await self.registry.refresh(node)
+        return NodesCreateLockResponse(
+            public_key=node.current_public_key,
+            node_small_id=node.node_small_id,
+            stack_small_id=reservation.stack_id,
+            stack_entry_digest=None,
+            key_id=node.current_key_id,
+            node_signing_public_key=node.signing_public_key,
+            reserved_units=reservation.units,
+            expires_at=reservation.expires_at,
+            evidence=evidence,
+            reservation_id=reservation.id,
+        )
+
+    async def evidence(
+        self, node: NodeInfo, nonce: bytes, reservation: Reservation
+    ) -> dict[str, Any]:
+        """Relay the node's evidence for the client's nonce; the client, not us, judges it."""
+        try:
+            response = await self.client.get(
+                f"{node.url}/v1/attestation",
+                params={"nonce": base64.b64encode(nonce).decode()},
+                timeout=30,
+            )
+            if response.status_code == 200:
+                document = response.json()
+                if isinstance(document, dict):
+                    return document
+        except (httpx.HTTPError, ValueError):
+            self.registry.mark_unhealthy(node, "attestation failed")
+        await self.ledger.release(reservation.id)
+        self.registry.release(reservation.id)
+        raise ServiceUnavailable("the node did not return attestation evidence; nothing reserved")
+
+    # -- forwarding ------------------------------------------------------------------------
+    async def forward_confidential(
+        self, user: User, endpoint: Endpoint, raw: bytes, reservation_id: str | None
+    ) -> Response:
+        """Forward a sealed envelope to the node it was sealed to, charged to the caller's
+        reservation on the envelope's stack (the lock's own one when ``reservation_id`` names
+        it)."""
+        envelope = parse_model(raw, ConfidentialComputeRequest, "envelope")
+        node = self.registry.by_public_key(envelope.node_dh_public_key)
+        if envelope.model_name not in node.models:
+            raise NotFound(f"model {envelope.model_name!r} is not served by that node")
+        request_id = new_request_id()
+        with self.metrics.ledger_latency.labels("claim").time():
+            # Veil's client names its lock's reservation; atoma-sdk knows no handle, so the
+            # caller's oldest held one on the stack is claimed instead.
+            reservation = await self.ledger.claim(
+                user.id,
+                envelope.stack_small_id,
+                request_id=request_id,
+                reservation_id=reservation_id,
+                model=envelope.model_name,
+                lease_seconds=self.forwarder.lease_seconds,
+            )
+        response = await self.forwarder.forward(
+            node,
+            ROUTES[endpoint].confidential,
+            raw,
+            reservation,
+            envelope.model_name,
+            request_id,
+            stream=envelope.stream is True,
+        )
+        if response.status_code == StaleNodeKey.status:  # stale key (or a replay: harmless)
+            await self.registry.refresh(node)  # the client will lock again: give it the new key
+        return response
+
+    async def forward_plain(self, user: User, endpoint: Endpoint, raw: bytes) -> Response:
+        """A non-confidential OpenAI request: the gateway sees plaintext here, by the caller's
+        choice. Reserve on a node, claim at once, forward."""
+        document = parse_json_object(raw)
+        model = document.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidBody("model: a model id is required")
+        units = self.plain_units(endpoint, raw)
+        node, reservation = await self.reserve_on_a_node(
+            user, model, units, self.settings.lock_timeout_seconds
+        )
+        request_id = new_request_id()
+        with self.metrics.ledger_latency.labels("claim").time():
+            claimed = await self.ledger.claim(
+                user.id,
+                reservation.stack_id,
+                request_id=request_id,
+                reservation_id=reservation.id,
+                lease_seconds=self.forwarder.lease_seconds,
+            )
+        return await self.forwarder.forward(
+            node,
+            ROUTES[endpoint].plain,
+            raw,
+            claimed,
+            model,
+            request_id,
+            stream=document.get("stream") is True,
+        )
+
+    def plain_units(self, endpoint: Endpoint, raw: bytes) -> int:
+        """What to hold for a plain request; the node's signed receipt decides the charge."""
+        if endpoint == "images":
+            return parse_model(raw, ImageGenerationRequest, "images request").compute_units()
+        if endpoint == "embeddings":
+            parse_model(raw, EmbeddingRequest, "embeddings request")
+            return self.settings.default_embedding_units
+        chat = parse_model(raw, ChatCompletionRequest, "chat request")
+        wanted = chat.requested_max_tokens()
+        # Bytes bound the prompt's tokens from above for byte-level tokenizers.
+        return self.settings.default_chat_units if wanted is None else wanted + len(raw)
+
+    def models(self) -> dict[str, Any]:
+        """``GET /v1/models``: what the healthy nodes serve, OpenAI's list shape plus the kind."""
+        return {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": 0, "owned_by": "veil", "kind": kind}
+                for model, kind in sorted(self.registry.models().items())
+            ],
+        }
+
+    # -- background ------------------------------------------------------------------------
+    async def maintain(self) -> None:
+        """Refresh nodes and release expired reservations, forever (cancelled at shutdown)."""
+        last_refresh = 0.0
+        while True:
+            await asyncio.sleep(self.settings.expire_interval_seconds)
+            try:
+                released = await self.ledger.expire()
+                if released:
+                    self.metrics.expired.inc(released)
+                    log.info("released %d expired reservation(s)", released)
+                if time.monotonic() - last_refresh >= self.settings.health_interval_seconds:
+                    await self.registry.refresh_all()
+                    last_refresh = time.monotonic()
+            except Exception as exc:  # keep maintaining; the next round may succeed
+                log.error("maintenance round failed: %s", type(exc).__name__)
