@@ -1,4 +1,5 @@
-"""Replay caches: in memory (bounded, fails closed) and on Redis (shared across node processes).
+"""The replay cache: one interface, in memory (bounded, fails closed) and on Redis (shared across
+node processes), used by the node for v2 request ids and for gateway ticket ids.
 
 The Redis tests use the server at ``VEIL_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379``),
 each under its own random key prefix, deleted afterwards. Without a reachable Redis they are
@@ -12,20 +13,25 @@ import os
 import secrets
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from veil import config
+from veil.config import NodeSettings
 from veil.hazmat import v2
 from veil.node.replay import (
     MemoryReplayCache,
+    NodeReplayCaches,
     RedisReplayCache,
     ReplayCache,
     make_replay_cache,
 )
-from veil.wire.errors import Replayed, ServiceUnavailable
+from veil.wire.errors import Replayed, ServiceUnavailable, TooManyRequests
+from veil.wire.keyid import key_id
 
 REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 UNREACHABLE = "redis://127.0.0.1:1"
@@ -142,6 +148,23 @@ def test_redis_repr_never_shows_the_url() -> None:
     assert "hunter2" not in repr(cache)
 
 
+def test_replay_partitions_per_tenant_in_memory() -> None:
+    now = 1_000.0
+    cache = MemoryReplayCache(max_entries=10, max_per_tenant=2)
+
+    async def scenario() -> None:
+        assert await cache.check_and_add(b"a", now + 5, now, tenant=1)
+        assert await cache.check_and_add(b"b", now + 5, now, tenant=1)
+        with pytest.raises(TooManyRequests, match="stack 1"):
+            await cache.check_and_add(b"c", now + 5, now, tenant=1)
+        assert await cache.check_and_add(b"a", now + 5, now, tenant=2)  # its own space
+        assert not await cache.check_and_add(b"a", now + 5, now, tenant=1)  # still a replay
+        assert await cache.check_and_add(b"c", now + 9, now + 5.5, tenant=1)  # a and b expired
+        assert cache.held_by(1) == 1
+
+    asyncio.run(scenario())
+
+
 # -- the pipeline's use: open_request, then the cache ---------------------------------------------
 
 
@@ -151,7 +174,7 @@ def test_v2_request_replayed_to_the_same_node_is_refused() -> None:
     public = key.public_key().public_bytes_raw()
     envelope, _ = v2.seal_request(
         public,
-        v2.key_id_of(public),
+        key_id(public),
         b"{}",
         endpoint="/v1/confidential/embeddings",
         model_name="m",
@@ -321,5 +344,176 @@ def test_redis_that_stops_answering_fails_closed(redis_url: str, prefix: str) ->
         with pytest.raises(ServiceUnavailable):
             await cache.check_and_add(rid(2), NOW + 60, NOW)
         await cache.close()
+
+    run(go())
+
+
+# -- one interface, two stores: the same rules hold for both --------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache_factory(request: pytest.FixtureRequest) -> Callable[..., ReplayCache]:
+    """Builds a cache of the parametrised kind; Redis ones get the test's own prefix."""
+    if request.param == "memory":
+        return lambda **kw: MemoryReplayCache(max_entries=100, **kw)
+    url = request.getfixturevalue("redis_url")
+    prefix_ = request.getfixturevalue("prefix")
+    return lambda **kw: RedisReplayCache(url, prefix_, **kw)
+
+
+def with_cache(factory: Callable[..., ReplayCache], body: Callable[..., Awaitable[None]]) -> None:
+    async def go() -> None:
+        cache = factory(max_per_tenant=2)
+        try:
+            await body(cache)
+        finally:
+            await cache.close()
+
+    run(go())
+
+
+def test_every_cache_answers_true_once_per_id_and_tenant(
+    cache_factory: Callable[..., ReplayCache],
+) -> None:
+    async def body(cache: ReplayCache) -> None:
+        assert await cache.check_and_add(rid(1), NOW + 60, NOW, tenant=5)
+        assert not await cache.check_and_add(rid(1), NOW + 60, NOW, tenant=5)
+        assert await cache.check_and_add(rid(1), NOW + 60, NOW, tenant=6)  # another partition
+        assert await cache.check_and_add(rid(1), NOW + 60, NOW)  # the tenant-less space too
+        assert not await cache.check_and_add(rid(1), NOW + 60, NOW)
+
+    with_cache(cache_factory, body)
+
+
+def test_every_cache_refuses_an_expired_id(cache_factory: Callable[..., ReplayCache]) -> None:
+    async def body(cache: ReplayCache) -> None:
+        assert not await cache.check_and_add(rid(1), NOW, NOW, tenant=5)
+        assert not await cache.check_and_add(rid(2), NOW - 1, NOW)
+        # Refused without being recorded: it never holds the tenant's share.
+        assert await cache.check_and_add(rid(3), NOW + 60, NOW, tenant=5)
+        assert await cache.check_and_add(rid(4), NOW + 60, NOW, tenant=5)
+
+    with_cache(cache_factory, body)
+
+
+def test_every_cache_fails_closed_when_a_tenant_holds_its_share(
+    cache_factory: Callable[..., ReplayCache],
+) -> None:
+    async def body(cache: ReplayCache) -> None:
+        assert await cache.check_and_add(rid(1), NOW + 10, NOW, tenant=5)
+        assert await cache.check_and_add(rid(2), NOW + 20, NOW, tenant=5)
+        with pytest.raises(TooManyRequests, match="stack 5"):
+            await cache.check_and_add(rid(3), NOW + 20, NOW, tenant=5)
+        assert await cache.check_and_add(rid(3), NOW + 20, NOW, tenant=6)
+        # The share frees only as ids expire, and then only by as many as expired.
+        assert await cache.check_and_add(rid(4), NOW + 30, NOW + 10.5, tenant=5)
+        with pytest.raises(TooManyRequests):
+            await cache.check_and_add(rid(5), NOW + 30, NOW + 10.5, tenant=5)
+        assert not await cache.check_and_add(rid(2), NOW + 30, NOW + 10.5, tenant=5)
+
+    with_cache(cache_factory, body)
+
+
+def test_the_interface_checks_ids_before_any_store_sees_them() -> None:
+    async def go() -> None:
+        cache = RedisReplayCache(UNREACHABLE)  # would answer 503 if it were asked
+        try:
+            with pytest.raises(ValueError):
+                await cache.check_and_add(b"", NOW + 1, NOW)
+            assert not await cache.check_and_add(rid(1), NOW, NOW)  # expired: no Redis call
+        finally:
+            await cache.close()
+
+    run(go())
+
+
+# -- the node's two uses: request ids and ticket ids ------------------------------------------------
+
+
+def node_settings(tmp_path: Path, **kw: object) -> NodeSettings:
+    return NodeSettings(data_dir=tmp_path, embedded=False, **kw)  # type: ignore[arg-type]
+
+
+def test_the_defaults_come_from_config() -> None:
+    assert MemoryReplayCache().max_entries == config.REPLAY_MAX_ENTRIES
+    assert MemoryReplayCache().max_per_tenant == config.REPLAY_MAX_PER_TENANT
+    assert RedisReplayCache(UNREACHABLE).prefix == config.REPLAY_PREFIX
+    assert RedisReplayCache(UNREACHABLE).timeout == config.REPLAY_REDIS_TIMEOUT_SECONDS
+    defaults = NodeSettings()
+    assert defaults.replay_max_entries == config.REPLAY_MAX_ENTRIES
+    assert defaults.ticket_replay_max_entries == config.TICKET_REPLAY_MAX_ENTRIES
+
+
+def test_node_caches_in_memory_are_bounded_separately(tmp_path: Path) -> None:
+    settings = node_settings(
+        tmp_path, replay_max_entries=3, replay_max_per_tenant=2, ticket_replay_max_entries=2
+    )
+    caches = NodeReplayCaches.from_settings(settings)
+    assert isinstance(caches.requests, MemoryReplayCache)
+    assert isinstance(caches.tickets, MemoryReplayCache)
+    assert (caches.requests.max_entries, caches.requests.max_per_tenant) == (3, 2)
+    assert caches.tickets.max_entries == 2
+
+    async def go() -> None:
+        # Request ids fill their own cache (tenant 1's share, then the total)...
+        assert await caches.requests.check_and_add(rid(1), NOW + 60, NOW, tenant=1)
+        assert await caches.requests.check_and_add(rid(2), NOW + 60, NOW, tenant=1)
+        with pytest.raises(TooManyRequests):
+            await caches.requests.check_and_add(rid(3), NOW + 60, NOW, tenant=1)
+        assert await caches.requests.check_and_add(rid(3), NOW + 60, NOW, tenant=2)
+        with pytest.raises(ServiceUnavailable):
+            await caches.requests.check_and_add(rid(4), NOW + 60, NOW, tenant=3)
+        # ...and not the tickets', which has its own bound and fails closed at it.
+        assert await caches.tickets.check_and_add(rid(1), NOW + 60, NOW)
+        assert await caches.tickets.check_and_add(rid(2), NOW + 60, NOW)
+        with pytest.raises(ServiceUnavailable, match="full"):
+            await caches.tickets.check_and_add(rid(3), NOW + 60, NOW)
+        # Once the tickets expire there is room again.
+        assert await caches.tickets.check_and_add(rid(3), NOW + 120, NOW + 61)
+        await caches.close()
+
+    run(go())
+
+
+def test_node_caches_on_redis_share_one_server_under_two_prefixes(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    settings = node_settings(
+        tmp_path, replay_cache=redis_url, replay_prefix=prefix, replay_max_per_tenant=1
+    )
+
+    async def go() -> None:
+        first = NodeReplayCaches.from_settings(settings)
+        second = NodeReplayCaches.from_settings(settings)  # another node process
+        try:
+            assert isinstance(first.tickets, RedisReplayCache)
+            assert first.tickets.prefix == prefix + config.TICKET_REPLAY_SUFFIX
+            assert first.tickets.max_per_tenant == config.REPLAY_MAX_PER_TENANT
+            assert await first.requests.check_and_add(rid(1), NOW + 60, NOW, tenant=1)
+            assert not await second.requests.check_and_add(rid(1), NOW + 60, NOW, tenant=1)
+            with pytest.raises(TooManyRequests):
+                await second.requests.check_and_add(rid(2), NOW + 60, NOW, tenant=1)
+            # The same id as a ticket id is another key: the two uses never collide.
+            assert await second.tickets.check_and_add(rid(1), NOW + 60, NOW)
+            assert not await first.tickets.check_and_add(rid(1), NOW + 60, NOW)
+        finally:
+            await first.close()
+            await second.close()
+
+    run(go())
+
+
+def test_node_caches_on_an_unreachable_redis_fail_closed_for_both_uses(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path, replay_cache=UNREACHABLE, replay_redis_timeout_seconds=0.5)
+
+    async def go() -> None:
+        caches = NodeReplayCaches.from_settings(settings)
+        try:
+            with pytest.raises(ServiceUnavailable):
+                await caches.requests.check_and_add(rid(1), NOW + 60, NOW, tenant=1)
+            with pytest.raises(ServiceUnavailable):
+                await caches.tickets.check_and_add(rid(1), NOW + 60, NOW)
+        finally:
+            await caches.close()
 
     run(go())

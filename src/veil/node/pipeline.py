@@ -1,185 +1,170 @@
-"""Open -> check -> (engine) -> seal -> sign. The only place on the node where plaintext exists.
+"""The node's pipeline: open -> check -> engine -> seal -> sign. Plaintext exists only here.
 
-``open_request`` turns an envelope of either suite (atoma-v1, veil-v2) into a validated OpenAI
-request and the ``Sealer`` that will seal its answer, whole or chunk by chunk, into signed envelopes.
-Nothing here logs, and no error raised here carries decrypted bytes.
+The app hands :class:`Pipeline` the raw request bytes (and the gateway ticket it checked on those
+bytes) and gets back an :data:`Answer`: the bytes of a whole response with its signed receipt, or
+an iterator of already-framed SSE events. Decrypted request bodies and model answers live in the
+pipeline's modules and the engines it drives, and nowhere else on the node:
+
+    pipeline   this file: one request from bytes to an Answer, for confidential and plain routes
+    sealing    open an envelope (atoma-v1, veil-v2), check it, refuse replays; seal answers
+    frames     an answer as sealed envelopes or plain OpenAI JSON
+    streams    a chat stream: running receipts, budget and deadline stops, mid-stream failures
+    receipts   the signed usage receipts the gateway settles from
+    service    engines and budgets (veil.engines does the inference)
+    bodies     OpenAI body parsing and encoding
+
+Nothing here logs request content, and no error raised here carries decrypted bytes.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel
-
-from veil.hazmat import v1, v2
+from veil.node.bodies import OpenAIRequest, parse_openai_request, wire_usage
+from veil.node.frames import Frame, PlainFrame, SealedFrame
 from veil.node.keyring import Keyring
+from veil.node.metrics import NodeMetrics
+from veil.node.receipts import Receipts
 from veil.node.replay import ReplayCache
+from veil.node.sealing import OpenedRequest, open_request
+from veil.node.service import EngineRegistry, NodeService
+from veil.node.streams import start_chat_stream
 from veil.web import parse_model
-from veil.wire.envelopes import (
-    ConfidentialComputeRequest,
-    ConfidentialComputeResponse,
-    Usage,
-    b64encode,
-)
-from veil.wire.errors import DecryptionFailed, InvalidBody, Replayed
+from veil.wire.envelopes import ConfidentialComputeRequest
 from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.routes import Endpoint, confidential_path
+from veil.wire.tickets import Ticket
 
-Endpoint = Literal["chat", "embeddings", "images"]
-OpenAIRequest = ChatCompletionRequest | EmbeddingRequest | ImageGenerationRequest
-
-REQUEST_MODELS: dict[Endpoint, type[BaseModel]] = {
-    "chat": ChatCompletionRequest,
-    "embeddings": EmbeddingRequest,
-    "images": ImageGenerationRequest,
-}
-
-
-def parse_openai_request(endpoint: Endpoint, raw: bytes) -> OpenAIRequest:
-    """Validate an OpenAI-style body for ``endpoint`` (400 INVALID_BODY if it is not one)."""
-    parsed = parse_model(raw, REQUEST_MODELS[endpoint], f"{endpoint} request")
-    assert isinstance(parsed, ChatCompletionRequest | EmbeddingRequest | ImageGenerationRequest)
-    return parsed
-
-
-class Sealer(Protocol):
-    """Seals one request's answers (whole, or chunk by chunk) into signed envelopes."""
-
-    #: What ends a stream for this suite's clients (v1: nothing; Atoma never sends [DONE]).
-    done: bytes | None
-    #: ``response_hash`` of the last sealed message (what a usage receipt vouches for).
-    last_hash: bytes | None
-
-    def seal(
-        self, payload: Any, usage: dict[str, int] | None = None, *, final: bool = True
-    ) -> ConfidentialComputeResponse: ...
+__all__ = ["Answer", "Pipeline", "StreamAnswer", "WholeAnswer", "open_request"]
 
 
 @dataclass(frozen=True)
-class OpenedRequest:
-    endpoint: Endpoint
-    request: OpenAIRequest
-    sealer: Sealer
-    key_id: str
-    units: int | None
-    stream: bool
-    request_id: str | None  # v2 only (base64); v1 has none
+class WholeAnswer:
+    """A whole response: its bytes (sealed on confidential routes) and its signed receipt."""
+
+    body: bytes
+    receipt: str
 
 
-async def open_request(
-    envelope: ConfidentialComputeRequest,
-    endpoint: Endpoint,
-    keyring: Keyring,
-    replay: ReplayCache,
-    *,
-    path: str,
-    now: float | None = None,
-    tenant: int | None = None,
-) -> OpenedRequest:
-    """Decrypt and check an envelope of either suite. Raises 409, 422, 400 (429 when ``tenant``
-    holds its share of the replay space, 503 when the replay cache cannot answer); never returns
-    unchecked plaintext.
+@dataclass(frozen=True)
+class StreamAnswer:
+    """A stream whose first chunk arrived: SSE events, each already framed, receipts between."""
 
-    A v2 request id enters the replay cache only once the envelope authenticated and its body
-    parsed, in ``tenant``'s partition (the ticket's stack), so a tenant's garbage fills at most
-    its own share."""
-    now = time.time() if now is None else now
-    node_key = keyring.lookup(envelope.node_dh_public_key, now)
-    sealer: Sealer
-    request_id: str | None = None
-    server: v2.ServerSession | None = None
-    if envelope.protocol == v2.SUITE:
-        plaintext, server = v2.open_request(envelope, node_key.private_key, endpoint=path, now=now)
-        sealer = V2Sealer(server, keyring)
-        request_id = b64encode(server.request_id)
-    else:
-        session = v1.Session.from_exchange(
-            node_key.private_key, envelope.client_dh_public_key, envelope.salt
+    events: AsyncIterator[bytes]
+
+
+Answer = WholeAnswer | StreamAnswer
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        keyring: Keyring,
+        engines: EngineRegistry,
+        replay: ReplayCache,
+        metrics: NodeMetrics,
+        default_units: int,
+        request_timeout_seconds: float,
+    ) -> None:
+        self.keyring = keyring
+        self.engines = engines
+        self.replay = replay  # v2 request ids, partitioned per tenant
+        self.metrics = metrics
+        self.service = NodeService(engines, default_units)
+        self.request_timeout_seconds = request_timeout_seconds
+
+    async def confidential(self, endpoint: Endpoint, raw: bytes, ticket: Ticket | None) -> Answer:
+        """A confidential request: ``raw`` is the envelope, the answer is sealed."""
+        envelope = parse_model(raw, ConfidentialComputeRequest, "envelope")
+        self.engines.get(endpoint, envelope.model_name)  # 404 before any decryption work
+        # The replay space is partitioned per tenant: the ticket's stack (the envelope's own
+        # claim only on an --insecure-no-gateway node, where the caller is its own gateway).
+        tenant = ticket.stack_small_id if ticket is not None else envelope.stack_small_id
+        opened = await open_request(
+            envelope,
+            endpoint,
+            self.keyring,
+            self.replay,
+            path=confidential_path(endpoint),
+            tenant=tenant,
         )
-        plaintext = session.open(envelope.nonce, envelope.ciphertext)
-        if not v1.hashes_equal(v1.body_hash(plaintext), envelope.plaintext_body_hash):
-            raise DecryptionFailed("plaintext_body_hash does not match the decrypted body")
-        sealer = V1Sealer(session, keyring)
-    request = parse_openai_request(endpoint, plaintext)
-    if request.model != envelope.model_name:
-        # The gateway routes and bills on model_name; a body for another model is a swap.
-        raise InvalidBody("the encrypted body names a different model than model_name")
-    stream = bool(envelope.stream)
-    if endpoint == "chat":
-        assert isinstance(request, ChatCompletionRequest)
-        stream = bool(request.stream)
-        if envelope.stream is not None and envelope.stream != stream:
-            raise InvalidBody("envelope stream flag disagrees with the encrypted body")
-    if server is not None and not await replay.check_and_add(
-        server.request_id, server.expires_at, now, tenant
-    ):
-        raise Replayed("this request_id was already used: send a fresh request")
-    return OpenedRequest(
-        endpoint=endpoint,
-        request=request,
-        sealer=sealer,
-        key_id=node_key.key_id,
-        units=envelope.num_compute_units,
-        stream=stream,
-        request_id=request_id,
-    )
+        frame = SealedFrame(opened.sealer, self.metrics)
+        units = _budget(opened, ticket)
+        return await self._serve(opened.request, units, ticket, frame, opened.request_id)
+
+    async def plain(self, endpoint: Endpoint, raw: bytes, ticket: Ticket | None) -> Answer:
+        """A plain request: ``raw`` is the OpenAI body; the ticket (if any) is its budget."""
+        request = parse_openai_request(endpoint, raw)
+        units = ticket.units if ticket is not None else None
+        return await self._serve(request, units, ticket, PlainFrame(), None)
+
+    async def _serve(
+        self,
+        request: OpenAIRequest,
+        units: int | None,
+        ticket: Ticket | None,
+        frame: Frame,
+        request_id: str | None,
+    ) -> Answer:
+        def receipts(budget: int | None) -> Receipts:
+            return Receipts(self.keyring, request, ticket, frame, request_id, budget)
+
+        if isinstance(request, ChatCompletionRequest):
+            plan = await self.service.plan_chat(request, units)
+            if request.stream:
+                events = await start_chat_stream(
+                    self.service.chat_stream(plan, request),
+                    plan=plan,
+                    frame=frame,
+                    receipts=receipts(plan.units),
+                    deadline=self._deadline(ticket),
+                    metrics=self.metrics,
+                )
+                return StreamAnswer(events)
+            # Past the deadline the engine stops and answers what it wrote.
+            result = await self.service.chat(plan, request, deadline=self._deadline(ticket))
+            signer = receipts(plan.units)
+            usage = wire_usage(result.get("usage"))
+        elif isinstance(request, EmbeddingRequest):
+            result = await self.service.embed(request, units)
+            signer = receipts(units)
+            usage = wire_usage(result.get("usage"))
+        else:
+            assert isinstance(request, ImageGenerationRequest)
+            result = await self.service.generate_images(request, units)
+            signer = receipts(units)
+            # Images are metered in pixels; v1 envelopes carry no usage for them.
+            usage = wire_usage(result.get("usage")) if frame.reports_image_usage else None
+        body = frame.whole(result, usage)  # seals first: the receipt names its response_hash
+        receipt = signer.sign(usage)
+        self.metrics.count_usage(request.model, usage)
+        if isinstance(request, ImageGenerationRequest):
+            self.metrics.tokens.labels(request.model, "pixels").inc(request.compute_units())
+        return WholeAnswer(body, receipt)
+
+    def _deadline(self, ticket: Ticket | None) -> float:
+        """The ``time.monotonic()`` instant a request must end by: the node's
+        ``request_timeout_seconds``, or the ticket's own deadline if it carries an earlier one."""
+        timeout = self.request_timeout_seconds
+        if ticket is not None and ticket.deadline is not None:
+            timeout = min(timeout, max(0.0, ticket.deadline - time.time()))
+        return time.monotonic() + timeout
 
 
-def encode_json(payload: Any) -> bytes:
-    """Compact JSON: the exact bytes that are hashed, signed and sealed."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+def _budget(opened: OpenedRequest, ticket: Ticket | None) -> int | None:
+    """The units a confidential request may spend.
 
-
-class V1Sealer:
-    """atoma-v1: the request's key, a fresh random nonce per message, BLAKE2b hash, signature."""
-
-    def __init__(self, session: v1.Session, keyring: Keyring) -> None:
-        self.done: bytes | None = None
-        self._session = session
-        self._keyring = keyring
-        self.last_hash: bytes | None = None
-
-    def seal(
-        self, payload: Any, usage: dict[str, int] | None = None, *, final: bool = True
-    ) -> ConfidentialComputeResponse:
-        plaintext = encode_json(payload)
-        digest = v1.body_hash(plaintext)
-        nonce, ciphertext = self._session.seal(plaintext)
-        self.last_hash = digest
-        return ConfidentialComputeResponse(
-            ciphertext=ciphertext,
-            nonce=nonce,
-            response_hash=digest,
-            signature=self._keyring.sign(digest),
-            usage=Usage(**usage) if usage is not None else None,
-        )
-
-
-class V2Sealer:
-    """veil-v2: response key exported from the HPKE context, counter nonces, index and final
-    flag in the AAD, HMAC response hash (PROTOCOL.md section 5)."""
-
-    def __init__(self, session: v2.ServerSession, keyring: Keyring) -> None:
-        self.done: bytes | None = b"data: [DONE]\n\n"
-        self._session = session
-        self._keyring = keyring
-        self.last_hash: bytes | None = None
-
-    def seal(
-        self, payload: Any, usage: dict[str, int] | None = None, *, final: bool = True
-    ) -> ConfidentialComputeResponse:
-        sealed = self._session.seal(
-            encode_json(payload),
-            index=self._session.next_index,
-            final=final,
-            sign=self._keyring.sign,
-            usage=usage if final else None,
-        )
-        self.last_hash = sealed.response_hash
-        return sealed
-
-
-def sse_event(sealed: ConfidentialComputeResponse) -> bytes:
-    return b"data: " + sealed.model_dump_json(exclude_none=True).encode() + b"\n\n"
+    Without a ticket (a node used directly) the envelope's ``num_compute_units`` is the budget.
+    With one, the ticket decides for v1: atoma-sdk puts ``max_tokens`` in ``num_compute_units``,
+    which caps the completion (the body's ``max_tokens`` does that already), not prompt +
+    completion. In v2 the client's ``num_compute_units`` is authenticated (AAD), so it also caps
+    the ticket: a gateway cannot make the node spend more than the client agreed to.
+    """
+    if ticket is None:
+        return opened.units
+    if opened.request_id is not None and opened.units is not None:
+        return min(ticket.units, opened.units)
+    return ticket.units

@@ -1,92 +1,122 @@
-"""Replay caches for veil-v2 request ids (PROTOCOL.md section 5, item 4).
+"""One replay cache for everything a node must accept at most once: veil-v2 request ids
+(PROTOCOL.md section 5, item 4) and gateway ticket ids.
 
-The pipeline calls ``check_and_add`` only after the envelope's AEAD verified and its body parsed
-(so no outsider can fill the cache with junk), with ``expires_at`` = the instant the request's
-timestamp leaves the acceptance window (``ServerSession.expires_at``). An id is remembered at least
-until then; after that the timestamp check alone refuses the envelope.
+The rules, the same for every implementation (they live in :class:`ReplayCache`):
 
-A tenant seals its own envelopes, so authentication alone does not stop a tenant from filling the
-cache with ids of authentic garbage. The space is therefore partitioned by ``tenant`` (the ticket's
-``stack_small_id``): each tenant holds at most ``max_per_tenant`` live ids and past that gets
-``429 TOO_MANY_REQUESTS`` for its own requests only; nobody's id is ever evicted early. Ids checked
-without a tenant (gateway ticket ids) are bounded by the total alone.
+1. ``check_and_add(id, expires_at, now, tenant)`` records an id until ``expires_at`` and answers
+   True only the first time. An id whose ``expires_at`` is already past is refused (False): it
+   could not be remembered for as long as it stays acceptable.
+2. Bounded: a tenant holds at most ``max_per_tenant`` live ids and past that gets
+   ``429 TOO_MANY_REQUESTS`` for its own requests only; in memory the whole cache holds at most
+   ``max_entries`` and, full of live ids, refuses new ones with 503. Nobody's id is ever evicted
+   early, because a forgotten id could be replayed.
+3. Fail closed: when an implementation cannot tell whether an id was seen it raises
+   ServiceUnavailable (503) and never answers "unseen".
 
-Both caches fail closed: when they cannot tell whether an id was seen they raise
-ServiceUnavailable (503) and never answer "unseen".
+The two uses differ only in what they pass. Request ids: the pipeline calls only after the
+envelope's AEAD verified and its body parsed (so no outsider can fill the cache with junk), with
+``expires_at`` = the end of the request's timestamp window and ``tenant`` = the ticket's
+``stack_small_id`` (a tenant seals its own envelopes, so authenticated garbage must fill its own
+share only). Ticket ids: no tenant (the gateway signed them), bounded by the total alone.
 
-- :class:`MemoryReplayCache`: one node process; bounded, and when full of live ids it refuses new
-  requests instead of forgetting an id that could still be replayed.
-- :class:`RedisReplayCache`: shared by every node process pointing at the same Redis, with
-  ``SET key 1 NX PX ttl`` (atomic: exactly one process wins a given id).
+- :class:`MemoryReplayCache`: one node process; a heap by expiry, O(log n) per call.
+- :class:`RedisReplayCache`: shared by every node process on one Redis with ``SET key 1 NX PX ttl``
+  (atomic: exactly one process wins an id). Run that Redis with ``maxmemory-policy noeviction``:
+  an evicting Redis would forget live ids.
+
+The defaults (sizes, prefixes, timeout) live in ``veil.config``.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import heapq
 import math
 import threading
-from typing import Protocol
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from veil.config import (
+    REPLAY_MAX_ENTRIES,
+    REPLAY_MAX_PER_TENANT,
+    REPLAY_PREFIX,
+    REPLAY_REDIS_TIMEOUT_SECONDS,
+    TICKET_REPLAY_SUFFIX,
+    NodeSettings,
+)
 from veil.wire.errors import ServiceUnavailable, TooManyRequests
 
-DEFAULT_MAX_ENTRIES = 200_000  # ~40 MB; 200k ids per window is ~800 requests/s sustained
-# One tenant's share: ~40 requests/s sustained over a 250 s window. A twentieth of the total, so
-# one tenant (or a few) cannot fill the space every other tenant needs.
-DEFAULT_MAX_PER_TENANT = 10_000
-DEFAULT_REDIS_PREFIX = "veil:replay:"
-DEFAULT_REDIS_TIMEOUT_SECONDS = 2.0
-MAX_ID_SIZE = 64
+__all__ = [
+    "DEFAULT_REDIS_PREFIX",
+    "MemoryReplayCache",
+    "NodeReplayCaches",
+    "RedisReplayCache",
+    "ReplayCache",
+    "Tenant",
+    "make_replay_cache",
+]
 
+# Kept under its historical name: deployments and tests read their Redis keys through it.
+DEFAULT_REDIS_PREFIX = REPLAY_PREFIX
+MAX_ID_SIZE = 64  # a v2 request id is 16 bytes, a hashed ticket id 32
 
 Tenant = int | str | None
 
 
-class ReplayCache(Protocol):
+class ReplayCache(abc.ABC):
+    """The interface and its I/O-free rules; subclasses only store (``_record``)."""
+
+    max_per_tenant: int
+
     async def check_and_add(
         self, request_id: bytes, expires_at: float, now: float, tenant: Tenant = None
     ) -> bool:
-        """Record ``request_id`` until ``expires_at``; False if it is already recorded (a replay).
+        """Record ``request_id`` until ``expires_at``; False if it is already recorded (a replay)
+        or already expired. Raises ServiceUnavailable when the answer is unknown or the cache is
+        full, and TooManyRequests when ``tenant`` already holds its share of live ids."""
+        if not isinstance(request_id, bytes) or not 0 < len(request_id) <= MAX_ID_SIZE:
+            raise ValueError(f"request id must be 1 to {MAX_ID_SIZE} bytes")
+        if expires_at <= now:
+            return False
+        return await self._record(request_id, expires_at, now, tenant)
 
-        An id whose ``expires_at`` is already past is refused (False): it could not be remembered
-        for the time it stays acceptable. Raises ServiceUnavailable when the answer is unknown,
-        and TooManyRequests when ``tenant`` already holds its share of live ids.
-        """
-        ...
+    @abc.abstractmethod
+    async def _record(
+        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant
+    ) -> bool:
+        """Store a live id unless present (False); enforce the bounds by raising."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    def _tenant_full(self, tenant: Tenant) -> TooManyRequests:
+        return TooManyRequests(
+            f"stack {tenant} has {self.max_per_tenant} request ids in flight in the replay window "
+            "(the most one stack may hold); retry in a few seconds"
+        )
 
 
-def _tenant_full(tenant: Tenant, limit: int) -> TooManyRequests:
-    return TooManyRequests(
-        f"stack {tenant} has {limit} request ids in flight in the replay window (the most one "
-        "stack may hold); retry in a few seconds"
-    )
-
-
-def _check_id(request_id: bytes) -> None:
-    if not isinstance(request_id, bytes) or not 0 < len(request_id) <= MAX_ID_SIZE:
-        raise ValueError(f"request id must be 1 to {MAX_ID_SIZE} bytes")
-
-
-class MemoryReplayCache:
+class MemoryReplayCache(ReplayCache):
     """Ids seen by this process, each until its expiry; at most ``max_entries`` live ids, and at
-    most ``max_per_tenant`` of them for any one tenant. O(log n) per call (a heap by expiry)."""
+    most ``max_per_tenant`` of them for any one tenant."""
 
     def __init__(
-        self, max_entries: int = DEFAULT_MAX_ENTRIES, max_per_tenant: int | None = None
+        self, max_entries: int = REPLAY_MAX_ENTRIES, max_per_tenant: int | None = None
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         if max_per_tenant is None:
-            max_per_tenant = min(DEFAULT_MAX_PER_TENANT, max_entries)
+            max_per_tenant = min(REPLAY_MAX_PER_TENANT, max_entries)
         if max_per_tenant < 1:
             raise ValueError("max_per_tenant must be at least 1")
         self.max_entries = max_entries
         self.max_per_tenant = max_per_tenant
         self._expiry: dict[tuple[Tenant, bytes], float] = {}
-        # (expires_at, tenant key, id), soonest first; the tenant key is a str so tuples compare.
+        # (expires_at, tenant key, id, tenant), soonest first; the tenant key is a str so tuples
+        # compare even when tenants of different types share an instant.
         self._heap: list[tuple[float, str, bytes, Tenant]] = []
         self._per_tenant: dict[Tenant, int] = {}
         self._lock = threading.Lock()  # the pipeline may run in worker threads
@@ -110,18 +140,17 @@ class MemoryReplayCache:
                 else:
                     del self._per_tenant[tenant]
 
-    async def check_and_add(
-        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant = None
+    async def _record(
+        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant
     ) -> bool:
-        _check_id(request_id)
         key = (tenant, request_id)
         with self._lock:
             self._prune(now)
-            if key in self._expiry or expires_at <= now:
+            if key in self._expiry:
                 return False
             held = self._per_tenant.get(tenant, 0)
             if tenant is not None and held >= self.max_per_tenant:
-                raise _tenant_full(tenant, self.max_per_tenant)
+                raise self._tenant_full(tenant)
             if len(self._expiry) >= self.max_entries:
                 raise ServiceUnavailable(
                     "replay cache is full of live request ids; retry in a few seconds"
@@ -154,7 +183,7 @@ return 1
 """
 
 
-class RedisReplayCache:
+class RedisReplayCache(ReplayCache):
     """Ids shared by every node process on one Redis: ``SET prefix+hex(id) 1 NX PX ttl``.
 
     The client connects lazily, inside the event loop that first uses it; use one instance per
@@ -164,10 +193,10 @@ class RedisReplayCache:
     def __init__(
         self,
         url: str,
-        prefix: str = DEFAULT_REDIS_PREFIX,
+        prefix: str = REPLAY_PREFIX,
         *,
-        timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS,
-        max_per_tenant: int = DEFAULT_MAX_PER_TENANT,
+        timeout: float = REPLAY_REDIS_TIMEOUT_SECONDS,
+        max_per_tenant: int = REPLAY_MAX_PER_TENANT,
     ) -> None:
         if max_per_tenant < 1:
             raise ValueError("max_per_tenant must be at least 1")
@@ -197,13 +226,10 @@ class RedisReplayCache:
     def tenant_key(self, tenant: Tenant) -> str:
         return f"{self.prefix}{{t{tenant}}}:live"
 
-    async def check_and_add(
-        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant = None
+    async def _record(
+        self, request_id: bytes, expires_at: float, now: float, tenant: Tenant
     ) -> bool:
-        _check_id(request_id)
         ttl_ms = math.ceil((expires_at - now) * 1000)
-        if ttl_ms <= 0:
-            return False
         try:
             # Bound the whole call (connect, retries, reply): a hung Redis must not hang requests.
             async with asyncio.timeout(self.timeout * 2):
@@ -217,7 +243,7 @@ class RedisReplayCache:
         except Exception:  # fail closed on anything (CancelledError still propagates)
             raise ServiceUnavailable("replay cache unavailable") from None
         if outcome == -1:
-            raise _tenant_full(tenant, self.max_per_tenant)
+            raise self._tenant_full(tenant)
         return bool(outcome == 1)
 
     async def close(self) -> None:
@@ -228,15 +254,49 @@ class RedisReplayCache:
 def make_replay_cache(
     spec: str | None,
     *,
-    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_entries: int = REPLAY_MAX_ENTRIES,
     max_per_tenant: int | None = None,
-    prefix: str = DEFAULT_REDIS_PREFIX,
+    prefix: str = REPLAY_PREFIX,
+    timeout: float = REPLAY_REDIS_TIMEOUT_SECONDS,
 ) -> MemoryReplayCache | RedisReplayCache:
     """``None`` / ``"memory"`` -> in-process cache; ``redis://``, ``rediss://``, ``unix://`` URL ->
     Redis (shared by every node process using it, under ``prefix``)."""
     if spec is None or spec.strip() in ("", "memory"):
         return MemoryReplayCache(max_entries, max_per_tenant)
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        per_tenant = DEFAULT_MAX_PER_TENANT if max_per_tenant is None else max_per_tenant
-        return RedisReplayCache(spec, prefix, max_per_tenant=per_tenant)
+        per_tenant = REPLAY_MAX_PER_TENANT if max_per_tenant is None else max_per_tenant
+        return RedisReplayCache(spec, prefix, timeout=timeout, max_per_tenant=per_tenant)
     raise ValueError("replay cache must be 'memory' or a redis:// URL")
+
+
+@dataclass(frozen=True)
+class NodeReplayCaches:
+    """A node's two uses of the one cache, side by side in one store (memory or one Redis):
+    v2 request ids (per-tenant shares) and gateway ticket ids (their own bound and key prefix,
+    so a flood of one never fills the other)."""
+
+    requests: ReplayCache
+    tickets: ReplayCache
+
+    @classmethod
+    def from_settings(cls, settings: NodeSettings) -> NodeReplayCaches:
+        spec, timeout = settings.replay_cache, settings.replay_redis_timeout_seconds
+        return cls(
+            requests=make_replay_cache(
+                spec,
+                max_entries=settings.replay_max_entries,
+                max_per_tenant=settings.replay_max_per_tenant,
+                prefix=settings.replay_prefix,
+                timeout=timeout,
+            ),
+            tickets=make_replay_cache(
+                spec,
+                max_entries=settings.ticket_replay_max_entries,
+                prefix=settings.replay_prefix + TICKET_REPLAY_SUFFIX,
+                timeout=timeout,
+            ),
+        )
+
+    async def close(self) -> None:
+        await self.requests.close()
+        await self.tickets.close()

@@ -1,8 +1,8 @@
-"""What a node does with a validated request: find the engine, hold it to its budget, run it.
+"""What the pipeline does with a validated request: find the engine, hold it to its budget, run it.
 
-Shared by the confidential and the plain routes, so both meter the same way. The budget rule: a
-request never spends more than the units it carries (``num_compute_units``; the node's
-``default_units`` when it carries none). Chat: prompt + completion <= units, so ``max_tokens`` is
+Plaintext: part of the node's pipeline (``veil.node.pipeline``), for the confidential and the
+plain routes alike, so both meter the same way. The budget rule: a request never spends more than
+the units it carries (``num_compute_units``; the node's ``default_units`` when it carries none). Chat: prompt + completion <= units, so ``max_tokens`` is
 capped to what is left after the prompt, and a prompt that alone exceeds the units is refused with
 402 before any generation. Embeddings: input tokens <= units. Images: n x width x height <= units.
 
@@ -28,6 +28,7 @@ from veil.engines.base import (
 )
 from veil.wire.errors import BalanceError, EngineError, InvalidBody, NotFound
 from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.routes import Endpoint
 
 E = TypeVar("E", bound=Engine)
 
@@ -53,6 +54,11 @@ class EngineRegistry:
 
     def model_ids(self) -> list[str]:
         return [engine.model_id for engine in self.all()]
+
+    def get(self, endpoint: Endpoint, model: str) -> Engine:
+        """The engine serving ``model`` for ``endpoint``, or 404 NOT_FOUND."""
+        table: dict[str, Engine] = getattr(self, endpoint)
+        return self._find(table, model, endpoint)
 
     def get_chat(self, model: str) -> ChatEngine:
         return self._find(self.chat, model, "chat")

@@ -1,14 +1,15 @@
-"""The node's side of gateway tickets: verify, refuse replays, and sign usage receipts.
+"""The node's side of gateway tickets: verify them, refuse replays, and sign usage receipts.
 
 A node serves paid routes only to requests carrying a valid ticket from one of its gateway keys.
 Only a node started with ``--insecure-no-gateway`` (a developer talking to it directly) serves
 without tickets, and says so loudly at start. A node with neither refuses every paid request with
 401 (the CLI refuses to start that way at all).
 
-Ticket ids are remembered until the ticket expires, in the same caches as v2 request ids
-(``veil.node.replay``): bounded and O(log n) in memory, or shared by every node process on one
-Redis (``SET NX PX``) when ``--replay-cache redis://...`` is given, so a ticket replayed to a
-second process behind the same URL is refused too.
+A ticket is checked on the raw request bytes (its ``envelope_sha256``), before anything is
+decrypted. Ticket ids are remembered until the ticket expires in a ``veil.node.replay`` cache, the
+same abstraction as v2 request ids: bounded and fail-closed in memory, or shared by every node
+process on one Redis when ``--replay-cache redis://...`` is given, so a ticket replayed to a second
+process behind the same URL is refused too.
 """
 
 from __future__ import annotations
@@ -18,13 +19,9 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from veil.config import TICKET_REPLAY_MAX_ENTRIES
 from veil.node.keyring import Keyring
-from veil.node.replay import (
-    DEFAULT_REDIS_PREFIX,
-    MemoryReplayCache,
-    ReplayCache,
-    make_replay_cache,
-)
+from veil.node.replay import MemoryReplayCache, ReplayCache
 from veil.wire.errors import AuthError, Replayed
 from veil.wire.tickets import (
     SignatureInvalid,
@@ -35,17 +32,10 @@ from veil.wire.tickets import (
     verify_token,
 )
 
-__all__ = ["TICKET_REDIS_PREFIX", "TicketChecker", "make_ticket_cache", "sign_receipt"]
+__all__ = ["TicketChecker", "sign_receipt"]
 
-TICKET_REDIS_PREFIX = DEFAULT_REDIS_PREFIX + "ticket:"
-DEFAULT_MAX_TICKETS = 200_000  # live tickets; a full cache refuses (503), never forgets
-
-
-def make_ticket_cache(
-    spec: str | None, *, max_entries: int = DEFAULT_MAX_TICKETS, prefix: str = TICKET_REDIS_PREFIX
-) -> ReplayCache:
-    """The ticket-id cache for a node's ``--replay-cache`` setting (``memory`` or a Redis URL)."""
-    return make_replay_cache(spec, max_entries=max_entries, prefix=prefix)
+# A ticket stays acceptable through its expires_at: its id is remembered a moment past that.
+REMEMBER_PAST_EXPIRY_SECONDS = 1.0
 
 
 class TicketChecker:
@@ -58,7 +48,7 @@ class TicketChecker:
     ) -> None:
         self.gateway_keys = gateway_keys
         self.replays: ReplayCache = (
-            replays if replays is not None else MemoryReplayCache(DEFAULT_MAX_TICKETS)
+            replays if replays is not None else MemoryReplayCache(TICKET_REPLAY_MAX_ENTRIES)
         )
         self.insecure_no_gateway = insecure_no_gateway and not gateway_keys
 
@@ -69,6 +59,8 @@ class TicketChecker:
     async def check(
         self, token: str | None, body: bytes, now: float | None = None
     ) -> Ticket | None:
+        """The ticket for ``body`` (None on an insecure node), or AuthError (401) / Replayed
+        (409); the replay cache may refuse with 503 when it cannot answer or is full."""
         if not self.required:
             return None
         if not self.gateway_keys:
@@ -87,9 +79,10 @@ class TicketChecker:
             raise AuthError("gateway ticket expired")
         if ticket.envelope_sha256 != envelope_digest(body):
             raise AuthError("gateway ticket was issued for a different body")
-        # A ticket stays acceptable through its expires_at: remember it a moment past that.
+        # Hashed to a fixed size: the cache takes ids of at most 64 bytes.
         ticket_id = hashlib.sha256(ticket.ticket_id.encode()).digest()
-        if not await self.replays.check_and_add(ticket_id, ticket.expires_at + 1.0, now):
+        remember_until = ticket.expires_at + REMEMBER_PAST_EXPIRY_SECONDS
+        if not await self.replays.check_and_add(ticket_id, remember_until, now):
             raise Replayed("this gateway ticket was already used")
         return ticket
 

@@ -1,0 +1,54 @@
+"""Signed usage receipts of one request: what the gateway settles from.
+
+A receipt names the gateway ticket, the v2 request id and the ``response_hash`` of the last
+message sent, and charges at most the request's budget. Streams get a running receipt after each
+content chunk, so a client that hangs up pays what it got, and a final one at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from veil.node.bodies import OpenAIRequest
+from veil.node.frames import Frame
+from veil.node.keyring import Keyring
+from veil.node.tickets import sign_receipt
+from veil.wire.envelopes import b64encode
+from veil.wire.openai import ImageGenerationRequest
+from veil.wire.tickets import RECEIPT_COMMENT, Ticket, UsageReceipt
+
+
+@dataclass(frozen=True)
+class Receipts:
+    keyring: Keyring
+    request: OpenAIRequest
+    ticket: Ticket | None
+    frame: Frame  # its last_hash is what a receipt vouches for
+    request_id: str | None = None
+    budget: int | None = None  # no receipt charges more
+
+    def sign(self, usage: dict[str, int] | None, *, final: bool = True) -> str:
+        prompt = usage["prompt_tokens"] if usage else 0
+        completion = usage["completion_tokens"] if usage else 0
+        if isinstance(self.request, ImageGenerationRequest):
+            units = self.request.compute_units()
+        else:
+            units = prompt + completion
+        if self.budget is not None:
+            units = min(units, self.budget)  # an engine's usage is charged at most the budget
+        last_hash = self.frame.last_hash
+        receipt = UsageReceipt(
+            ticket_id=self.ticket.ticket_id if self.ticket else "direct",
+            model=self.request.model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            compute_units=units,
+            final=final,
+            request_id=self.request_id,
+            response_hash=b64encode(last_hash) if last_hash is not None else None,
+        )
+        return sign_receipt(self.keyring, receipt)
+
+    def comment(self, usage: dict[str, int], *, final: bool) -> bytes:
+        """The receipt as the SSE comment line that follows a stream event."""
+        return RECEIPT_COMMENT + self.sign(usage, final=final).encode() + b"\n\n"
