@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -15,22 +16,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veil.attestation import NoTeeProvider, Policy, build_evidence
-from veil.client import cli, errors, sdk
-from veil.client.streaming import (
-    Receipt,
-    ResponseOpener,
-    SSEParser,
-    StreamChecker,
-    V2ResponseOpener,
-    open_single,
-)
+from veil.client import cli, errors, options
+from veil.client import lock as locks
+from veil.client import plan as plans
+from veil.client.opening import ResponseOpener, V2ResponseOpener, open_single
+from veil.client.receipt import Receipt
+from veil.client.streaming import StreamChecker, event_data
 from veil.hazmat import v1, v2
 from veil.wire.envelopes import Usage
 
 
 def events(lines: list[str]) -> list[str]:
-    parser = SSEParser()
-    return [d for line in lines if (d := parser.feed(line)) is not None]
+    body = "".join(line + "\n" for line in lines).encode()
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+    return list(event_data(response))
 
 
 def test_sse_keeps_data_and_drops_comments_and_other_fields() -> None:
@@ -67,26 +66,26 @@ def test_sse_multi_line_data_round_trips(payloads: list[list[str]]) -> None:
 
 def test_gateway_root() -> None:
     for url in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"):
-        assert sdk.gateway_root(url) == "http://h:1"
-    assert sdk.gateway_root("https://h/prefix/v1") == "https://h/prefix"
+        assert options.gateway_root(url) == "http://h:1"
+    assert options.gateway_root("https://h/prefix/v1") == "https://h/prefix"
 
 
 def test_cli_default_matches_the_sdk() -> None:
-    assert cli.DEFAULT_BASE_URL == sdk.DEFAULT_BASE_URL
+    assert cli.DEFAULT_BASE_URL == options.DEFAULT_BASE_URL
 
 
 def test_plans_reserve_what_the_node_will_spend() -> None:
-    chat = sdk.plan_request("chat", {"model": "m", "messages": [], "max_tokens": 8})
+    chat = plans.plan_request("chat", {"model": "m", "messages": [], "max_tokens": 8})
     assert chat.units == 8 + len(chat.body) and not chat.stream
-    default = sdk.plan_request("chat", {"model": "m", "messages": [], "stream": True})
-    assert default.units == sdk.DEFAULT_CHAT_MAX_TOKENS + len(default.body) and default.stream
-    images = sdk.plan_request("images", {"model": "i", "prompt": "p", "n": 3, "size": "16x8"})
+    default = plans.plan_request("chat", {"model": "m", "messages": [], "stream": True})
+    assert default.units == options.DEFAULT_CHAT_MAX_TOKENS + len(default.body) and default.stream
+    images = plans.plan_request("images", {"model": "i", "prompt": "p", "n": 3, "size": "16x8"})
     assert images.units == 3 * 16 * 8
-    embeddings = sdk.plan_request("embeddings", {"model": "e", "input": "x"})
+    embeddings = plans.plan_request("embeddings", {"model": "e", "input": "x"})
     assert embeddings.units is None
     assert json.loads(chat.body) == {"model": "m", "messages": [], "max_tokens": 8}
     with pytest.raises(ValueError, match="model"):
-        sdk.plan_request("chat", {"messages": []})
+        plans.plan_request("chat", {"messages": []})
 
 
 def test_server_errors_map_to_their_classes() -> None:
@@ -119,7 +118,7 @@ def lock_json(
     evidence = build_evidence(NoTeeProvider(), x25519, ed25519, evidence_nonce)
     lock: dict[str, object] = {
         "public_key": base64.b64encode(public).decode(), "node_small_id": 1,
-        "stack_small_id": 2, "key_id": sdk.node_key_id(public),
+        "stack_small_id": 2, "key_id": locks.node_key_id(public),
         "node_signing_public_key": base64.b64encode(signing).decode(), "reserved_units": 10,
         "evidence": evidence.model_dump(mode="json"),
     }  # fmt: skip
@@ -128,25 +127,25 @@ def lock_json(
 
 
 def test_locks_are_checked() -> None:
-    lock = sdk.accept_lock(lock_json(), DEV, NONCE)
+    lock = locks.accept_lock(lock_json(), DEV, NONCE)
     assert lock.stack_small_id == 2
     assert lock.attestation.ok and lock.attestation.insecure and lock.attestation.format == "none"
     with pytest.raises(errors.UnverifiableNode, match="signing key"):
-        sdk.accept_lock(lock_json(node_signing_public_key=None), DEV, NONCE)
+        locks.accept_lock(lock_json(node_signing_public_key=None), DEV, NONCE)
     with pytest.raises(errors.UnverifiableNode, match="key_id"):
-        sdk.accept_lock(lock_json(key_id="0" * 16), DEV, NONCE)
+        locks.accept_lock(lock_json(key_id="0" * 16), DEV, NONCE)
     with pytest.raises(errors.UnverifiableNode):
-        sdk.accept_lock(b"{}", DEV, NONCE)
-    lock = sdk.accept_lock(lock_json(public_key=bytes(32), key_id=None), DEV, NONCE)
-    plan = sdk.plan_request("embeddings", {"model": "e", "input": "x"})
-    for protocol in sdk.PROTOCOLS:
+        locks.accept_lock(b"{}", DEV, NONCE)
+    lock = locks.accept_lock(lock_json(public_key=bytes(32), key_id=None), DEV, NONCE)
+    plan = plans.plan_request("embeddings", {"model": "e", "input": "x"})
+    for protocol in options.PROTOCOLS:
         with pytest.raises(errors.UnverifiableNode, match="unusable"):
-            sdk.seal(plan, lock, 1, 0.0, protocol)
+            plans.seal(plan, lock, 1, 0.0, protocol)
 
 
 def failed_steps(raw: bytes, policy: Policy = DEV, nonce: bytes = NONCE) -> list[str]:
     with pytest.raises(errors.AttestationFailed) as caught:
-        sdk.accept_lock(raw, policy, nonce)
+        locks.accept_lock(raw, policy, nonce)
     report = caught.value.report
     return [] if report is None else [step.name for step in report.failures]
 
@@ -155,7 +154,7 @@ def test_attestation_is_checked_before_anything_is_sealed() -> None:
     # Strict by default: a node without a TEE is refused, with a hint for local demos.
     assert failed_steps(lock_json(), Policy()) == ["format"]
     with pytest.raises(errors.AttestationFailed, match="insecure-no-tee"):
-        sdk.accept_lock(lock_json(), Policy(), NONCE)
+        locks.accept_lock(lock_json(), Policy(), NONCE)
     # Evidence for someone else's nonce (replayed or stale).
     assert failed_steps(lock_json(evidence_nonce=bytes(32))) == ["nonce"]
     # Evidence that vouches for other keys than the ones the lock names (key substitution).
@@ -172,17 +171,17 @@ def test_attestation_is_checked_before_anything_is_sealed() -> None:
 
 
 def test_policy_options() -> None:
-    assert sdk.resolve_policy(None, False) == Policy()
-    assert sdk.resolve_policy(None, True).allow_no_tee
+    assert options.resolve_policy(None, False) == Policy()
+    assert options.resolve_policy(None, True).allow_no_tee
     pinned = Policy(allowed_tcb_statuses=("UpToDate", "OutOfDate"))
-    loosened = sdk.resolve_policy(pinned, True)
+    loosened = options.resolve_policy(pinned, True)
     assert loosened.allowed_tcb_statuses == ("UpToDate", "OutOfDate") and loosened.allow_no_tee
-    assert sdk.check_protocol("atoma-v1") == "atoma-v1"
+    assert options.check_protocol("atoma-v1") == "atoma-v1"
     with pytest.raises(ValueError):
-        sdk.check_protocol("v2")
-    body = sdk.lock_body(sdk.plan_request("embeddings", {"model": "e", "input": "x"}), NONCE)
+        options.check_protocol("v2")
+    body = locks.lock_body(plans.plan_request("embeddings", {"model": "e", "input": "x"}), NONCE)
     assert base64.b64decode(body["attestation_nonce"]) == NONCE
-    assert len(sdk.new_attestation_nonce()) == 32 != sdk.new_attestation_nonce()
+    assert len(locks.new_attestation_nonce()) == 32 != locks.new_attestation_nonce()
 
 
 def test_a_stream_without_a_final_chunk_is_truncated() -> None:

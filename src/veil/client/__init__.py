@@ -1,12 +1,20 @@
 """Veil's client: the SDK (``Client``, ``AsyncClient``), the ``openai`` drop-in
 (``openai_http_client``, ``async_openai_http_client``) and the exceptions both raise (``errors``).
 
+Layered from the bottom up (each module imports only the ones above it):
+
 - ``errors``: the whole exception hierarchy, in its docstring.
-- ``sdk``: lock, attest, seal (veil-v2 by default), send, verify, retry; OpenAI-shaped resources
-  returning OpenAI types. ``Policy`` (from ``veil.attestation``) says which evidence is accepted.
-- ``streaming``: opening and verifying answers and streams; the ``Receipt`` of a request.
-- ``transport``: an httpx transport that makes the official ``openai`` package confidential.
-- ``cli``: the ``veil chat``, ``veil embed`` and ``veil models`` commands.
+- ``options``: ``ClientOptions``, the one frozen object of options (defaults in ``veil.config``).
+- ``receipt``: the ``AttestationVerdict`` and ``Receipt`` of a request.
+- ``lock``, ``plan``, ``opening``, ``streaming``: the lock and its attestation, the request
+  planned and sealed, each answer opened and checked, a stream's events checked and re-framed.
+- ``flow``: lock -> attest -> seal -> send -> open -> retry, one I/O-free generator, driven by
+  ``run`` (sync) and ``arun`` (async).
+- ``transport``: the httpx transports that run the flow for the official ``openai`` package.
+- ``sdk``: ``Client`` / ``AsyncClient``, ``openai.OpenAI`` over that transport, answers with
+  ``.veil``. ``Policy`` (from ``veil.attestation``) says which evidence is accepted.
+- ``cli``: the ``veil chat``, ``veil embed``, ``veil models`` and ``veil usage`` commands;
+  ``known_nodes`` and ``usage``: the attested signing keys, and the bill checked against them.
 
 Names are imported on first use, so ``veil.client.cli`` and ``veil.client.errors`` stay cheap
 to import (``openai`` takes about half a second).
@@ -33,8 +41,8 @@ if TYPE_CHECKING:
         TransportError,
         VeilClientError,
     )
-    from veil.client.sdk import AsyncClient, Client
-    from veil.client.streaming import AsyncChatStream, AttestationVerdict, ChatStream, Receipt
+    from veil.client.receipt import AttestationVerdict, Receipt
+    from veil.client.sdk import AsyncChatStream, AsyncClient, ChatStream, Client
     from veil.client.transport import async_openai_http_client, openai_http_client
 
 _WHERE = {
@@ -53,10 +61,10 @@ _WHERE = {
     "AsyncClient": "sdk",
     "Client": "sdk",
     "Policy": "sdk",
-    "AsyncChatStream": "streaming",
-    "AttestationVerdict": "streaming",
-    "ChatStream": "streaming",
-    "Receipt": "streaming",
+    "AsyncChatStream": "sdk",
+    "ChatStream": "sdk",
+    "AttestationVerdict": "receipt",
+    "Receipt": "receipt",
     "async_openai_http_client": "transport",
     "openai_http_client": "transport",
 }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -25,13 +25,14 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from veil import config
 from veil.client.errors import APIError, VeilClientError
 
 if TYPE_CHECKING:
     from veil.client.sdk import Client
 
 # The SDK (and with it ``openai``) is imported when a command runs, not when ``veil`` starts.
-DEFAULT_BASE_URL = "http://127.0.0.1:8080"  # the same as veil.client.sdk.DEFAULT_BASE_URL
+DEFAULT_BASE_URL = config.CLIENT_BASE_URL
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
 SHOWN_CIPHERTEXT = 24  # base64 characters of ciphertext --show-wire prints
@@ -121,10 +122,20 @@ def _wire_view(body: bytes) -> str:
     return json.dumps(document, indent=2)
 
 
-def _wire_hook(request: httpx.Request) -> None:
-    err.print(f"--- the gateway saw: {request.method} {request.url.path}")
-    if request.method != "GET":
-        err.print(_wire_view(request.content))
+class _ShowWire(httpx.BaseTransport):
+    """The network, printing each request as the gateway will see it (--show-wire)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        err.print(f"--- the gateway saw: {request.method} {request.url.path}")
+        if request.method != "GET":
+            err.print(_wire_view(request.read()))
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 @contextmanager
@@ -137,19 +148,19 @@ def _client(
     insecure_no_tee: bool = False,
 ) -> Iterator[Client]:
     from veil.attestation.policy import Policy
-    from veil.client.sdk import Client, check_protocol
+    from veil.client.options import check_protocol
+    from veil.client.sdk import Client
 
     policy = Policy.load(policy_file) if policy_file is not None else None
-    hooks: dict[str, list[Callable[..., Any]]] = {"request": [_wire_hook]} if show_wire else {}
-    with httpx.Client(event_hooks=hooks, timeout=600) as http:
-        yield Client(
-            base_url,
-            api_key,
-            http_client=http,
-            protocol=check_protocol(protocol.value),
-            policy=policy,
-            insecure_no_tee=insecure_no_tee,
-        )
+    with Client(
+        base_url,
+        api_key,
+        transport=_ShowWire() if show_wire else None,
+        protocol=check_protocol(protocol.value),
+        policy=policy,
+        insecure_no_tee=insecure_no_tee,
+    ) as client:
+        yield client
 
 
 def chat(
@@ -167,7 +178,7 @@ def chat(
     insecure_no_tee: InsecureNoTee = False,
 ) -> None:
     """Ask a chat model, end-to-end encrypted; prints a verified receipt to stderr."""
-    from veil.client.sdk import chat_body
+    from veil.client.plan import chat_body
 
     key = _require(api_key)
     body = chat_body(model, [{"role": "user", "content": prompt}], stream, max_tokens, {})
@@ -320,7 +331,7 @@ def usage(
 ) -> None:
     """Every charged request with its signed node receipt; --verify checks the bill."""
     from veil.client.known_nodes import KnownNodes, KnownNodesError
-    from veil.client.sdk import gateway_root
+    from veil.client.options import gateway_root
     from veil.client.usage import verify_usage
 
     key = _require(api_key)

@@ -1,4 +1,4 @@
-"""Make the official ``openai`` package confidential, unchanged, through its ``http_client``::
+"""The httpx transport that makes the official ``openai`` package confidential, unchanged::
 
     import openai, veil
 
@@ -7,54 +7,64 @@
     )
     for chunk in client.chat.completions.create(model=..., messages=..., stream=True): ...
 
-The transport intercepts the plain ``POST /v1/chat/completions``, ``/v1/embeddings`` and
-``/v1/images/generations`` the ``openai`` package builds, runs the confidential flow of ``sdk`` on
-their JSON (lock, seal, verify) and answers with the node's decrypted plaintext: the exact JSON bytes
-the node signed, or an SSE stream of the verified chunks ending in ``data: [DONE]``. Only the
-envelope goes over the network. Requests without a body (``GET /v1/models``...) and requests
-already under ``/confidential/`` pass through unchanged; any other request with a body (e.g.
-``/v1/completions``, ``/v1/responses``) raises ``PlaintextRefused`` and is not sent.
+``VeilTransport`` (sync) and ``AsyncVeilTransport`` intercept the plain ``POST
+/v1/chat/completions``, ``/v1/embeddings`` and ``/v1/images/generations`` the ``openai`` package
+builds, run the confidential flow (``veil.client.flow``) on their JSON - the bytes ``openai``
+encoded are the plaintext that is sealed - and answer with the node's decrypted plaintext: the
+exact JSON bytes the node signed, or the verified chunks as server-sent events ending in ``data:
+[DONE]`` (``veil.client.streaming``). Only envelopes go over the network. Requests without a body
+(``GET /v1/models``...) pass through unchanged, and so does a body under ``/confidential/`` only
+if it is a well-formed envelope; any other request with a body (e.g. ``/v1/completions``, or a
+``base_url`` that points ``openai`` at the confidential routes) raises ``PlaintextRefused`` and is
+not sent.
 
 Every lock is attested before anything is sealed, and requests are sealed with veil-v2, exactly as
-``veil.Client`` does; ``protocol``, ``policy`` and ``insecure_no_tee`` are the ``Client`` options of
-the same names (``insecure_no_tee=True``: a local demo without a TEE only).
+``veil.Client`` does (``veil.Client`` is ``openai.OpenAI`` over this transport); the options are
+``veil.client.options.ClientArguments`` (``insecure_no_tee=True``: a local demo without a TEE only).
 
-Errors: an error the server sent becomes an HTTP response with its status and body (marked
-``x-should-retry: false``: the client has already retried what can be retried), so ``openai`` raises
-its usual status error. A response that fails a check raises the ``IntegrityError`` itself, which
-``openai`` lets through untouched. A network failure re-raises httpx's error, which ``openai``
-reports as ``APIConnectionError``.
+Each answer carries its ``Receipt`` in ``response.extensions["veil_receipt"]`` and a summary in
+``x-veil-*`` headers. Errors: an error the server sent becomes an HTTP response with its status and
+body (marked ``x-should-retry: false``: the flow has already retried what can be retried), so
+``openai`` raises its usual status error; with ``raise_errors=True`` (``veil.Client``) the
+``APIError`` itself is raised instead. A response that fails a check raises its ``IntegrityError``,
+which ``openai`` lets through untouched. A network failure re-raises httpx's error, which
+``openai`` reports as ``APIConnectionError`` (``raise_errors``: ``TransportError``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
 from pydantic import ValidationError
 
-from veil.attestation.policy import Policy
 from veil.client.errors import APIError, BalanceError, PlaintextRefused, TransportError
-from veil.client.sdk import (
-    DEFAULT_BACKOFF,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PROTOCOL,
-    DEFAULT_TIMEOUT,
-    ROUTES,
-    Answer,
-    AsyncClient,
-    Client,
-    Endpoint,
-    Plan,
-    ProtocolName,
-    plan_request,
-)
-from veil.client.streaming import AsyncChatStream, ChatStream, Receipt
+from veil.client.flow import Answer, Flow, StreamOpened, arun, confidential, run
+from veil.client.known_nodes import KnownNodes
+from veil.client.options import ClientArguments, ClientOptions
+from veil.client.plan import plan_body
+from veil.client.receipt import Receipt
+from veil.client.streaming import VerifiedEvents
 from veil.wire.envelopes import ConfidentialComputeRequest
+from veil.wire.routes import ROUTES, Endpoint
 
-DONE = b"data: [DONE]\n\n"
+__all__ = [
+    "NO_API_KEY",
+    "RECEIPT_EXTENSION",
+    "AsyncVeilTransport",
+    "VeilTransport",
+    "async_openai_http_client",
+    "check_passes_through",
+    "inference_endpoint",
+    "openai_http_client",
+    "receipt_of",
+]
+
+RECEIPT_EXTENSION = "veil_receipt"
+# The API key ``veil.Client`` gives ``openai`` when it has none (``openai`` insists on one): a
+# request bearing it is sent with no Authorization header at all.
+NO_API_KEY = "veil-no-api-key"
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 def inference_endpoint(request: httpx.Request) -> Endpoint | None:
@@ -63,7 +73,7 @@ def inference_endpoint(request: httpx.Request) -> Endpoint | None:
     Matching on the suffix (not on ``base_url``'s exact path) means a prefix mismatch between
     ``openai``'s ``base_url`` and the transport's can never let a plain inference request through:
     it is sealed and sent to the transport's gateway. Requests already under ``/confidential/``
-    pass through untouched.
+    are not sealed again (``check_passes_through`` decides about them).
     """
     if request.method != "POST":
         return None
@@ -71,12 +81,9 @@ def inference_endpoint(request: httpx.Request) -> Endpoint | None:
     if "/confidential/" in path:
         return None
     for endpoint, route in ROUTES.items():
-        if path.endswith(f"/{route}"):
+        if path.endswith(f"/{route.tail}"):
             return endpoint
     return None
-
-
-_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 def check_passes_through(request: httpx.Request) -> None:
@@ -108,19 +115,22 @@ def check_passes_through(request: httpx.Request) -> None:
     )
 
 
+def receipt_of(response: httpx.Response) -> Receipt:
+    """The receipt of an answer this transport gave."""
+    receipt = response.extensions.get(RECEIPT_EXTENSION)
+    if not isinstance(receipt, Receipt):
+        raise LookupError("the response is not a confidential answer of Veil's transport")
+    return receipt
+
+
 def _bearer(request: httpx.Request) -> str | None:
+    """The request's bearer key; a ``NO_API_KEY`` bearer is taken off the request."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
-def _plan(endpoint: Endpoint, content: bytes) -> Plan:
-    try:
-        body = json.loads(content)
-    except ValueError:
-        raise ValueError("the request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ValueError("the request body is not a JSON object")
-    return plan_request(endpoint, body)
+    key = (token.strip() or None) if scheme.lower() == "bearer" else None
+    if key == NO_API_KEY:
+        del request.headers["authorization"]
+        return None
+    return key
 
 
 def _error(status: int, code: str, message: str, **more: Any) -> httpx.Response:
@@ -149,165 +159,108 @@ def _receipt_headers(receipt: Receipt) -> dict[str, str]:
     return headers
 
 
-def _answer(answer: Answer) -> httpx.Response:
-    headers = {
-        "content-type": "application/json",
-        "x-veil-signature": "verified",
-        **_receipt_headers(answer.receipt),
-    }
-    if answer.receipt.units_charged is not None:
-        headers["x-veil-units-charged"] = str(answer.receipt.units_charged)
-    return httpx.Response(200, headers=headers, content=answer.plaintext)
+def _answer(outcome: Answer | StreamOpened) -> httpx.Response:
+    receipt = outcome.receipt
+    extensions = {RECEIPT_EXTENSION: receipt}
+    headers = _receipt_headers(receipt)
+    if isinstance(outcome, StreamOpened):
+        headers.update(
+            {
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                "x-veil-signature": "verified-per-chunk",
+            }
+        )
+        stream = VerifiedEvents(outcome.response, outcome.checker)
+        return httpx.Response(200, headers=headers, stream=stream, extensions=extensions)
+    headers.update({"content-type": "application/json", "x-veil-signature": "verified"})
+    if receipt.units_charged is not None:
+        headers["x-veil-units-charged"] = str(receipt.units_charged)
+    return httpx.Response(200, headers=headers, content=outcome.plaintext, extensions=extensions)
 
 
-def _stream_headers(receipt: Receipt) -> dict[str, str]:
-    return {
-        "content-type": "text/event-stream",
-        "cache-control": "no-cache",
-        "x-veil-signature": "verified-per-chunk",
-        **_receipt_headers(receipt),
-    }
+Inner = TypeVar("Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
-def _network(exc: TransportError) -> BaseException:
-    cause = exc.__cause__
-    return cause if isinstance(cause, httpx.HTTPError) else exc
-
-
-class _PlainEvents(httpx.SyncByteStream):
-    def __init__(self, stream: ChatStream) -> None:
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        for plaintext, _ in self._stream.verified_plaintexts():
-            yield b"data: " + plaintext + b"\n\n"
-        yield DONE
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-class _AsyncPlainEvents(httpx.AsyncByteStream):
-    def __init__(self, stream: AsyncChatStream) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for plaintext, _ in self._stream.verified_plaintexts():
-            yield b"data: " + plaintext + b"\n\n"
-        yield DONE
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-class VeilTransport(httpx.BaseTransport):
-    """An httpx transport that seals the three OpenAI inference routes, and passes the rest."""
+class _Sealing(Generic[Inner]):
+    """What both transports share: which requests are sealed, and the flow that answers one."""
 
     def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        backoff: float = DEFAULT_BACKOFF,
-        protocol: ProtocolName = DEFAULT_PROTOCOL,
-        policy: Policy | None = None,
-        insecure_no_tee: bool = False,
+        self, options: ClientOptions, transport: Inner | None = None, *, raise_errors: bool = False
     ) -> None:
-        self._inner = transport or httpx.HTTPTransport()
-        self._http = httpx.Client(transport=self._inner, timeout=timeout)
-        self.client = Client(
-            base_url,
-            api_key,
-            http_client=self._http,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            protocol=protocol,
-            policy=policy,
-            insecure_no_tee=insecure_no_tee,
-        )
+        self.options = options
+        self.raise_errors = raise_errors
+        self._inner: Inner = transport if transport is not None else self._network()
+        # Signing keys of attested nodes, for `veil usage --verify` (None: do not record).
+        self.known_nodes: KnownNodes | None = KnownNodes()
+
+    def _network(self) -> Inner:
+        """The transport that talks to the network when none is given."""
+        raise NotImplementedError
+
+    def flow_for(self, request: httpx.Request) -> Flow[httpx.Response] | None:
+        """The flow answering ``request``, or None when it may pass through as it is."""
+        api_key = _bearer(request)
+        endpoint = inference_endpoint(request)
+        if endpoint is None:
+            check_passes_through(request)
+            return None
+        return self._answering(endpoint, request, self.options.api_key or api_key)
+
+    def _answering(
+        self, endpoint: Endpoint, request: httpx.Request, api_key: str | None
+    ) -> Flow[httpx.Response]:
+        try:
+            plan = plan_body(endpoint, request.content)
+        except ValueError as exc:
+            if self.raise_errors:
+                raise
+            return _error(400, "INVALID_BODY", str(exc))
+        flow = confidential(plan, self.options, api_key=api_key, known_nodes=self.known_nodes)
+        try:
+            return _answer((yield from flow))
+        except APIError as exc:
+            if self.raise_errors:
+                raise
+            return _api_error(exc)
+        except TransportError as exc:
+            cause = exc.__cause__
+            if self.raise_errors or not isinstance(cause, httpx.HTTPError):
+                raise
+            raise cause from exc
+
+
+class VeilTransport(_Sealing[httpx.BaseTransport], httpx.BaseTransport):
+    """Seals the three OpenAI inference routes over ``transport`` (what talks to the network,
+    default ``httpx.HTTPTransport()``), and passes the rest, as the module docstring says."""
+
+    def _network(self) -> httpx.BaseTransport:
+        return httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        endpoint = inference_endpoint(request)
-        if endpoint is None:
-            check_passes_through(request)
-            return self._inner.handle_request(request)
-        try:
-            plan = _plan(endpoint, request.read())
-        except ValueError as exc:
-            return _error(400, "INVALID_BODY", str(exc))
-        api_key = None if self.client.api_key else _bearer(request)
-        try:
-            outcome = self.client.run(plan, api_key)
-        except APIError as exc:
-            return _api_error(exc)
-        except TransportError as exc:
-            raise _network(exc) from exc
-        if isinstance(outcome, ChatStream):
-            return httpx.Response(
-                200, headers=_stream_headers(outcome.veil), stream=_PlainEvents(outcome)
-            )
-        return _answer(outcome)
+        request.read()
+        flow = self.flow_for(request)
+        return self._inner.handle_request(request) if flow is None else run(flow, self._inner)
 
     def close(self) -> None:
-        self._http.close()
+        self._inner.close()
 
 
-class AsyncVeilTransport(httpx.AsyncBaseTransport):
-    """Async twin of ``VeilTransport``, for ``openai.AsyncOpenAI``."""
+class AsyncVeilTransport(_Sealing[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
+    """``VeilTransport`` for ``openai.AsyncOpenAI``: the same flow, driven asynchronously."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        backoff: float = DEFAULT_BACKOFF,
-        protocol: ProtocolName = DEFAULT_PROTOCOL,
-        policy: Policy | None = None,
-        insecure_no_tee: bool = False,
-    ) -> None:
-        self._inner = transport or httpx.AsyncHTTPTransport()
-        self._http = httpx.AsyncClient(transport=self._inner, timeout=timeout)
-        self.client = AsyncClient(
-            base_url,
-            api_key,
-            http_client=self._http,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            protocol=protocol,
-            policy=policy,
-            insecure_no_tee=insecure_no_tee,
-        )
+    def _network(self) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        endpoint = inference_endpoint(request)
-        if endpoint is None:
-            check_passes_through(request)
+        await request.aread()
+        flow = self.flow_for(request)
+        if flow is None:
             return await self._inner.handle_async_request(request)
-        try:
-            plan = _plan(endpoint, await request.aread())
-        except ValueError as exc:
-            return _error(400, "INVALID_BODY", str(exc))
-        api_key = None if self.client.api_key else _bearer(request)
-        try:
-            outcome = await self.client.run(plan, api_key)
-        except APIError as exc:
-            return _api_error(exc)
-        except TransportError as exc:
-            raise _network(exc) from exc
-        if isinstance(outcome, AsyncChatStream):
-            return httpx.Response(
-                200, headers=_stream_headers(outcome.veil), stream=_AsyncPlainEvents(outcome)
-            )
-        return _answer(outcome)
+        return await arun(flow, self._inner)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._inner.aclose()
 
 
 def openai_http_client(
@@ -315,32 +268,17 @@ def openai_http_client(
     api_key: str | None = None,
     *,
     transport: httpx.BaseTransport | None = None,
-    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    backoff: float = DEFAULT_BACKOFF,
-    protocol: ProtocolName = DEFAULT_PROTOCOL,
-    policy: Policy | None = None,
-    insecure_no_tee: bool = False,
+    **options: Unpack[ClientArguments],
 ) -> httpx.Client:
     """An ``httpx.Client`` for ``openai.OpenAI(http_client=...)`` that makes inference confidential.
 
     ``base_url`` is the gateway (with or without ``/v1``); ``api_key`` defaults to the bearer key
     ``openai`` sends. ``transport`` is what actually talks to the network (default
-    ``httpx.HTTPTransport()``); wrap it to observe the wire. ``protocol``, ``policy`` and
-    ``insecure_no_tee`` are ``veil.Client``'s options (strict attestation, veil-v2 by default).
+    ``httpx.HTTPTransport()``); wrap it to observe the wire. ``options`` are ``veil.Client``'s
+    (``timeout``, ``max_attempts``, ``backoff``, ``protocol``, ``policy``, ``insecure_no_tee``).
     """
-    veil = VeilTransport(
-        base_url,
-        api_key,
-        transport=transport,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        backoff=backoff,
-        protocol=protocol,
-        policy=policy,
-        insecure_no_tee=insecure_no_tee,
-    )
-    return httpx.Client(transport=veil, timeout=timeout)
+    resolved = ClientOptions.resolve(base_url, api_key, **options)
+    return httpx.Client(transport=VeilTransport(resolved, transport), timeout=resolved.timeout)
 
 
 def async_openai_http_client(
@@ -348,23 +286,10 @@ def async_openai_http_client(
     api_key: str | None = None,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
-    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    backoff: float = DEFAULT_BACKOFF,
-    protocol: ProtocolName = DEFAULT_PROTOCOL,
-    policy: Policy | None = None,
-    insecure_no_tee: bool = False,
+    **options: Unpack[ClientArguments],
 ) -> httpx.AsyncClient:
-    """Async twin of ``openai_http_client``, for ``openai.AsyncOpenAI(http_client=...)``."""
-    veil = AsyncVeilTransport(
-        base_url,
-        api_key,
-        transport=transport,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        backoff=backoff,
-        protocol=protocol,
-        policy=policy,
-        insecure_no_tee=insecure_no_tee,
+    """``openai_http_client`` for ``openai.AsyncOpenAI(http_client=...)``."""
+    resolved = ClientOptions.resolve(base_url, api_key, **options)
+    return httpx.AsyncClient(
+        transport=AsyncVeilTransport(resolved, transport), timeout=resolved.timeout
     )
-    return httpx.AsyncClient(transport=veil, timeout=timeout)
