@@ -9,8 +9,8 @@
    compares those same checks (tag + BLAKE2b); a second row adds what Veil checks on top (the
    Ed25519 signature of every chunk, envelope parsing), for the whole per-event cost.
 2. Client crypto time per request against the request's total time, with the embedded models
-   (a real node + gateway on loopback, started like the tests start them, unless ``--base-url`` and
-   ``--api-key`` name a running gateway). Requests are veil-v2 and attested; the local deployment
+   (``veil serve`` on loopback, its own process tree, as ``benchmarks/load.py`` (a) starts it,
+   unless ``--base-url`` and ``--api-key`` name a running gateway). Requests are veil-v2 and attested; the local deployment
    has no TEE, so the client opts in with ``insecure_no_tee`` for it (``--insecure-no-tee`` does
    the same for a ``--base-url`` gateway whose nodes have no TEE). "Crypto" is the CPU time the
    client's thread spends sealing, opening and verifying (``Receipt.crypto_seconds``, measured
@@ -18,19 +18,20 @@
    time would count the moments the node's model preempts the client as client crypto. "Total"
    is the wall time of the whole call, lock and attestation check included.
 
-Prints a table and the ratios; exits 0.
+Reports the tables and the ratios (``--json PATH``: as JSON; the printed report is rendered from
+it); exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,12 +45,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from tests.harness import TEST_MODEL_DIR, NodeKeys, client_opener
 
 import veil
 from benchmarks import atoma_baseline
-from veil.client.streaming import Receipt, ResponseOpener, StreamChecker
+from benchmarks.report import Report
+from veil.client.receipt import Receipt
+from veil.client.streaming import StreamChecker
 from veil.hazmat import v1
 from veil.wire.envelopes import ConfidentialComputeResponse
+from veil.wire.keyid import key_id
 
 CHUNKS = 500
 REPEATS = 5
@@ -123,6 +128,9 @@ def bench_stream() -> list[tuple[str, float]]:
     salt = os.urandom(16)
     events = sealed_stream(node_sk, client_sk.public_key().public_bytes_raw(), salt, signer)
     data = [json.dumps(e) for e in events]
+    node = NodeKeys(
+        node_pk.public_bytes_raw(), key_id(node_pk.public_bytes_raw()), signer.public_key()
+    )
 
     def atoma() -> None:
         for event in events:
@@ -135,8 +143,7 @@ def bench_stream() -> list[tuple[str, float]]:
 
     def veil_full() -> None:
         session = v1.Session.from_exchange(client_sk, node_pk.public_bytes_raw(), salt)
-        receipt = Receipt("chat", "smollm2-135m-instruct", 0, "bench", 0, None)
-        checker = StreamChecker(ResponseOpener(session, signer.public_key(), receipt))
+        checker = StreamChecker(client_opener(session, node, "chat", "smollm2-135m-instruct"))
         for line in data:
             checker.event(line)
         checker.end()
@@ -172,80 +179,20 @@ def bench_stream() -> list[tuple[str, float]]:
 # -- 2. crypto share of a real request --------------------------------------------------------
 @contextmanager
 def local_deployment() -> Iterator[tuple[str, str]]:
-    """A node + gateway on loopback over the embedded models, as the test-suite starts them."""
-    root = Path(__file__).resolve().parent.parent
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import asyncio
+    """``veil serve`` (gateway + node on the embedded models) in its own process tree, so that
+    the servers do not compete with the measured client for this process's interpreter lock
+    (client and node are different machines in real use); a user made in its ledger."""
+    from benchmarks.confidential import create_user
+    from benchmarks.load import single
+    from veil.engines import prepare_embedded_models
 
-    from tests.e2e.conftest import CHAT, EMBED, deploy
-
-    from veil.engines import (
-        CHAT_MODEL_ID,
-        CHAT_MODEL_SAMPLING,
-        EMBEDDINGS_MODEL_ID,
-        LlamaCppChatEngine,
-        SentenceTransformerEmbeddingEngine,
-        prepare_embedded_models,
-    )
-    from veil.node.service import EngineRegistry
-
-    models_dir = Path(os.environ.get("VEIL_TEST_MODEL_DIR", root / ".cache/test-models"))
-    paths = prepare_embedded_models(models_dir, progress=False)
-    chat = LlamaCppChatEngine(
-        CHAT_MODEL_ID, paths.chat_gguf, n_ctx=2048, sampling_defaults=CHAT_MODEL_SAMPLING
-    )
-    embeddings = SentenceTransformerEmbeddingEngine(EMBEDDINGS_MODEL_ID, paths.embeddings_dir)
-    asyncio.run(chat.start())
-    asyncio.run(embeddings.start())
-    registry = EngineRegistry()
-    registry.add(chat)
-    registry.add(embeddings)
-    try:
-        with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-            servers, deployment = deploy(Path(tmp), [registry])
-            for server in servers:
-                stack.enter_context(server)
-            deployment.started()
-            key, _ = deployment.new_user("bench", {CHAT: 10_000_000, EMBED: 10_000_000})
-            yield deployment.url, key
-    finally:
-        asyncio.run(chat.close())
-        asyncio.run(embeddings.close())
-
-
-def serve() -> int:
-    """``--serve``: run ``local_deployment`` and print its address until stdin closes."""
-    with local_deployment() as (url, key):
-        print(f"READY {url} {key}", flush=True)
-        sys.stdin.read()
-    return 0
-
-
-@contextmanager
-def deployment_process() -> Iterator[tuple[str, str]]:
-    """``local_deployment`` in its own process, so that the servers' threads do not compete with
-    the measured client for this process's interpreter lock (client and node are different
-    machines in real use)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.client", "--serve"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )  # fmt: skip
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        line = process.stdout.readline().split()
-        if len(line) != 3 or line[0] != "READY":
-            raise RuntimeError("the local deployment did not start")
-        yield line[1], line[2]
-    finally:
-        process.stdin.close()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    prepare_embedded_models(TEST_MODEL_DIR, progress=False)
+    with (
+        tempfile.TemporaryDirectory(prefix="veil-bench-client-") as tmp,
+        single(Path(tmp), TEST_MODEL_DIR) as deployment,
+    ):
+        _, key = asyncio.run(create_user(deployment.database_url))
+        yield deployment.gateways[0], key
 
 
 def bench_requests(
@@ -309,7 +256,59 @@ def _drain(client: veil.Client, messages: list[dict[str, str]]) -> Receipt:
     return stream.veil
 
 
-def main() -> int:
+TITLE = "Client: opening streams, and crypto's share of a real request"
+DESCRIPTION = (
+    "1) Opening a 500-chunk sealed stream on the client. 2) Client crypto time per request "
+    "against the whole request time, through a real gateway + node on the embedded models."
+)
+STREAM_TARGET = 10.0  # atoma-sdk's per-chunk decrypt / Veil's, at least
+SHARE_TARGET = 1.0  # client crypto as a percentage of the request's time, below
+
+
+def report_stream(report: Report, rows: list[tuple[str, float]]) -> None:
+    baseline = report.baseline(
+        "atoma-sdk decrypt_message",
+        "atoma-sdk 0.1.3's per-chunk `decrypt_message` (X25519 + HKDF + AES-GCM setup per chunk) "
+        "in the same run. Ratio = baseline time / Veil time (higher is better).",
+    )
+    first = rows[0][1]
+    table = report.table(
+        f"1. Opening a {CHUNKS}-chunk stream (best of {REPEATS})",
+        [("method", ""), ("total ms", ".2f"), ("us/chunk", ".1f"), ("speed-up", ".1f")],
+    )
+    for name, seconds in rows:
+        table.row(name, seconds * 1e3, seconds / CHUNKS * 1e6, first / seconds)
+    report.ratio(
+        "opening a 500-chunk stream, atoma-sdk's per-chunk decrypt / Veil's (like for like)",
+        first * 1e3, rows[1][1] * 1e3, baseline=baseline, unit="ms", fmt=".1f",
+        target=(">=", STREAM_TARGET),
+    )  # fmt: skip
+
+
+def report_requests(
+    report: Report, results: list[tuple[str, float, float, int]], rounds: int
+) -> None:
+    total = report.baseline("the request's own time", "each request's total wall time.")
+    verify = ed25519_verify_seconds()
+    table = report.table(
+        f"2. Client crypto per request vs total (median of {rounds})",
+        [("request", ""), ("crypto ms (CPU)", ".3f"), ("total ms (wall)", ".1f"),
+         ("crypto share %", ".3f"), ("signatures", "d"), ("Ed25519 verify ms", ".2f")],
+        notes="every message's Ed25519 signature is checked; one verification costs "
+        f"{verify * 1e6:.0f} us here, measured in this run",
+    )  # fmt: skip
+    worst = 0.0
+    for name, crypto, seconds, messages in results:
+        share = crypto / seconds * 100
+        worst = max(worst, share)
+        table.row(name, crypto * 1e3, seconds * 1e3, share, messages, messages * verify * 1e3)
+    report.measure(
+        "client crypto as a share of a real request's time, at most", worst, "%",
+        baseline=total, fmt=".3f", target=("<", SHARE_TARGET),
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-url", default=None, help="a running gateway (default: start one)")
     parser.add_argument("--api-key", default=None)
@@ -320,58 +319,22 @@ def main() -> int:
         action="store_true",
         help="accept nodes without a TEE at --base-url (the local deployment always needs it)",
     )
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        return serve()
-
-    rows = bench_stream()
-    baseline = rows[0][1]
-    print(f"\n1. Opening a {CHUNKS}-chunk stream (best of {REPEATS})\n")
-    print(f"   {'method':<46} {'total ms':>9} {'us/chunk':>9} {'speed-up':>9}")
-    for name, seconds in rows:
-        print(
-            f"   {name:<46} {seconds * 1e3:>9.2f} {seconds / CHUNKS * 1e6:>9.1f} "
-            f"{baseline / seconds:>8.1f}x"
-        )
-    ratio = baseline / rows[1][1]
-    print(
-        f"\n   like-for-like ratio: {ratio:.1f}x (target >= 10x: "
-        f"{'met' if ratio >= 10 else 'NOT met'})"
-    )
-
-    if args.skip_requests:
-        return 0
-    with ExitStack() as stack:
-        if args.base_url and args.api_key:
-            base_url, api_key = args.base_url, args.api_key
-            insecure_no_tee = args.insecure_no_tee
-        else:
-            print("\n   starting a local node + gateway on the embedded models...")
-            base_url, api_key = stack.enter_context(deployment_process())
-            insecure_no_tee = True  # a loopback demo deployment: no TEE
-        results = bench_requests(base_url, api_key, args.rounds, insecure_no_tee)
-    print(f"\n2. Client crypto per request vs total (median of {args.rounds})\n")
-    verify = ed25519_verify_seconds()
-    print(f"   {'request':<26} {'crypto ms':>10} {'total ms':>10} {'crypto share':>13}  signatures")
-    print(f"   {'':<26} {'(CPU)':>10} {'(wall)':>10} {'':>13}  (Ed25519 verify, ms)")
-    worst = 0.0
-    for name, crypto, total, messages in results:
-        share = crypto / total
-        worst = max(worst, share)
-        print(
-            f"   {name:<26} {crypto * 1e3:>10.3f} {total * 1e3:>10.1f} {share:>12.3%}  "
-            f"{messages} x {verify * 1e6:.0f} us = {messages * verify * 1e3:.2f}"
-        )
-    print(
-        f"\n   largest crypto share: {worst:.3%} (target < 1%: "
-        f"{'met' if worst < 0.01 else 'NOT met'})"
-    )
-    print(
-        "   (every message's Ed25519 signature is checked; one verification costs "
-        f"{verify * 1e6:.0f} us here, measured in this run)\n"
-    )
-    return 0
+    parser.add_argument("--json", type=Path, default=None, help="write the run as JSON here")
+    args = parser.parse_args(argv)
+    report = Report("client", TITLE, DESCRIPTION, sys.argv[1:] if argv is None else argv)
+    report_stream(report, bench_stream())
+    if not args.skip_requests:
+        with ExitStack() as stack:
+            if args.base_url and args.api_key:
+                base_url, api_key = args.base_url, args.api_key
+                insecure_no_tee = args.insecure_no_tee
+            else:
+                print("starting `veil serve` on the embedded models...", file=sys.stderr)
+                base_url, api_key = stack.enter_context(local_deployment())
+                insecure_no_tee = True  # a loopback demo deployment: no TEE
+            results = bench_requests(base_url, api_key, args.rounds, insecure_no_tee)
+        report_requests(report, results, args.rounds)
+    return report.emit(args.json)
 
 
 if __name__ == "__main__":

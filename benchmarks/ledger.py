@@ -25,7 +25,8 @@ settle charged exactly ``min(asked, reserved)``), ``total ==`` its initial units
 charged beyond what was settled) **must be 0**. Unexpected exceptions (anything but a refusal)
 count as failures too.
 
-Defaults: 20 s per database (under a minute in all); ``--quick``: 5 s. Exits 0 when the benchmark
+Defaults: 20 s per database (under a minute in all); ``--quick``: 5 s. ``--json PATH`` writes the
+run as JSON; the printed report is rendered from it. Exits 0 when the benchmark
 ran and every check passed, 1 on any overspend, unbalanced stack, failed check or unexpected error.
 """
 
@@ -35,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
 import sys
@@ -45,7 +45,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.load import DEFAULT_POSTGRES_URL, fresh_database, percentile, postgres_admin_url
+from tests.harness import fresh_postgres_database, postgres_admin_url, postgres_url_setting
+
+from benchmarks.confidential import p_ms
+from benchmarks.report import Report
 from veil.gateway.ledger import Ledger, Reservation
 from veil.wire.errors import VeilError
 
@@ -288,82 +291,78 @@ async def bench(label: str, database_url: str, seconds: float, counter: RetryCou
 
 # -- the report --------------------------------------------------------------------------------
 
+TITLE = "Ledger: reserve + settle under contention, SQLite against PostgreSQL"
+DESCRIPTION = (
+    f"`Ledger` itself in one process: {TASKS} asyncio tasks looping reserve -> settle (a random "
+    "part of the reservation; some ask for more, which must be capped) for T seconds on 4 shared "
+    "stacks, one kept so tight that reservations are refused for lack of units; ops/s, latency "
+    "per call, refusals by error, and every stack checked afterwards (overspend, nothing "
+    "reserved, used == settled, reconcile clean)."
+)
 
-def ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{percentile(values, 50) * 1000:.1f} / {percentile(values, 95) * 1000:.1f}"
 
-
-def report(results: list[Result], seconds: float) -> None:
-    print(
-        f"\nLedger benchmark: veil.gateway.ledger.Ledger in one process, {TASKS} asyncio tasks x "
-        f"{seconds:.0f} s per database.\nEach task loops reserve (1..{MAX_UNITS} units, on a named "
-        "stack or best fit) -> settle (a random part; 1 in\n"
-        f"{OVERCHARGE_EVERY} asks for more than reserved and must be capped). Stacks: "
-        f"{ROOMY_STACKS} roomy ({ROOMY_UNITS:.0e} units), 1 tight\n(always {TIGHT_UNITS} units "
-        "unspent: topped up by what each settle on it charged). ops/s = completed\n"
-        "reserve+settle cycles per second; calls/s = every ledger call (refused reserves and "
-        "top-ups included).\n"
+def report_ledger(report: Report, results: list[Result], seconds: float) -> None:
+    sqlite = report.baseline(
+        "SQLite",
+        "SQLite (a file) measured in the same run with the same workload and seeds. Ratio = "
+        "PostgreSQL ops/s / SQLite ops/s (above 1 means PostgreSQL is faster).",
     )
-    head = (f"{'database':<12} {'cycles':>8} {'ops/s':>8} {'calls/s':>8} {'reserve p50/p95 ms':>19} "
-            f"{'settle p50/p95 ms':>18} {'retried':>8}  refused")  # fmt: skip
-    print(head)
-    print("-" * len(head))
+    runs = report.table(
+        f"{TASKS} asyncio tasks x {seconds:.0f} s per database",
+        [("database", ""), ("cycles", "d"), ("ops/s", ".0f"), ("calls/s", ".0f"),
+         ("reserve p50 ms", ".1f"), ("reserve p95 ms", ".1f"), ("settle p50 ms", ".1f"),
+         ("settle p95 ms", ".1f"), ("retried", "d"), ("refused", "")],
+        notes=f"Each task loops reserve (1..{MAX_UNITS} units, on a named stack or best fit) -> "
+        f"settle (a random part; 1 in {OVERCHARGE_EVERY} asks for more than reserved and must be "
+        f"capped). Stacks: {ROOMY_STACKS} roomy ({ROOMY_UNITS:.0e} units), 1 tight (always "
+        f"{TIGHT_UNITS} units unspent: topped up by what each settle on it charged). ops/s = "
+        "completed reserve+settle cycles per second; calls/s = every ledger call (refused reserves "
+        "and top-ups included); retried = transactions the ledger ran again after a PostgreSQL "
+        "deadlock or serialization failure.",
+    )  # fmt: skip
     for r in results:
         p = r.phase
         refused = ", ".join(f"{c} x{n}" for c, n in sorted(p.refusals.items())) or "none"
-        print(f"{r.label:<12} {p.cycles:>8} {p.ops:>8.0f} {p.call_rate:>8.0f} "
-              f"{ms(p.reserve_s):>19} {ms(p.settle_s):>18} {r.retries:>8}  {refused}")  # fmt: skip
-    print("\n(retried: transactions the ledger ran again after a PostgreSQL deadlock or "
-          "serialization failure)")  # fmt: skip
-
-    print("\nEvery stack after the run (warm-up included)\n")
-    head = (f"{'database':<12} {'stack':>5} {'total':>14} {'used':>14} {'reserved':>8} "
-            f"{'settled sum':>14} {'overspend':>9}  ok")  # fmt: skip
-    print(head)
-    print("-" * len(head))
+        runs.row(r.label, p.cycles, p.ops, p.call_rate, p_ms(p.reserve_s, 50),
+                 p_ms(p.reserve_s, 95), p_ms(p.settle_s, 50), p_ms(p.settle_s, 95), r.retries,
+                 refused)  # fmt: skip
+    stacks = report.table(
+        "Every stack after the run (warm-up included)",
+        [("database", ""), ("stack", "d"), ("total", "d"), ("used", "d"), ("reserved", "d"),
+         ("settled sum", "d"), ("overspend", "d"), ("ok", "")],
+    )  # fmt: skip
     for r in results:
         for s in r.stacks:
-            print(f"{r.label:<12} {s.id:>5} {s.total:>14} {s.used:>14} {s.reserved:>8} "
-                  f"{s.settled:>14} {s.overspend:>9}  {'yes' if s.ok else 'NO'}")  # fmt: skip
-    print()
+            stacks.row(r.label, s.id, s.total, s.used, s.reserved, s.settled, s.overspend,
+                       "yes" if s.ok else "NO")  # fmt: skip
     for r in results:
         errors = ", ".join(f"{k} x{v}" for k, v in sorted(r.books.errors.items())) or "none"
-        print(
-            f"{r.label}: reconcile(): "
-            f"{'clean' if not r.problems else f'{len(r.problems)} problem(s)'}; settles "
-            f"charging other than min(asked, reserved): {r.books.mischarged}; unexpected "
-            f"errors: {errors}"
+        reconcile = "clean" if not r.problems else f"{len(r.problems)} problem(s)"
+        report.note(
+            f"{r.label}: reconcile(): {reconcile}; settles charging other than min(asked, "
+            f"reserved): {r.books.mischarged}; unexpected errors: {errors}"
         )
         for problem in r.problems[:5]:
-            print(f"    {problem}")
+            report.note(f"{r.label}: {problem}")
         for name, message in sorted(r.books.first_error.items()):
-            print(f"    first {name}: {message}")
+            report.note(f"{r.label}: first {name}: {message}")
+        for name, count in r.books.errors.items():
+            report.fail(f"{r.label}: {name}", count)
 
-    print()
     rates = {r.label: r.phase.ops for r in results}
-    spent = {r.label: r.overspend for r in results}
     if "SQLite" in rates and "PostgreSQL" in rates:
-        ratio = rates["PostgreSQL"] / rates["SQLite"] if rates["SQLite"] else 0.0
-        both = "on both" if not any(spent.values()) else (
-            f"(SQLite {spent['SQLite']}, PostgreSQL {spent['PostgreSQL']})"
+        report.ratio(
+            f"ledger reserve + settle, {TASKS} concurrent tasks, PostgreSQL / SQLite ops/s",
+            rates["PostgreSQL"], rates["SQLite"], baseline=sqlite, unit="ops/s",
+            detail=f"SQLite {rates['SQLite']:.0f} ops/s, PostgreSQL {rates['PostgreSQL']:.0f} ops/s",
         )  # fmt: skip
-        print(
-            f"ledger reserve+settle, {TASKS} tasks: SQLite {rates['SQLite']:.0f} ops/s, "
-            f"PostgreSQL {rates['PostgreSQL']:.0f} ops/s (PostgreSQL/SQLite {ratio:.2f}x); "
-            f"overspend {sum(spent.values())} units {both}"
-        )
-    else:
-        print(
-            f"ledger reserve+settle, {TASKS} tasks: "
-            + ", ".join(f"{label} {rate:.0f} ops/s" for label, rate in rates.items())
-        )
-    total = sum(spent.values())
-    detail = ", ".join(f"{label} {units}" for label, units in spent.items())
-    print(f"overspend: {total} units ({detail})")
     failed = [r.label for r in results if r.failed]
-    print(f"ledger checks: {'passed' if not failed else 'FAILED on ' + ', '.join(failed)}")
+    detail = ", ".join(f"{r.label} {r.overspend}" for r in results)
+    checks = "passed" if not failed else "FAILED on " + ", ".join(failed)
+    report.measure(
+        "ledger overspend under contention", sum(r.overspend for r in results), "units",
+        fmt="d", target=("==", 0), detail=f"{detail}; every other stack check: {checks}",
+    )  # fmt: skip
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -378,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5 s per database")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per database")
     parser.add_argument("--only", choices=["sqlite", "postgresql"], default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the run as JSON here")
     parser.add_argument(
         "--postgres-url",
-        default=os.environ.get("VEIL_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        default=postgres_url_setting(),
         help="a database on the server where this creates (and drops) its own database",
     )
     args = parser.parse_args(argv)
@@ -388,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     if seconds <= 0:
         parser.error("--seconds must be positive")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    report = Report("ledger", TITLE, DESCRIPTION, sys.argv[1:] if argv is None else argv)
     counter = RetryCounter()
-    ledger_log = logging.getLogger("veil.gateway.ledger.ledger")
+    ledger_log = logging.getLogger("veil.gateway.ledger")
     ledger_log.addHandler(counter)
     ledger_log.setLevel(logging.INFO)
     ledger_log.propagate = False  # counted, not printed
@@ -403,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "postgresql"):
         print("PostgreSQL...", file=sys.stderr, flush=True)
         admin = postgres_admin_url(args.postgres_url)
-        with fresh_database(admin) as url:
+        with fresh_postgres_database(admin, "veil_ledger_") as url:
             results.append(asyncio.run(bench("PostgreSQL", url, seconds, counter)))
-    report(results, seconds)
-    return 1 if any(r.failed for r in results) else 0
+    report_ledger(report, results, seconds)
+    return report.emit(args.json, ok=not any(r.failed for r in results))
 
 
 if __name__ == "__main__":

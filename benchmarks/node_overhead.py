@@ -27,18 +27,17 @@ The variants run one after another, never concurrently, and are interleaved roun
 order rotating each round), so machine noise hits them alike. Prints one table per part and one
 headline line per target and suite. Exits 0 when the benchmark ran, whether or not the targets
 were met; 1 if the node did not start, a request failed or an answer did not verify. ``--quick``
-runs few rounds (under a minute once the models are loaded).
+runs few rounds (under a minute once the models are loaded). ``--json PATH`` writes the run as JSON;
+the printed report is rendered from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -50,23 +49,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from benchmarks.load import child_env, free_port, percentile, veil_process, wait_healthy
-from veil.client.errors import VeilClientError, api_error
-from veil.client.streaming import (
-    Opener,
-    Receipt,
-    ResponseOpener,
-    SSEParser,
-    StreamChecker,
-    V2ResponseOpener,
-    open_single,
-    plain_chunks,
+from tests.harness import (
+    TEST_MODEL_DIR,
+    NodeKeys,
+    SealedRequest,
+    child_env,
+    free_port,
+    seal_to,
+    veil_process,
+    wait_healthy,
 )
-from veil.hazmat import v1, v2
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.memory import Memory, node_memory
+from benchmarks.report import Report
+from veil.client.errors import VeilClientError, api_error
+from veil.client.streaming import event_data
+from veil.wire.routes import confidential_path, plain_path
+
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 EMBED_INPUT = "The quarterly figures stay private until the board meets on Thursday morning."
@@ -84,12 +83,6 @@ JSON = {"content-type": "application/json"}
 Variant = Literal["plain", "atoma-v1", "veil-v2"]
 VARIANTS: tuple[Variant, ...] = ("plain", "atoma-v1", "veil-v2")
 SUITES: tuple[Variant, ...] = ("atoma-v1", "veil-v2")
-PATHS = {
-    ("embeddings", False): "/v1/embeddings",
-    ("embeddings", True): "/v1/confidential/embeddings",
-    ("chat", False): "/v1/chat/completions",
-    ("chat", True): "/v1/confidential/chat/completions",
-}
 
 
 class Failed(Exception):
@@ -108,9 +101,7 @@ class Failed(Exception):
 class Node:
     url: str
     pid: int
-    public_key: bytes
-    key_id: str
-    signer: Ed25519PublicKey
+    keys: NodeKeys
 
 
 def describe_node(http: httpx.Client, url: str, pid: int) -> Node:
@@ -118,15 +109,10 @@ def describe_node(http: httpx.Client, url: str, pid: int) -> Node:
     keys = http.get(f"{url}/v1/keys")
     if keys.status_code != 200:
         raise Failed(f"HTTP_{keys.status_code}", "GET /v1/keys failed")
-    document = keys.json()
-    current = next(k for k in document["keys"] if k["status"] == "current")
-    public_key = base64.b64decode(current["public_key"], validate=True)
-    if v2.key_id_of(public_key) != current["key_id"]:
-        raise Failed("BAD_KEYS", "the key_id of /v1/keys does not belong to its public key")
-    signer = Ed25519PublicKey.from_public_bytes(
-        base64.b64decode(document["signing_public_key"], validate=True)
-    )
-    return Node(url, pid, public_key, current["key_id"], signer)
+    try:
+        return Node(url, pid, NodeKeys.from_keys_document(keys.json()))
+    except ValueError as exc:
+        raise Failed("BAD_KEYS", str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -146,27 +132,16 @@ def start_node(tmp: Path, models_dir: Path) -> Iterator[tuple[str, int]]:
 # -- one request of each kind ----------------------------------------------------------------------
 
 
-def seal(node: Node, suite: Variant, kind: str, body: dict[str, Any]) -> tuple[bytes, Opener]:
+def seal(
+    node: Node, suite: Variant, kind: Literal["chat", "embeddings"], body: dict[str, Any]
+) -> SealedRequest:
     """The envelope for ``body`` sealed to ``node`` in ``suite``, and the opener of its answer."""
-    raw = json.dumps(body).encode()
-    model = body["model"]
-    stream = True if kind == "chat" else None
-    path = PATHS[(kind, True)]
-    receipt = Receipt(kind, model, 0, node.key_id, STACK_SMALL_ID, UNITS[model])
-    opener: Opener
-    if suite == "atoma-v1":
-        envelope, session = v1.seal_request(
-            node.public_key, raw, model_name=model, stack_small_id=STACK_SMALL_ID,
-            num_compute_units=UNITS[model], stream=stream,
-        )  # fmt: skip
-        opener = ResponseOpener(session, node.signer, receipt)
-    else:
-        envelope, v2_session = v2.seal_request(
-            node.public_key, node.key_id, raw, endpoint=path, model_name=model,
-            stack_small_id=STACK_SMALL_ID, num_compute_units=UNITS[model], stream=stream,
-        )  # fmt: skip
-        opener = V2ResponseOpener(v2_session, node.signer, receipt)
-    return envelope.model_dump_json().encode(), opener
+    if suite == "plain":
+        raise ValueError("the plain route is not sealed")
+    return seal_to(
+        node.keys, body, suite=suite, endpoint=kind, stack_small_id=STACK_SMALL_ID,
+        units=UNITS[body["model"]],
+    )  # fmt: skip
 
 
 def refused(response: httpx.Response) -> Failed:
@@ -184,14 +159,14 @@ def embed_once(http: httpx.Client, node: Node, variant: Variant) -> tuple[float,
     started = time.perf_counter()
     body = {"model": EMBED, "input": EMBED_INPUT}
     confidential = variant != "plain"
-    url = node.url + PATHS[("embeddings", confidential)]
+    url = node.url + (confidential_path if confidential else plain_path)("embeddings")
     if confidential:
-        content, opener = seal(node, variant, "embeddings", body)
-        response = http.post(url, content=content, headers=JSON)
+        sealed = seal(node, variant, "embeddings", body)
+        response = http.post(url, content=sealed.content, headers=JSON)
         if response.status_code != 200:
             raise refused(response)
-        _, document = open_single(opener, response.content)
-        usage = opener.receipt.usage
+        document = sealed.open(response.content)
+        usage = sealed.usage
         prompt_tokens = usage.prompt_tokens if usage is not None else 0
     else:
         response = http.post(url, content=json.dumps(body).encode(), headers=JSON)
@@ -227,19 +202,19 @@ def stream_once(http: httpx.Client, node: Node, variant: Variant, max_tokens: in
     body = {"model": CHAT, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0,
             "seed": 7, "stream": True}  # fmt: skip
     confidential = variant != "plain"
-    url = node.url + PATHS[("chat", confidential)]
+    url = node.url + (confidential_path if confidential else plain_path)("chat")
     first: float | None = None
     if confidential:
-        content, opener = seal(node, variant, "chat", body)
-        with http.stream("POST", url, content=content, headers=JSON) as response:
+        sealed = seal(node, variant, "chat", body)
+        with http.stream("POST", url, content=sealed.content, headers=JSON) as response:
             if response.status_code != 200:
                 raise refused(response)
-            for _ in plain_chunks(response, StreamChecker(opener)):  # opens + checks each one
+            for _ in sealed.chunks(response):  # opens + checks each one
                 if first is None:
                     first = time.perf_counter() - started
                 if time.perf_counter() > deadline:
                     raise Failed("TIMEOUT", f"stream not done within {OP_TIMEOUT:.0f} s")
-        usage = opener.receipt.usage  # the signed usage of the final chunk
+        usage = sealed.usage  # the signed usage of the final chunk
         completion = usage.completion_tokens if usage is not None else 0
     else:
         completion = -1
@@ -247,13 +222,9 @@ def stream_once(http: httpx.Client, node: Node, variant: Variant, max_tokens: in
         with http.stream("POST", url, content=json.dumps(body).encode(), headers=JSON) as response:
             if response.status_code != 200:
                 raise refused(response)
-            parser = SSEParser()
-            for line in response.iter_lines():
+            for data in event_data(response):
                 if time.perf_counter() > deadline:
                     raise Failed("TIMEOUT", f"stream not done within {OP_TIMEOUT:.0f} s")
-                data = parser.feed(line)
-                if data is None:
-                    continue
                 if first is None:
                     first = time.perf_counter() - started
                 if data.strip() == "[DONE]":
@@ -368,184 +339,6 @@ def warm_up(http: httpx.Client, node: Node, max_tokens: int, results: Results) -
     return reference
 
 
-# -- memory -----------------------------------------------------------------------------------------
-
-
-def _status(pid: int) -> dict[str, str]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value.strip()
-    return fields
-
-
-def _kilobytes(value: str | None) -> int:
-    return int(value.split()[0]) * 1024 if value else 0  # /proc reports kB (1024 bytes)
-
-
-@dataclass(frozen=True)
-class Memory:
-    rss: int  # bytes, the node process + its descendants
-    processes: int
-    peak: int  # bytes, VmHWM of the node process itself
-
-
-def node_memory(root: int) -> Memory:
-    """VmRSS summed over ``root`` and its descendants (shared pages count once per process)."""
-    statuses: dict[int, dict[str, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):  # a process that ended meanwhile
-                statuses[int(entry.name)] = _status(int(entry.name))
-    if root not in statuses:
-        raise Failed("NODE_GONE", f"the node process {root} is not running")
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, status in statuses.items():
-            if pid not in tree and status.get("PPid") == str(parent):
-                tree.add(pid)
-                frontier.append(pid)
-    rss = sum(_kilobytes(statuses[pid].get("VmRSS")) for pid in tree)
-    return Memory(rss, len(tree), _kilobytes(statuses[root].get("VmHWM")))
-
-
-# -- the report -------------------------------------------------------------------------------------
-
-
-def row(line: str) -> None:
-    print(line.rstrip())
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "NOT MET"
-
-
-def _ratio(value: float, baseline: float) -> float | None:
-    """Rounded as printed, so that the verdict and the printed figure always agree."""
-    return round(value / baseline, 2) if baseline else None
-
-
-def _ms(values: list[float], q: float) -> str:
-    return f"{percentile(values, q) * 1000:.1f}" if values else "-"
-
-
-def report(
-    results: Results,
-    memory: dict[str, Memory],
-    rounds: tuple[int, int],
-    max_tokens: int,
-    load: float,
-) -> None:
-    embed_rounds, chat_rounds = rounds
-    print(
-        f"Node overhead: one `veil node` on the embedded models, no gateway, on loopback; its "
-        f"confidential routes\nagainst its own plain routes (the baseline), variants interleaved "
-        f"round by round. 1-minute load average\nat start: {load:.2f} on {os.cpu_count()} cores.\n"
-    )
-
-    print(
-        f"1. Embeddings ({EMBED}, one input of {len(EMBED_INPUT)} characters), {embed_rounds} "
-        "rounds.\n   Latency: before the body is built (and sealed) -> answer read, opened, "
-        "checked.\n"
-    )
-    head = f"{'operation':<40} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'ratio':>7}  target"
-    print(head)
-    print("-" * (len(head) + 18))
-    base = results.embeddings["plain"]
-    base_p50 = percentile(base, 50) if base else 0.0
-    embed_ratios: dict[Variant, float | None] = {}
-    for variant in VARIANTS:
-        values = results.embeddings[variant]
-        name = "plain /v1/embeddings (baseline)" if variant == "plain" else (
-            f"confidential, {variant}"
-        )  # fmt: skip
-        ratio = _ratio(percentile(values, 50), base_p50) if values else None
-        cell, target = (f"{ratio:.2f}x" if ratio is not None else "-"), ""
-        if variant != "plain":
-            embed_ratios[variant] = ratio
-            ok = ratio is not None and ratio <= EMBED_TARGET
-            target = f"<= {EMBED_TARGET:.2f}x  {verdict(ok)}"
-        row(f"{name:<40} {len(values):>4} {_ms(values, 50):>8} {_ms(values, 95):>8} "
-            f"{cell:>7}  {target}")  # fmt: skip
-
-    print(
-        f"\n2. Streamed chat ({CHAT}, max_tokens {max_tokens}, temperature 0), {chat_rounds} "
-        "rounds.\n   tokens/s = completion tokens in the node's usage / (before the request is "
-        "built -> stream ended,\n   every chunk checked); median per variant. first event = "
-        "median time to the first event.\n"
-    )
-    head = (f"{'operation':<40} {'n':>4} {'tokens':>7} {'first ms':>9} {'total ms':>9} "
-            f"{'tok/s':>7} {'ratio':>7}  target")  # fmt: skip
-    print(head)
-    print("-" * (len(head) + 18))
-    plain_rate = (
-        statistics.median(s.tokens_per_second for s in results.streams["plain"])
-        if results.streams["plain"]
-        else 0.0
-    )
-    stream_ratios: dict[Variant, float | None] = {}
-    for variant in VARIANTS:
-        samples = results.streams[variant]
-        name = "plain /v1/chat/completions (baseline)" if variant == "plain" else (
-            f"confidential, {variant}"
-        )  # fmt: skip
-        if samples:
-            counts = sorted({s.completion_tokens for s in samples})
-            tokens = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-            rate = statistics.median(s.tokens_per_second for s in samples)
-            first = f"{statistics.median(s.first_event for s in samples) * 1000:.0f}"
-            total = f"{statistics.median(s.seconds for s in samples) * 1000:.0f}"
-            ratio = _ratio(rate, plain_rate)
-            rate_cell = f"{rate:.1f}"
-        else:
-            tokens = first = total = rate_cell = "-"
-            ratio = None
-        cell, target = (f"{ratio:.2f}x" if ratio is not None else "-"), ""
-        if variant != "plain":
-            stream_ratios[variant] = ratio
-            ok = ratio is not None and ratio >= STREAM_TARGET
-            target = f">= {STREAM_TARGET:.2f}x  {verdict(ok)}"
-        row(f"{name:<40} {len(samples):>4} {tokens:>7} {first:>9} {total:>9} {rate_cell:>7} "
-            f"{cell:>7}  {target}")  # fmt: skip
-
-    print("\n3. Node RSS: VmRSS of the node process + its children, MB = 10^6 bytes.\n")
-    head = f"{'operation':<40} {'processes':>9} {'RSS MB':>8}  target"
-    print(head)
-    print("-" * (len(head) + 18))
-    for when, reading in memory.items():
-        ok = reading.rss <= RSS_TARGET
-        print(f"{'node RSS ' + when:<40} {reading.processes:>9} {reading.rss / 1e6:>8.0f}  "
-              f"<= {RSS_TARGET / 1e6:.0f} MB  {verdict(ok)}")  # fmt: skip
-    if memory:
-        peak = max(m.peak for m in memory.values())
-        print(f"{'node process peak (VmHWM), information':<40} {1:>9} {peak / 1e6:>8.0f}")
-
-    if results.failures:
-        print("\nFailures (request failed or answer did not verify)\n")
-        for key, count in sorted(results.failures.items()):
-            why = results.first_messages.get(key, "")
-            print(f"{key} x{count}" + (f": {why}" if why else ""))
-
-    print("\nHeadlines\n")
-    for variant in SUITES:
-        ratio = embed_ratios.get(variant)
-        shown = f"{ratio:.2f}x" if ratio is not None else "n/a"
-        ok = ratio is not None and ratio <= EMBED_TARGET
-        print(f"embeddings p50 ratio, confidential/plain ({variant}): {shown} "
-              f"(target <= {EMBED_TARGET:.2f}: {verdict(ok)})")  # fmt: skip
-    for variant in SUITES:
-        ratio = stream_ratios.get(variant)
-        shown = f"{ratio:.2f}x" if ratio is not None else "n/a"
-        ok = ratio is not None and ratio >= STREAM_TARGET
-        print(f"streamed chat tokens/s ratio, confidential/plain ({variant}): {shown} "
-              f"(target >= {STREAM_TARGET:.2f}: {verdict(ok)})")  # fmt: skip
-    if memory:
-        largest = max(m.rss for m in memory.values())
-        print(f"node RSS with both models loaded: {largest / 1e6:.0f} MB "
-              f"(target <= {RSS_TARGET / 1e9:.1f} GB: {verdict(largest <= RSS_TARGET)})")  # fmt: skip
-
-
 # -- main -------------------------------------------------------------------------------------------
 
 
@@ -563,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedding-rounds", type=int, default=None, help="default 150 (quick 15)")
     parser.add_argument("--chat-rounds", type=int, default=None, help="default 20 (quick 5)")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument("--json", type=Path, default=None, help="write the run as JSON here")
     args = parser.parse_args(argv)
+    from benchmarks.node_overhead_report import DESCRIPTION, TITLE, report_node
+
+    report = Report("node_overhead", TITLE, DESCRIPTION, sys.argv[1:] if argv is None else argv)
     embed_default, chat_default = (15, 5) if args.quick else (150, 20)
     embed_rounds = embed_default if args.embedding_rounds is None else args.embedding_rounds
     chat_rounds = chat_default if args.chat_rounds is None else args.chat_rounds
@@ -572,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminate)
 
-    models_dir = Path(os.environ.get("VEIL_TEST_MODEL_DIR", ROOT / ".cache/test-models"))
+    models_dir = TEST_MODEL_DIR
     load = os.getloadavg()[0]
     results = Results()
     memory: dict[str, Memory] = {}
@@ -593,12 +390,15 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
             run_streams(http, node, chat_rounds, args.max_tokens, results)
             memory["after the run"] = node_memory(pid)
-    except (Failed, RuntimeError, httpx.HTTPError) as exc:
+    except (Failed, RuntimeError, OSError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    report(results, memory, (embed_rounds, chat_rounds), args.max_tokens, load)
-    return 1 if results.failures else 0
+    report_node(report, results, memory, (embed_rounds, chat_rounds), args.max_tokens, load)
+    return report.emit(args.json, ok=not results.failures)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable module, not this ``__main__`` copy: the report module imports it.
+    from benchmarks.node_overhead import main as run
+
+    raise SystemExit(run())

@@ -10,26 +10,27 @@ gateways on one SQLite ledger, three ways, interleaved round by round in one run
 
 Reports the median latency per request of each and the ratio to the baseline, plus the limiter's
 own cost per admission + release measured directly. Timings are reported, never asserted.
+``--json PATH`` writes the run as JSON; the printed report is rendered from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
+from tests.harness import ServerThread
 
-from benchmarks.load import free_port
+from benchmarks.report import Report
 from veil.config import GatewaySettings
 from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import load_or_create_gateway_key
@@ -40,19 +41,20 @@ REDIS_URL = os.environ.get("VEIL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 HUGE = 2**31 - 1  # limits never reached: the cost is measured, not the refusals
 
 
-def serve(settings: GatewaySettings, key_dir: Path, admin: list[str]) -> tuple[str, uvicorn.Server]:
+TITLE = "Gateway: what the per-user rate limiter costs"
+DESCRIPTION = (
+    "The same authenticated `GET /v1/stacks` through a gateway, three ways, rounds interleaved: "
+    "an admin key (not limited), a user limited in process, and a user limited through Redis "
+    "(limits set far above the load, so every request is admitted); then the limiter's own "
+    "admit + release in a loop, without HTTP."
+)
+
+
+def serve(settings: GatewaySettings, key_dir: Path, admin: list[str]) -> ServerThread:
     app = create_gateway_app(
         settings, load_or_create_gateway_key(key_dir), on_admin_key=admin.append
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
+    return ServerThread(app)
 
 
 def timed(http: httpx.Client, url: str, key: str, n: int) -> list[float]:
@@ -89,17 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per variant per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="write the run as JSON here")
     args = parser.parse_args(argv)
+    report = Report("ratelimit", TITLE, DESCRIPTION, sys.argv[1:] if argv is None else argv)
     prefix = f"veil:bench:rl:{secrets.token_hex(6)}:"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         url = f"sqlite+aiosqlite:///{root / 'ledger.db'}"
         admin: list[str] = []
         common: dict[str, Any] = {"database_url": url, "nodes": [], "rate_limit_prefix": prefix}
-        memory_url, memory = serve(GatewaySettings(data_dir=root / "a", **common), root, admin)
-        redis_url, shared = serve(
-            GatewaySettings(data_dir=root / "b", redis_url=REDIS_URL, **common), root, admin
+        servers = contextlib.ExitStack()
+        memory = servers.enter_context(
+            serve(GatewaySettings(data_dir=root / "a", **common), root, admin)
         )
+        shared = servers.enter_context(
+            serve(GatewaySettings(data_dir=root / "b", redis_url=REDIS_URL, **common), root, admin)
+        )
+        memory_url, redis_url = memory.url, shared.url
 
         async def make_user() -> str:
             ledger = await Ledger.open(url)
@@ -126,16 +134,29 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for name, (where, key) in variants.items():
                     samples[name] += timed(http, where, key, args.requests)
-        memory.should_exit = shared.should_exit = True
+        servers.close()
         direct = asyncio.run(limiter_cost(args.requests * args.rounds, prefix))
+    baseline = report.baseline(
+        "admin key",
+        "the admin key's requests to the same gateway in the same rounds (the limiter does not "
+        "count them). Ratio = median latency of the variant / median latency of the baseline.",
+    )
     base = statistics.median(samples["baseline (no limiter)"])
-    print(f"\nRate limiter cost: GET /v1/stacks, {args.rounds} x {args.requests} per variant")
-    print(f"{'variant':<24}{'median ms':>12}{'ratio':>10}{'limiter alone µs':>20}")
+    table = report.table(
+        f"Rate limiter cost: GET /v1/stacks, {args.rounds} x {args.requests} per variant",
+        [("variant", ""), ("median ms", ".3f"), ("ratio", ".3f"), ("limiter alone us", ".1f")],
+    )
     for name, values in samples.items():
         median = statistics.median(values)
-        alone = f"{direct[name] * 1e6:.1f}" if name in direct else "-"
-        print(f"{name:<24}{median * 1e3:>12.3f}{median / base:>10.3f}{alone:>20}")
-    return 0
+        alone = direct[name] * 1e6 if name in direct else None
+        table.row(name, median * 1e3, median / base, alone)
+        if name in direct:
+            report.ratio(
+                f"rate limiter {name}: request median latency / the unlimited baseline",
+                median * 1e3, base * 1e3, baseline=baseline, unit="ms", fmt=".3f",
+                detail=f"limiter alone {direct[name] * 1e6:.1f} µs",
+            )  # fmt: skip
+    return report.emit(args.json)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,14 @@ which later runs reuse. The engines are plain objects usable from any event loop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import secrets
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import URL
 
 # Nothing in the suite may fetch weights from a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +25,12 @@ os.environ["VEIL_CACHE_DIR"] = tempfile.mkdtemp(prefix="veil-test-cache-")
 # ... and the node keys clients remember (known_nodes.json) never land in the real home either.
 os.environ.setdefault("VEIL_HOME", tempfile.mkdtemp(prefix="veil-test-home-"))
 
+from tests.harness import (  # TEST_MODEL_DIR and fresh_postgres_database: re-exported
+    TEST_MODEL_DIR,
+    find_postgres_admin,
+    fresh_postgres_database,
+    postgres_url_setting,
+)
 from veil.engines import (
     CHAT_MODEL_ID,
     CHAT_MODEL_SAMPLING,
@@ -41,48 +42,18 @@ from veil.engines import (
 )
 from veil.node.service import EngineRegistry
 
-TEST_MODEL_DIR = Path(
-    os.environ.get(
-        "VEIL_TEST_MODEL_DIR", Path(__file__).resolve().parent.parent / ".cache/test-models"
-    )
-)
-
+__all__ = ["TEST_MODEL_DIR", "fresh_postgres_database"]
 
 # --- databases: SQLite files and fresh PostgreSQL databases ----------------------------------
-# PostgreSQL comes from VEIL_TEST_POSTGRES_URL (default below). With no user in the URL the OS
-# user is tried, then ``postgres``. Unreachable: the postgres cases skip with a warning, except
-# under CI, where they fail (CI must test PostgreSQL).
-
-DEFAULT_POSTGRES_URL = "postgresql+asyncpg://127.0.0.1:5432/test"
-
-
-def _candidate_urls(raw: str) -> list[URL]:
-    url = make_url(raw)
-    if url.username:
-        return [url]
-    return [url, url.set(username="postgres")]
-
-
-async def _probe(url: URL) -> None:
-    engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 3})
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    finally:
-        await engine.dispose()
+# PostgreSQL comes from VEIL_TEST_POSTGRES_URL (``tests.harness``). Unreachable: the postgres cases
+# skip with a warning, except under CI, where they fail (CI must test PostgreSQL).
 
 
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> URL:
     """A working URL for the PostgreSQL maintenance database (skips or fails if there is none)."""
-    raw = os.environ.get("VEIL_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    errors: list[str] = []
-    for url in _candidate_urls(raw):
-        try:
-            asyncio.run(_probe(url))
-        except Exception as exc:
-            errors.append(f"{url.render_as_string(hide_password=True)}: {exc!r}")
-            continue
+    url, errors = find_postgres_admin(postgres_url_setting())
+    if url is not None:
         return url
     message = (
         "PostgreSQL is unreachable, so the ledger was NOT tested on PostgreSQL "
@@ -92,26 +63,6 @@ def postgres_admin_url() -> URL:
         pytest.fail(message)
     warnings.warn(message, stacklevel=1)
     pytest.skip(message)
-
-
-async def _admin(url: URL, statement: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@contextlib.contextmanager
-def fresh_postgres_database(admin: URL) -> Iterator[str]:
-    """An empty database ``veil_t_<random>`` on the server, dropped afterwards."""
-    name = f"veil_t_{secrets.token_hex(6)}"
-    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.e2e.conftest import Deployment, deploy
+from tests.harness import sign_ticket
 from tests.node.conftest import RunningNode
 from veil.node.service import EngineRegistry
 from veil.wire.errors import ERRORS_BY_CODE
-from veil.wire.tickets import TICKET_HEADER, Ticket, envelope_digest, sign_token
+from veil.wire.tickets import TICKET_HEADER
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -78,15 +77,7 @@ def ticket_for(
     key: Ed25519PrivateKey, body: bytes, units: int = FUZZ_UNITS, node_small_id: int = 1
 ) -> str:
     """A valid gateway ticket for exactly ``body``, as the gateway would sign it."""
-    ticket = Ticket(
-        ticket_id=uuid.uuid4().hex,
-        stack_small_id=1,
-        node_small_id=node_small_id,
-        units=units,
-        expires_at=time.time() + 60,
-        envelope_sha256=envelope_digest(body),
-    )
-    return sign_token(ticket, key)
+    return sign_ticket(key, body, units=units, node_small_id=node_small_id)
 
 
 def ticket_headers(key: Ed25519PrivateKey, body: bytes, units: int = FUZZ_UNITS) -> dict[str, str]:

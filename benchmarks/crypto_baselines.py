@@ -1,0 +1,177 @@
+"""The crypto benchmark's outside baselines: the published atoma-sdk 0.1.3 and ``openssl speed``.
+
+Part of ``python -m benchmarks.crypto`` (see its docstring): Veil's atoma-v1 suite against
+atoma-sdk's own ``crypto_utils`` (run in its own venv by ``benchmarks/atoma_worker.py``, rounds
+alternating with ours on identical inputs), and AES-256-GCM through ``cryptography`` against
+``openssl speed -evp aes-256-gcm`` on the same machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import statistics
+import subprocess
+import time
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from benchmarks import atoma_baseline
+from benchmarks.crypto import ANSWER, Keys, time_request, v1_request_steps
+from benchmarks.report import Report
+from veil.hazmat import v1
+from veil.wire.envelopes import SALT_SIZE
+
+REQUEST_2K = (
+    b'{"model":"smollm2-135m-instruct","max_tokens":256,"messages":[{"role":"user","content":"'
+)
+REQUEST_2K += b"x" * (2048 - len(REQUEST_2K) - 4) + b'"}]}'
+_CHUNK_HEAD = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1750000000,"choices":'
+_CHUNK_HEAD += b'[{"index":0,"delta":{"content":"'
+_CHUNK_TAIL = b'"},"finish_reason":null}]}'
+CHUNK_200 = _CHUNK_HEAD + b"w" * (200 - len(_CHUNK_HEAD) - len(_CHUNK_TAIL)) + _CHUNK_TAIL
+STREAM_CHUNKS = 500
+ATOMA_REQUEST_TARGET = 1.0  # Veil time / atoma-sdk time per 2 KiB request, at most
+ATOMA_CHUNK_TARGET = 10.0  # atoma-sdk time / Veil time per chunk opened, at least
+GCM_TARGET = 0.7  # Veil's AES-256-GCM throughput / OpenSSL's, at least
+
+
+def v1_chunk_stream(keys: Keys) -> tuple[X25519PrivateKey, bytes, list[dict[str, str]]]:
+    """A 500-chunk v1 stream sealed as the node seals it: (client key, salt, messages)."""
+    client_sk = X25519PrivateKey.generate()
+    salt = os.urandom(SALT_SIZE)
+    server = v1.Session.from_exchange(keys.node, client_sk.public_key().public_bytes_raw(), salt)
+    messages = []
+    for _ in range(STREAM_CHUNKS):
+        nonce, ciphertext = server.seal(CHUNK_200)
+        messages.append(
+            {
+                "ciphertext": base64.b64encode(ciphertext).decode(),
+                "nonce": base64.b64encode(nonce).decode(),
+                "response_hash": base64.b64encode(v1.body_hash(CHUNK_200)).decode(),
+            }
+        )
+    return client_sk, salt, messages
+
+
+def against_atoma(report: Report, keys: Keys, iterations: int, rounds: int) -> None:
+    """Veil's atoma-v1 suite and atoma-sdk 0.1.3 on the same 2 KiB request and 200 B chunks."""
+    baseline = report.baseline(
+        "atoma-sdk 0.1.3",
+        "atoma-sdk 0.1.3's own `crypto_utils` in its own venv, rounds alternating with Veil's "
+        "on identical inputs; neither side signs (atoma-sdk neither signs nor checks signatures).",
+    )
+    request_what = "Veil (atoma-v1) / atoma-sdk 0.1.3 crypto per 2 KiB request"
+    chunk_what = "opening 200 B chunks, atoma-sdk's `decrypt_message` / Veil's"
+    worker, origin = atoma_baseline.start()
+    if worker is None:  # no package index: said in the report, the headlines have no value
+        report.note(f"atoma-sdk comparison not run: {origin}")
+        report.ratio(request_what, None, None, baseline=baseline, detail=f"not run: {origin}")
+        report.ratio(chunk_what, None, None, baseline=baseline, detail=f"not run: {origin}")
+        return
+    with worker:
+        worker.call(
+            "setup",
+            node_sk=atoma_baseline.b64(keys.node.private_bytes_raw()),
+            request=atoma_baseline.b64(REQUEST_2K),
+            answer=atoma_baseline.b64(ANSWER),
+        )
+        time_request(v1_request_steps(keys, False, REQUEST_2K), 50, 1)  # warm-up, both sides
+        worker.call("request", iterations=50)
+        ours: list[list[float]] = []
+        theirs: list[list[float]] = []
+        for _ in range(rounds):
+            ours.append(time_request(v1_request_steps(keys, False, REQUEST_2K), iterations, 1))
+            steps = worker.call("request", iterations=iterations)["steps"]
+            theirs.append([*steps, sum(steps)])
+
+        client_sk, salt, messages = v1_chunk_stream(keys)
+        worker.call(
+            "load_chunks",
+            client_sk=atoma_baseline.b64(client_sk.private_bytes_raw()),
+            node_pk=atoma_baseline.b64(keys.node_public),
+            salt=atoma_baseline.b64(salt),
+            chunks=messages,
+        )
+        ours_chunk: list[float] = []
+        theirs_chunk: list[float] = []
+        for _ in range(rounds):
+            t0 = time.perf_counter_ns()
+            session = v1.Session.from_exchange(client_sk, keys.node_public, salt)
+            for message in messages:
+                atoma_baseline.veil_decrypt(session, message)
+            ours_chunk.append((time.perf_counter_ns() - t0) / len(messages) / 1000)
+            theirs_chunk.append(worker.call("chunks", repeats=1)["us_per_chunk"])
+
+    table = report.table(
+        f"Veil (atoma-v1 suite) against atoma-sdk 0.1.3 crypto_utils, identical inputs; {rounds} "
+        f"rounds x {iterations} ops, alternating; no signatures on either side",
+        [("operation", ""), ("atoma us", ".1f"), ("veil us", ".1f"), ("veil/atoma", ".2f")],
+        notes=f"request {len(REQUEST_2K)} B, answer {len(ANSWER)} B, chunk {len(CHUNK_200)} B",
+    )
+    names = ["client seal", "node open", "node seal", "client open", "total"]
+    for i, name in enumerate(names):
+        a = statistics.median(r[i] for r in theirs)
+        b = statistics.median(r[i] for r in ours)
+        table.row(f"2 KiB request: {name}", a, b, b / a)
+    report.ratio(request_what, b, a, baseline=baseline, unit="us",
+                 target=("<=", ATOMA_REQUEST_TARGET))  # fmt: skip
+    a, b = statistics.median(theirs_chunk), statistics.median(ours_chunk)
+    table.row(f"200 B chunk open ({STREAM_CHUNKS}-chunk stream)", a, b, b / a)
+    report.ratio(chunk_what, a, b, baseline=baseline, unit="us", fmt=".1f",
+                 target=(">=", ATOMA_CHUNK_TARGET))  # fmt: skip
+
+
+def openssl_gcm_bytes_per_second(seconds: int) -> float | None:
+    """``openssl speed -evp aes-256-gcm`` on 1 MiB blocks, in bytes per second (None: no openssl).
+
+    ``openssl speed`` has no machine-readable output for this; its one result line is parsed."""
+    try:
+        done = subprocess.run(
+            ["openssl", "speed", "-evp", "aes-256-gcm", "-bytes", "1048576",
+             "-seconds", str(seconds)],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^aes-256-gcm\s+([\d.]+)k\s*$", done.stdout, re.MULTILINE | re.IGNORECASE)
+    return float(match.group(1)) * 1000 if match else None
+
+
+def against_openssl(report: Report, rounds: int) -> None:
+    baseline = report.baseline(
+        "openssl speed",
+        "`openssl speed -evp aes-256-gcm` on 1 MiB blocks, run in the same benchmark; ratio = "
+        "Veil's MB/s / OpenSSL's.",
+    )
+    what = "AES-256-GCM on 1 MiB, Veil's calls / `openssl speed`"
+    data = os.urandom(1 << 20)
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    nonce = os.urandom(12)
+    aead.encrypt(nonce, data, None)  # warm-up
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(max(3, rounds // 3)):
+        t0 = time.perf_counter()
+        n = 0
+        while time.perf_counter() - t0 < 1.0:
+            aead.encrypt(nonce, data, None)  # same nonce: a throughput probe, nothing is sent
+            n += 1
+        ours.append(n * len(data) / (time.perf_counter() - t0))
+        measured = openssl_gcm_bytes_per_second(1)
+        if measured is None:
+            report.note("openssl speed not available: AES-256-GCM not compared")
+            report.ratio(what, None, None, baseline=baseline, detail="openssl not available")
+            return
+        theirs.append(measured)
+    a, b = statistics.median(theirs), statistics.median(ours)
+    table = report.table(
+        "AES-256-GCM on 1 MiB: cryptography (what Veil calls) vs `openssl speed` (same machine)",
+        [("implementation", ""), ("MB/s", ".0f")],
+    )
+    table.row("openssl speed -evp aes-256-gcm", a / 1e6)
+    table.row("cryptography AESGCM.encrypt", b / 1e6)
+    report.ratio(what, b / 1e6, a / 1e6, baseline=baseline, unit="MB/s",
+                 target=(">=", GCM_TARGET))  # fmt: skip
