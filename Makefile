@@ -2,8 +2,10 @@
 #   make serve   start Veil (gateway :8080 + one node) on the embedded models
 #   make test    run the whole test suite (real models, real servers on loopback)
 
+# `pip install veil` alone is the client; serving and testing need the node and gateway extras.
 PYTHON ?= python3
 VENV   := .venv
+EXTRAS := all,test
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: serve test lint install clean
@@ -11,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -1,4 +1,9 @@
-"""The ``veil`` command."""
+"""The ``veil`` command.
+
+Every command a client user runs (chat, embed, models, usage, attest, release) works in a plain
+``pip install veil``; the server commands (serve, node, gateway, users, stacks, bench) import their
+modules only when they run, after ``veil.extras`` has checked that their extra is installed.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,21 @@ import typer
 from rich.console import Console
 
 from veil.config import NodeSettings
+from veil.extras import SERVE_EXTRAS, VeilGroup, require_extras
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(1)
+
 
 app = typer.Typer(
-    help="Veil: confidential AI inference.", no_args_is_help=True, pretty_exceptions_enable=False
+    cls=VeilGroup,
+    help="Veil: confidential AI inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 node_app = typer.Typer(
     help="Run a confidential node, or manage its keys.", invoke_without_command=True
@@ -26,23 +43,13 @@ node_app = typer.Typer(
 app.add_typer(node_app, name="node")
 
 
-def _mount_subcommands() -> None:
-    from veil.attestation.cli import attest_app
-    from veil.attestation.release_cli import release_app
+def _mount_client_commands() -> None:
     from veil.client.cli import register
 
     register(app)
-    from veil.gateway.cli import stacks_app, users_app
-
-    app.add_typer(users_app, name="users")
-    app.add_typer(stacks_app, name="stacks")
-    app.add_typer(attest_app, name="attest")
-    app.add_typer(release_app, name="release")
 
 
-_mount_subcommands()
-
-err = Console(stderr=True, soft_wrap=True)
+_mount_client_commands()
 
 # `veil serve` is a local demo: on first start the admin gets this many units on every model.
 DEMO_STACK_UNITS = 1_000_000
@@ -52,11 +59,6 @@ DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Keys and prepared models live here [env: VEIL_DATA_DIR]."),
 ]
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(1)
 
 
 def _settings(**overrides: object) -> NodeSettings:
@@ -145,6 +147,7 @@ def node(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Start a node (confidential + plain OpenAI routes) on the embedded models and/or upstreams."""
+    require_extras("node", "node")
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
@@ -262,6 +265,7 @@ def gateway(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the gateway alone, in front of nodes started with `veil node`."""
+    require_extras("gateway", "gateway")
     from veil.gateway.cli import gateway_settings, run_gateway
 
     settings = gateway_settings(
@@ -324,6 +328,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Gateway + one embedded node on the embedded models: Veil with no configuration."""
+    require_extras("serve", *SERVE_EXTRAS)
     import subprocess
 
     from veil.gateway.cli import gateway_settings, run_gateway
@@ -397,6 +402,7 @@ def bench(
     ] = None,
 ) -> None:
     """Run every benchmark in the checkout's benchmarks/ and write the report (docs/BENCHMARKS.md)."""
+    require_extras("bench", *SERVE_EXTRAS)
     from veil.bench import run_all
 
     raise typer.Exit(run_all(out, quick, only or []))
