@@ -97,7 +97,8 @@ RequestUnits = Annotated[StrictInt, Field(ge=0, le=MAX_REQUEST_UNITS)]
 ReservationId = Annotated[str, Field(pattern=RESERVATION_ID_PATTERN)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 KeyId = Annotated[str, Field(min_length=1, max_length=64)]
-Protocol = Literal["atoma-v1", "veil-v2"]
+Protocol = Literal["atoma-v1", "veil-v2", "veil-v3"]
+KemName = Literal["mlkem768-x25519", "x25519"]
 
 
 def _omit_absent(
@@ -117,7 +118,7 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-_REQUEST_V2_FIELDS = ("protocol", "key_id", "request_id", "timestamp")
+_REQUEST_V2_FIELDS = ("protocol", "key_id", "request_id", "timestamp", "kem", "reservation_id")
 _RESPONSE_V2_FIELDS = ("response_nonce", "index", "final")
 
 
@@ -139,6 +140,9 @@ class ConfidentialComputeRequest(_Wire):
     key_id: KeyId | None = None
     request_id: RequestId16 | None = None
     timestamp: Units | None = None
+    # veil-v3 only: the KEM the request was sealed with, and the lock's reservation it is bound to.
+    kem: KemName | None = None
+    reservation_id: ReservationId | None = None
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
