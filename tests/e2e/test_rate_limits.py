@@ -168,7 +168,9 @@ def test_a_live_stream_holds_a_concurrency_slot_until_it_ends(pair: Pair) -> Non
     auth = {"authorization": f"Bearer {key}"}
     body = {
         "model": CHAT,
-        "messages": [{"role": "user", "content": "Count from 1 to 300, one number per line."}],
+        "messages": [
+            {"role": "user", "content": "List the numbers from 1 to 300, separated by commas."}
+        ],
         "max_tokens": 400,
         "stream": True,
     }

@@ -30,7 +30,10 @@ LOCK_TTL = 1
 GRACE = 0.05
 NODE_TIMEOUT = 0.5
 SWEEP = 0.2  # deploy()'s expire_interval_seconds
-COUNTING = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]
+LONG_COUNTING = [
+    {"role": "user", "content": "List the numbers from 1 to 2000, separated by commas."}
+]
+COUNTING = [{"role": "user", "content": "List the numbers from 1 to 500, separated by commas."}]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,9 @@ def test_a_stream_read_slowly_past_every_timeout_is_charged_its_signed_usage(
     charged 0)."""
     key, stacks = hurried.new_user("slow-reader", {CHAT: 100_000})
     lock = hurried.lock(key, CHAT, max_num_tokens=5_000).json()
-    body = {"model": CHAT, "max_tokens": 200, "stream": True, "messages": COUNTING}
+    # Long enough (~1,000 tokens, over ten seconds here) that the node is still generating when
+    # the reader resumes: a shorter answer fits in the socket buffers and settles while it sleeps.
+    body = {"model": CHAT, "max_tokens": 1000, "stream": True, "messages": LONG_COUNTING}
     sent = time.time()
     deadline_passed = sent + max(LOCK_TTL, lease_for(NODE_TIMEOUT)) + GRACE + 3 * SWEEP
     receipts: list[str] = []
