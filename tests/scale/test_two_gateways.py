@@ -16,7 +16,6 @@ charged exactly what the signed usage its clients opened says, nothing is left r
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections import Counter
@@ -30,13 +29,15 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from benchmarks.load import PATHS, Kind, Opener, Suite, seal, units_of
+from benchmarks.confidential import ENDPOINT_OF, Kind, seal, units_of
 from sqlalchemy import select
 
 from tests.e2e.conftest import CHAT, EMBED
 from tests.engines.test_upstream import start_llama_server
+from tests.harness import SealedRequest, Suite
 from tests.node.conftest import start_node
 from tests.servers import ServerThread, stop_process
+from veil.client.streaming import StreamChecker
 from veil.config import GatewaySettings, NodeSettings
 from veil.engines import EmbeddedModelPaths, make_upstream_engine
 from veil.gateway.app import create_gateway_app
@@ -47,8 +48,9 @@ from veil.node.app import create_app
 from veil.node.keyring import Keyring
 from veil.node.replay import DEFAULT_REDIS_PREFIX, RedisReplayCache
 from veil.node.service import EngineRegistry
-from veil.wire.envelopes import ConfidentialComputeRequest, ConfidentialComputeResponse
-from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, verify_token
+from veil.wire.envelopes import ConfidentialComputeRequest
+from veil.wire.routes import confidential_path
+from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, public_key_from_b64, verify_token
 
 pytestmark = pytest.mark.slow  # real models, a server process, PostgreSQL and Redis
 
@@ -77,7 +79,7 @@ class Call:
 
     @property
     def path(self) -> str:
-        return PATHS[self.kind]
+        return confidential_path(ENDPOINT_OF[self.kind])
 
     def body(self) -> dict[str, Any]:
         if self.kind == "embeddings":
@@ -95,7 +97,7 @@ def plan() -> list[Call]:
         Call(
             index=i,
             user=i % 2,
-            suite="v1" if (i // 3) % 2 == 0 else "v2",
+            suite="atoma-v1" if (i // 3) % 2 == 0 else "veil-v2",
             kind=kinds[i % 3],
             lock_via=i % 2,
             send_via=(i // 2) % 2,
@@ -113,33 +115,33 @@ class Outcome:
     envelope: ConfidentialComputeRequest
 
 
-def signed_units(plaintext: dict[str, Any], sealed: ConfidentialComputeResponse, kind: Kind) -> int:
-    """The units the signed usage says (``units_of`` checks the clear usage is the sealed one)."""
-    units = units_of(plaintext, sealed, kind)
+def signed_units(sealed: SealedRequest, kind: Kind) -> int:
+    """The units the signed usage says (the client's opener checked the clear usage against
+    the sealed one)."""
+    units = units_of(sealed, kind)
     assert sealed.usage is not None and units > 0
     if kind != "embeddings":
         assert units == sealed.usage.prompt_tokens + sealed.usage.completion_tokens
     return units
 
 
-def read_stream(response: httpx.Response, opener: Opener, call: Call) -> int:
+def read_stream(response: httpx.Response, sealed: SealedRequest, call: Call, signer: Any) -> int:
     """Open every chunk in order; the final one's usage must match the node's signed receipt."""
-    last: tuple[dict[str, Any], ConfidentialComputeResponse] | None = None
+    checker = StreamChecker(sealed.opener)
+    last: dict[str, Any] | None = None
     receipt: UsageReceipt | None = None
-    done = False
     for line in response.iter_lines():
         if line.startswith(RECEIPT_PREFIX):
             token = line[len(RECEIPT_PREFIX) :]
-            receipt = verify_token(token, UsageReceipt, [opener.signer])
-        elif line == "data: [DONE]":
-            done = True
+            receipt = verify_token(token, UsageReceipt, [signer])
         elif line.startswith("data: "):
-            assert not done, "a chunk after [DONE]"
-            last = opener.open(json.loads(line[len("data: ") :]))
-    opener.finish()
-    assert last is not None and last[0]["choices"] == []
-    assert done == (call.suite == "v2"), "[DONE] goes to v2 clients only"
-    units = signed_units(*last, call.kind)
+            opened = checker.event(line[len("data: ") :])
+            if opened is not None:
+                last = opened[1]
+    assert checker.final, "the stream ended without its final chunk"
+    assert last is not None and last["choices"] == []
+    assert checker.done == (call.suite == "veil-v2"), "[DONE] goes to v2 clients only"
+    units = signed_units(sealed, call.kind)
     assert receipt is not None and receipt.final and receipt.compute_units == units
     return units
 
@@ -153,20 +155,20 @@ def run(call: Call, http: httpx.Client, gateways: list[str], api_keys: list[str]
     )
     assert locked.status_code == 200, locked.text
     lock = locked.json()
-    envelope, opener = seal(call.kind, call.suite, lock, call.body(), UNITS[call.model])
+    sealed = seal(call.kind, call.suite, lock, call.body(), UNITS[call.model])
+    envelope = ConfidentialComputeRequest.model_validate_json(sealed.content)
     url = f"{gateways[call.send_via]}{call.path}"
     headers = {**auth, "content-type": "application/json"}
-    content = envelope.model_dump_json()
     if call.kind == "stream":
-        with http.stream("POST", url, content=content, headers=headers) as response:
+        with http.stream("POST", url, content=sealed.content, headers=headers) as response:
             assert response.status_code == 200, response.read()
-            units = read_stream(response, opener, call)
+            signer = public_key_from_b64(lock["node_signing_public_key"])
+            units = read_stream(response, sealed, call, signer)
     else:
-        response = http.post(url, content=content, headers=headers)
+        response = http.post(url, content=sealed.content, headers=headers)
         assert response.status_code == 200, response.text
-        plaintext, sealed = opener.open(response.json())
-        opener.finish()
-        units = signed_units(plaintext, sealed, call.kind)
+        sealed.open(response.content)
+        units = signed_units(sealed, call.kind)
     return Outcome(call, lock["stack_small_id"], envelope.node_dh_public_key, units, envelope)
 
 
@@ -317,7 +319,9 @@ def test_two_gateways_three_nodes_one_ledger_balance_to_the_unit(cluster: Cluste
 
         # A v2 envelope replayed through the other gateway, on a fresh lock: the node that
         # served it remembers its request id in Redis and refuses it; nothing is charged.
-        first = next(o for o in outcomes if o.call.suite == "v2" and o.call.kind == "embeddings")
+        first = next(
+            o for o in outcomes if o.call.suite == "veil-v2" and o.call.kind == "embeddings"
+        )
         other = cluster.gateways[1 - first.call.send_via]
         auth = {"authorization": f"Bearer {api_keys[first.call.user]}"}
         lock = http.post(f"{other}/v1/nodes/lock", json={"model": EMBED}, headers=auth)
@@ -338,7 +342,7 @@ def test_two_gateways_three_nodes_one_ledger_balance_to_the_unit(cluster: Cluste
     layout = RedisReplayCache(REDIS_URL, DEFAULT_REDIS_PREFIX)
     with redis.Redis.from_url(REDIS_URL) as replay:
         for o in outcomes:
-            if o.call.suite == "v2":
+            if o.call.suite == "veil-v2":
                 assert o.envelope.request_id is not None
                 assert replay.exists(layout.key(o.envelope.request_id, o.stack_id))
 
