@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from veil.wire.routes import Endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+# The nodes the suite and the benchmarks run have no TEE ("none" evidence), so their gateways
+# accept that, as `veil serve` does for its demo node; a test of the strict default says so.
+os.environ.setdefault("VEIL_INSECURE_NODES_NO_TEE", "1")
 #: Where the embedded models are prepared once and reused by later runs.
 TEST_MODEL_DIR = Path(os.environ.get("VEIL_TEST_MODEL_DIR", ROOT / ".cache" / "test-models"))
 VEIL_COMMAND = [sys.executable, "-m", "veil.cli"]

@@ -8,27 +8,30 @@ modules only when they run, after ``veil.extras`` has checked that their extra i
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic_settings import BaseSettings
 from rich.console import Console
 
 from veil.config import NodeSettings
 from veil.extras import SERVE_EXTRAS, VeilGroup, require_extras
+from veil.logs import configure_logging
+
+S = TypeVar("S", bound=BaseSettings)
 
 err = Console(stderr=True, soft_wrap=True)
 
 
-def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(1)
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
 
 
 app = typer.Typer(
@@ -41,6 +44,10 @@ node_app = typer.Typer(
     help="Run a confidential node, or manage its keys.", invoke_without_command=True
 )
 app.add_typer(node_app, name="node")
+config_app = typer.Typer(
+    help="Settings: what a node or gateway would run with.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
 
 
 def _mount_client_commands() -> None:
@@ -61,9 +68,45 @@ DataDir = Annotated[
 ]
 
 
-def _settings(**overrides: object) -> NodeSettings:
-    given = {key: value for key, value in overrides.items() if value is not None}
-    return NodeSettings(**given)  # type: ignore[arg-type]
+def _settings(config: Path | None = None, **overrides: object) -> NodeSettings:
+    """Node settings: flags (``overrides`` not None) over ``VEIL_`` variables over ``config``."""
+    return load_or_fail(NodeSettings, config, **overrides)
+
+
+def load_or_fail(cls: type[S], config: Path | None, **overrides: object) -> S:
+    """``veil.config.load_settings``, with a bad config file or value as one ``error:`` line."""
+    from pydantic import ValidationError
+
+    from veil.config import ConfigFileError, load_settings
+    from veil.web import describe_validation_error
+
+    try:
+        return load_settings(cls, config, **overrides)
+    except ConfigFileError as exc:
+        raise fail(str(exc), 2) from None
+    except ValidationError as exc:
+        where = f" (from {config}, flags or VEIL_ variables)" if config else ""
+        raise fail(f"invalid settings{where}: {describe_validation_error(exc)}", 2) from None
+
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML file of settings (the names `veil config show` prints); flags and VEIL_ "
+        "variables override it.",
+    ),
+]
+LogFormatOption = Annotated[
+    str | None, typer.Option(help="text, or json: one JSON object per line (never a body).")
+]
+DrainTimeout = Annotated[
+    int | None,
+    typer.Option(
+        "--drain-timeout",
+        help="On SIGTERM, seconds that requests and streams in flight get to finish [30].",
+    ),
+]
 
 
 def _check_data_dir(path: Path) -> None:
@@ -144,18 +187,23 @@ def node(
     key_grace_seconds: Annotated[
         float | None, typer.Option(help="How long the previous key stays valid after rotation.")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info [default], warning, error")
+    ] = None,
+    log_format: LogFormatOption = None,
+    drain_timeout: DrainTimeout = None,
+    config: ConfigFile = None,
 ) -> None:
     """Start a node (confidential + plain OpenAI routes) on the embedded models and/or upstreams."""
     require_extras("node", "node")
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
-
     from veil.node.boot import BootError, build_engines
     from veil.node.keyring import Keyring
+    from veil.serving import serve as serve_app
 
     settings = _settings(
+        config,
         host=host,
         port=port,
         data_dir=data_dir,
@@ -174,10 +222,10 @@ def node(
         max_body_bytes=max_body_bytes,
         key_grace_seconds=key_grace_seconds,
         log_level=log_level,
+        log_format=log_format,
+        drain_timeout_seconds=drain_timeout,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     _check_data_dir(settings.data_dir)
     if not settings.gateway_keys and not settings.insecure_no_gateway:
         raise fail(
@@ -203,8 +251,13 @@ def node(
         f"models: {', '.join(engines.model_ids()) or 'none'}",
         highlight=False,
     )
-    uvicorn.run(
-        node_app_, host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+    serve_app(
+        node_app_,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        drain_timeout=settings.drain_timeout_seconds,
     )
 
 
@@ -240,6 +293,26 @@ def show_keys(data_dir: DataDir = None) -> None:
     )
 
 
+@config_app.command("show")
+def config_show(
+    component: Annotated[str, typer.Argument(help="node or gateway")],
+    config: ConfigFile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective settings (defaults, then CONFIG, then VEIL_ variables), secrets masked."""
+    from veil.config import GatewaySettings, masked_settings
+
+    classes: dict[str, type[BaseSettings]] = {"node": NodeSettings, "gateway": GatewaySettings}
+    if component not in classes:
+        raise fail(f"unknown component {component!r}: give node or gateway", 2)
+    effective = masked_settings(load_or_fail(classes[component], config))
+    if as_json:
+        typer.echo(json.dumps(effective, indent=2, default=str))
+        return
+    for name, value in effective.items():
+        typer.echo(f"{name} = {json.dumps(value, default=str)}")
+
+
 @app.command("gateway")
 def gateway(
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
@@ -253,7 +326,23 @@ def gateway(
         ),
     ] = None,
     node_url: Annotated[
-        list[str] | None, typer.Option("--node", help="URL of a node to route to (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--node", help="URL of a node to route to (repeatable; or later: veil nodes add)."
+        ),
+    ] = None,
+    node_policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Attestation policy (JSON or TOML, as clients pin) nodes must pass to be routed to."
+        ),
+    ] = None,
+    insecure_nodes_no_tee: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure-nodes-no-tee",
+            help="Route to nodes without a TEE (development only; clients still refuse them).",
+        ),
     ] = None,
     redis_url: Annotated[
         str | None,
@@ -262,27 +351,39 @@ def gateway(
             "[env: VEIL_REDIS_URL]; none: per process."
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info [default], warning, error")
+    ] = None,
+    log_format: LogFormatOption = None,
+    drain_timeout: DrainTimeout = None,
+    config: ConfigFile = None,
 ) -> None:
     """Run the gateway alone, in front of nodes started with `veil node`."""
     require_extras("gateway", "gateway")
-    from veil.gateway.cli import gateway_settings, run_gateway
+    from veil.config import GatewaySettings
+    from veil.gateway.cli import run_gateway
 
-    settings = gateway_settings(
+    settings = load_or_fail(
+        GatewaySettings,
+        config,
         host=host,
         port=port,
         data_dir=data_dir,
         database_url=database_url,
         nodes=node_url or None,
+        node_policy=node_policy,
+        insecure_nodes_no_tee=insecure_nodes_no_tee,
         redis_url=redis_url,
         log_level=log_level,
+        log_format=log_format,
+        drain_timeout_seconds=drain_timeout,
     )
-    if not settings.nodes:
-        raise fail("give at least one --node URL (or use `veil serve` for gateway + node)")
+    configure_logging(settings.log_level, settings.log_format)
     _check_data_dir(settings.data_dir)
     _check_ledger(settings)
     err.print(
-        f"Veil gateway on http://{settings.host}:{settings.port}  nodes: {', '.join(settings.nodes)}\n"
+        f"Veil gateway on http://{settings.host}:{settings.port}  nodes: "
+        f"{', '.join(settings.nodes) or 'none yet (veil nodes add URL)'}\n"
         f"Nodes must trust its ticket key: veil node --gateway-key {_gateway_public_key(settings)}",
         highlight=False,
     )
@@ -339,6 +440,9 @@ def serve(
         data_dir=data_dir,
         log_level=log_level,
         nodes=[f"http://127.0.0.1:{node_port}"],
+        # The demo node has no TEE: this gateway routes to it, and to nothing else it was not
+        # given (clients still refuse it unless told --insecure-no-tee).
+        insecure_nodes_no_tee=True,
     )
     _check_data_dir(settings.data_dir)
     _check_ledger(settings)

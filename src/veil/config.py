@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 MiB = 1024 * 1024
 
@@ -93,6 +101,10 @@ class NodeSettings(BaseSettings):
     ticket_replay_max_entries: int = Field(default=TICKET_REPLAY_MAX_ENTRIES, ge=1)
     replay_redis_timeout_seconds: float = Field(default=REPLAY_REDIS_TIMEOUT_SECONDS, gt=0)
     log_level: str = "info"
+    # "text" for people, "json" for log pipelines: one object per line, never a body.
+    log_format: Literal["text", "json"] = "text"
+    # On SIGTERM: how long requests and streams in flight may take to finish before they are cut.
+    drain_timeout_seconds: int = Field(default=30, ge=1, le=3600)
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -110,6 +122,13 @@ class GatewaySettings(BaseSettings):
     # sqlite+aiosqlite:///PATH (default: DATA_DIR/ledger.db) or postgresql+asyncpg://...
     database_url: str | None = None
     nodes: list[str] = Field(default_factory=list)
+    # The attestation policy (JSON or TOML, the client's format) each node's evidence must pass,
+    # checked when a node is added and at every health check. None: the strict default, under
+    # which a TEE node passes only against pins or a signed release the policy names.
+    node_policy: Path | None = None
+    # Accept nodes whose evidence says "none" (no TEE: development only). `veil serve` sets it for
+    # its own demo node; never for nodes that serve real prompts.
+    insecure_nodes_no_tee: bool = False
     max_body_bytes: int = Field(default=4 * MiB, ge=1024)
     lock_timeout_seconds: int = Field(default=60, ge=1, le=3600)
     # Units a lock holds when the caller does not say (not Atoma's blanket 8192).
@@ -133,9 +152,94 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = None
     rate_limit_prefix: str = Field(default="veil:rl:", min_length=1, max_length=64)
     log_level: str = "info"
+    # "text" for people, "json" for log pipelines: one object per line, never a body.
+    log_format: Literal["text", "json"] = "text"
+    # On SIGTERM: how long requests and streams in flight may take to finish before they are cut.
+    drain_timeout_seconds: int = Field(default=30, ge=1, le=3600)
 
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'ledger.db'}"
+
+
+# --- config files ---------------------------------------------------------------------------------
+
+S = TypeVar("S", bound=BaseSettings)
+
+# Setting names whose values are secrets, and URL passwords: masked by ``masked_settings``.
+_SECRET_NAME = re.compile(r"(password|secret|token|api_key|private)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?=@)")
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be used: missing, not TOML, or naming settings that do not exist."""
+
+
+def read_config_file(path: Path, cls: type[BaseSettings]) -> dict[str, Any]:
+    """The settings a TOML file gives, checked against ``cls``: an unknown name is an error (a typo
+    in a config file must not silently fall back to a default)."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigFileError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(cls.model_fields))
+    if unknown:
+        raise ConfigFileError(
+            f"config file {path} names unknown settings: {', '.join(unknown)} "
+            f"(`veil config show` lists the known ones)"
+        )
+    return data
+
+
+def load_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
+    """``cls`` from, highest first: ``flags`` that are not None (the command line), ``VEIL_``
+    environment variables, the TOML ``config_file``, the defaults. Raises ConfigFileError or
+    pydantic's ValidationError."""
+    from_file = read_config_file(config_file, cls) if config_file is not None else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+
+    class Layered(cls):  # type: ignore[valid-type,misc]
+        @classmethod
+        def settings_customise_sources(
+            cls_,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, from_file))
+
+    Layered.__name__ = cls.__name__
+    Layered.__qualname__ = cls.__qualname__
+    return Layered(**given)
+
+
+def mask_secret_value(name: str, value: Any) -> Any:
+    """``value`` as ``veil config show`` prints it: secrets as ``***``, URL passwords hidden."""
+    if value is None:
+        return None
+    if _SECRET_NAME.search(name):
+        return "***"
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>***", value)
+    if isinstance(value, list):
+        return [mask_secret_value(name, v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def masked_settings(settings: BaseSettings) -> dict[str, Any]:
+    """Every effective setting, secrets masked."""
+    return {
+        name: mask_secret_value(name, getattr(settings, name))
+        for name in type(settings).model_fields
+    }

@@ -80,6 +80,7 @@ def require_extras(command: str, *extras: str) -> None:
 LAZY_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "users": ("veil.gateway.cli:users_app", ("gateway",)),
     "stacks": ("veil.gateway.cli:stacks_app", ("gateway",)),
+    "nodes": ("veil.gateway.cli:nodes_app", ("gateway",)),
     "attest": ("veil.attestation.cli:attest_app", ()),
     "release": ("veil.attestation.release_cli:release_app", ()),
 }

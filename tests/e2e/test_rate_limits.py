@@ -169,7 +169,10 @@ def test_a_live_stream_holds_a_concurrency_slot_until_it_ends(pair: Pair) -> Non
     body = {
         "model": CHAT,
         "messages": [
-            {"role": "user", "content": "List the numbers from 1 to 300, separated by commas."}
+            {
+                "role": "user",
+                "content": "Write a very long story about a dragon. Use at least 1000 words.",
+            }
         ],
         "max_tokens": 400,
         "stream": True,

@@ -30,10 +30,11 @@ LOCK_TTL = 1
 GRACE = 0.05
 NODE_TIMEOUT = 0.5
 SWEEP = 0.2  # deploy()'s expire_interval_seconds
-LONG_COUNTING = [
-    {"role": "user", "content": "List the numbers from 1 to 2000, separated by commas."}
+# SmolLM2-135M keeps writing to this for 1,000 tokens and more, at temperature 0 too (a request to
+# count stops after a few dozen numbers).
+STORY = [
+    {"role": "user", "content": "Write a very long story about a dragon. Use at least 1000 words."}
 ]
-COUNTING = [{"role": "user", "content": "List the numbers from 1 to 500, separated by commas."}]
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +103,15 @@ def test_a_stream_read_slowly_past_every_timeout_is_charged_its_signed_usage(
     charged 0)."""
     key, stacks = hurried.new_user("slow-reader", {CHAT: 100_000})
     lock = hurried.lock(key, CHAT, max_num_tokens=5_000).json()
-    # Long enough (~1,000 tokens, over ten seconds here) that the node is still generating when
+    # Long enough (1,000 tokens, over ten seconds here) that the node is still generating when
     # the reader resumes: a shorter answer fits in the socket buffers and settles while it sleeps.
-    body = {"model": CHAT, "max_tokens": 1000, "stream": True, "messages": LONG_COUNTING}
+    body = {
+        "model": CHAT,
+        "max_tokens": 1000,
+        "stream": True,
+        "messages": STORY,
+        "temperature": 0,
+    }
     sent = time.time()
     deadline_passed = sent + max(LOCK_TTL, lease_for(NODE_TIMEOUT)) + GRACE + 3 * SWEEP
     receipts: list[str] = []
@@ -147,7 +154,7 @@ def test_a_node_timeout_charges_what_was_produced_and_keeps_the_node(hurried: De
     was released uncharged)."""
     key, stacks = hurried.new_user("long-asker", {CHAT: 100_000})
     lock = hurried.lock(key, CHAT, max_num_tokens=5_000).json()
-    body = {"model": CHAT, "max_tokens": 400, "messages": COUNTING}
+    body = {"model": CHAT, "max_tokens": 400, "messages": STORY}
     started = time.monotonic()
     response = httpx.post(
         f"{hurried.url}/v1/confidential/chat/completions",
@@ -190,7 +197,7 @@ def test_two_concurrent_requests_of_one_user_each_settle_their_own_reservation(
     lock_a = deployment.lock(key, CHAT, max_num_tokens=100).json()
     lock_b = deployment.lock(key, CHAT, max_num_tokens=400).json()
     assert lock_a["reservation_id"] != lock_b["reservation_id"]
-    body_b = {"model": CHAT, "max_tokens": 30, "stream": True, "messages": COUNTING}
+    body_b = {"model": CHAT, "max_tokens": 30, "stream": True, "messages": STORY}
     body_a = {"model": CHAT, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
     receipts_b: list[str] = []
     with httpx.stream(

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tests.servers import ServerThread
+from veil.attestation.evidence import report_data
 from veil.wire.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
@@ -120,8 +121,20 @@ class NodeStandIn:
 
         @app.get("/v1/attestation")
         async def attestation(nonce: str) -> Response:
+            # A real "none" bundle (no TEE), as a development node makes one: it binds the
+            # evidence key, the signing key and the caller's nonce.
             key = self.evidence_key or self.public_key
-            return JSONResponse({"nonce": nonce, "x25519_public_key": b64(key)})
+            raw_nonce = base64.b64decode(nonce)
+            bound = report_data(key, raw_public(self.signing_key), raw_nonce)
+            document = {
+                "format": "none",
+                "report_data": b64(bound),
+                "nonce": nonce,
+                "x25519_public_key": b64(key),
+                "ed25519_public_key": b64(raw_public(self.signing_key)),
+                "warning": "no TEE: development only",
+            }
+            return JSONResponse(document)
 
         @app.post("/v1/{path:path}")
         async def paid(path: str, request: Request) -> Response:

@@ -452,7 +452,10 @@ def test_running_receipts_carry_tokens_when_chunks_carry_several(
 ) -> None:
     body = chat_body("up-chat", max_tokens=40, stream=True)
     body["messages"] = [
-        {"role": "user", "content": "List the numbers from 1 to 500, separated by commas."}
+        {
+            "role": "user",
+            "content": "Write a very long story about a dragon. Use at least 1000 words.",
+        }
     ]
     lines = stream_lines(f"{upstream_node.url}/v1/chat/completions", json.dumps(body).encode())
     signed = receipts(lines, upstream_node)

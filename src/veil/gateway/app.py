@@ -52,9 +52,7 @@ async def start_gateway(
     released = await ledger.expire()
     if released:
         log.info("released %d reservation(s) left by an earlier run", released)
-    for url in settings.nodes:
-        gateway.registry.add(url, await ledger.node_small_id(url.rstrip("/")))
-    await gateway.registry.refresh_all()
+    await gateway.load_nodes()  # the ledger's node list, with the --node URLs in it
     admin_key = await ledger.ensure_admin_key()
     if admin_key is not None:
         if bootstrap_units:

@@ -8,6 +8,14 @@ Every refresh also probes that the node requires gateway tickets: it sends a pai
 one (an empty body to ``/v1/confidential/embeddings``) and expects ``401 AUTH_ERROR``. A node that
 answers anything else would serve anyone for free, so it is not routed to; the reason is logged
 and shown in the gateway's ``/health``.
+
+Every refresh then checks the node's attestation evidence under the operator's policy
+(``node_attestation``; the gateway always passes one, a bare registry checks none): a node whose
+evidence stops verifying leaves rotation until it verifies again.
+
+The list of nodes is the ledger's (``ledger/nodes.py``): :meth:`NodeRegistry.sync` brings it in
+(new nodes, drained ones, removed ones) on every maintenance round. Only ``active`` healthy nodes
+get new locks; a ``draining`` one stays known, so the requests sealed to it still reach it.
 """
 
 from __future__ import annotations
@@ -17,11 +25,15 @@ import base64
 import hmac
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from veil.gateway.ledger import NodeRecord, NodeState
+from veil.gateway.node_attestation import NodeAttestation, NodeVerdict
 from veil.wire.errors import NotFound, ServiceUnavailable, StaleNodeKey
 from veil.wire.tickets import public_key_from_b64
 
@@ -33,6 +45,14 @@ TICKET_PROBE_PATH = "/v1/confidential/embeddings"
 
 class ProbeFailed(Exception):
     """The node failed the ticket probe; the message says how (safe to log)."""
+
+
+class Fault(StrEnum):
+    """Why the last refresh left a node out (with ``NodeInfo.reason`` saying it in words)."""
+
+    UNREACHABLE = "unreachable"
+    TICKETS = "tickets"
+    ATTESTATION = "attestation"
 
 
 @dataclass
@@ -49,6 +69,14 @@ class NodeInfo:
     signing_public_key: bytes | None = None
     # reservation id -> expiry: reservations held on this node and not yet settled
     holds: dict[str, float] = field(default_factory=dict)
+    state: NodeState = NodeState.ACTIVE
+    fault: Fault | None = None
+    attestation: NodeVerdict | None = None  # the gateway's own last check (None: not checked)
+
+    @property
+    def routed(self) -> bool:
+        """Whether new locks may go to it: healthy, and not drained by the operator."""
+        return self.healthy and self.state is NodeState.ACTIVE
 
     def outstanding(self, now: float) -> int:
         """Live reservations on this node (expired ones no longer count)."""
@@ -62,14 +90,45 @@ class NodeInfo:
 
 
 class NodeRegistry:
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, attestation: NodeAttestation | None = None
+    ) -> None:
         self.client = client
+        self.attestation = attestation
         self.nodes: list[NodeInfo] = []
 
-    def add(self, url: str, node_small_id: int) -> NodeInfo:
-        info = NodeInfo(url=url.rstrip("/"), node_small_id=node_small_id)
+    def add(self, url: str, node_small_id: int, state: NodeState = NodeState.ACTIVE) -> NodeInfo:
+        info = NodeInfo(url=url.rstrip("/"), node_small_id=node_small_id, state=state)
         self.nodes.append(info)
         return info
+
+    def sync(self, records: Iterable[NodeRecord]) -> list[NodeInfo]:
+        """Make the nodes the ledger's list: new ones added (returned, to be refreshed), states
+        taken over, removed ones dropped. A dropped node's requests in flight carry on: the
+        forwarder holds its ``NodeInfo``."""
+        listed = {r.id: r for r in records if r.routed}
+        known = {n.node_small_id: n for n in self.nodes}
+        new = []
+        for record in listed.values():
+            node = known.get(record.id)
+            if node is None:
+                new.append(self.add(record.url, record.id, record.state))
+            elif node.state is not record.state:
+                log.info("node %s (%d) is now %s", node.url, node.node_small_id, record.state)
+                node.state = record.state
+        # A new list object: a refresh_all() iterating the old one is not disturbed.
+        self.nodes = [n for n in self.nodes if n.node_small_id in listed]
+        return new
+
+    def adopt(self, record: NodeRecord, checked: NodeInfo) -> NodeInfo:
+        """Take in a node just checked (``veil nodes add``) under its new ledger id."""
+        checked.node_small_id = record.id
+        checked.state = record.state
+        self.nodes = [n for n in self.nodes if n.node_small_id != record.id] + [checked]
+        return checked
+
+    def drop(self, node_small_id: int) -> None:
+        self.nodes = [n for n in self.nodes if n.node_small_id != node_small_id]
 
     async def refresh(self, node: NodeInfo) -> None:
         try:
@@ -84,11 +143,22 @@ class NodeRegistry:
             node.models = {m["id"]: str(m.get("kind", "chat")) for m in models["data"]}
             await self.probe_tickets(node)
         except ProbeFailed as exc:
-            self.mark_unhealthy(node, str(exc))
+            self.mark_unhealthy(node, str(exc), Fault.TICKETS)
             return
         except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError):
-            self.mark_unhealthy(node, "refresh failed")
+            self.mark_unhealthy(node, "refresh failed", Fault.UNREACHABLE)
             return
+        if self.attestation is not None:
+            verdict = await self.attestation.check(
+                self.client, node.url, node.current_public_key, node.signing_public_key
+            )
+            node.attestation = verdict
+            if not verdict.ok:
+                self.mark_unhealthy(
+                    node, f"attestation did not verify: {verdict.detail}", Fault.ATTESTATION
+                )
+                return
+        node.fault = None
         if not node.healthy:
             log.info("node %s (%d) is up", node.url, node.node_small_id)
         node.healthy = True
@@ -119,16 +189,18 @@ class NodeRegistry:
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(node) for node in self.nodes))
 
-    def mark_unhealthy(self, node: NodeInfo, why: str) -> None:
+    def mark_unhealthy(self, node: NodeInfo, why: str, fault: Fault = Fault.UNREACHABLE) -> None:
         if node.healthy or node.reason != why:
             log.warning("node %s (%d) marked unhealthy: %s", node.url, node.node_small_id, why)
         node.healthy = False
         node.reason = why
+        node.fault = fault
 
     def models(self) -> dict[str, str]:
+        """What the nodes taking new locks serve."""
         served: dict[str, str] = {}
         for node in self.nodes:
-            if node.healthy:
+            if node.routed:
                 served.update(node.models)
         return served
 
@@ -139,10 +211,14 @@ class NodeRegistry:
         raise NotFound(f"model {model!r} is not served by any node behind this gateway")
 
     def candidates(self, model: str) -> list[NodeInfo]:
-        """Healthy nodes serving ``model``, least outstanding reservations first."""
+        """Healthy active nodes serving ``model``, least outstanding reservations first."""
         self.kind_of(model)  # 404 for a model nobody has ever served
-        healthy = [n for n in self.nodes if n.healthy and model in n.models]
+        healthy = [n for n in self.nodes if n.routed and model in n.models]
         if not healthy:
+            if any(n.healthy and model in n.models for n in self.nodes):
+                raise ServiceUnavailable(
+                    f"every node serving {model!r} is draining: no new locks right now"
+                )
             raise ServiceUnavailable(f"no healthy node serves {model!r} right now")
         now = time.time()
         return sorted(healthy, key=lambda n: (n.outstanding(now), n.node_small_id))

@@ -23,17 +23,24 @@ from fastapi import Response
 
 from veil.config import GatewaySettings
 from veil.gateway.forward import Forwarder, new_request_id
-from veil.gateway.ledger import Ledger, Reservation, User
+from veil.gateway.ledger import Ledger, NodeRecord, Reservation, User, node_url
 from veil.gateway.metrics import GatewayMetrics
+from veil.gateway.node_attestation import NodeAttestation
 from veil.gateway.ratelimit import Limits, make_limiter
-from veil.gateway.registry import NodeInfo, NodeRegistry
+from veil.gateway.registry import Fault, NodeInfo, NodeRegistry
 from veil.web import parse_json_object, parse_model
 from veil.wire.envelopes import (
     ConfidentialComputeRequest,
     NodesCreateLockRequest,
     NodesCreateLockResponse,
 )
-from veil.wire.errors import InvalidBody, NotFound, ServiceUnavailable, StaleNodeKey
+from veil.wire.errors import (
+    Conflict,
+    InvalidBody,
+    NotFound,
+    ServiceUnavailable,
+    StaleNodeKey,
+)
 from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 from veil.wire.routes import ROUTES, Endpoint
 
@@ -57,7 +64,7 @@ class Gateway:
         self.key = key
         self.client = client
         self.metrics = GatewayMetrics()
-        self.registry = NodeRegistry(client)
+        self.registry = NodeRegistry(client, NodeAttestation.from_settings(settings))
         self.forwarder = Forwarder(
             client, ledger, self.registry, key, self.metrics, settings.node_timeout_seconds
         )
@@ -265,9 +272,58 @@ class Gateway:
             ],
         }
 
+    # -- the node list (veil nodes; ledger/nodes.py) -----------------------------------------
+    async def load_nodes(self) -> None:
+        """At start: the ``--node`` URLs join the ledger's list if missing (one an operator
+        removed stays removed), then the list is loaded and every node checked."""
+        flagged = list(dict.fromkeys(node_url(url) for url in self.settings.nodes))
+        for url in flagged:  # in the flags' order: first start numbers them in that order
+            await self.ledger.node_small_id(url)
+        records = await self.ledger.list_nodes(include_removed=True)
+        for record in records:
+            if record.url in flagged and not record.routed:
+                log.warning(
+                    "--node %s was removed by an operator: `veil nodes add` restores it", record.url
+                )
+        self.registry.sync(records)
+        await self.registry.refresh_all()
+
+    async def sync_nodes(self) -> None:
+        """Take in the ledger's node list (another gateway's add, drain or remove); check new
+        nodes at once."""
+        new = self.registry.sync(await self.ledger.list_nodes())
+        await asyncio.gather(*(self.registry.refresh(node) for node in new))
+
+    async def add_node(self, url: str) -> NodeInfo:
+        """``veil nodes add``: check the node (keys, models, tickets, attestation under the
+        operator's policy), then list it for every gateway. Refused unless every check passed."""
+        url = node_url(url)
+        if any(n.url == url for n in self.registry.nodes):
+            raise Conflict(f"node {url} is already listed")
+        candidate = NodeInfo(url=url, node_small_id=0)
+        await self.registry.refresh(candidate)
+        if not candidate.healthy:
+            if candidate.fault is Fault.UNREACHABLE:
+                raise ServiceUnavailable(
+                    f"node {url} not added: it does not answer as a Veil node "
+                    "(GET /v1/keys and /v1/models)"
+                )
+            raise InvalidBody(f"node {url} not added: {candidate.reason}")
+        record = await self.ledger.add_node(url)
+        log.info("node %s (%d) added", url, record.id)
+        return self.registry.adopt(record, candidate)
+
+    async def set_node_state(self, record: NodeRecord) -> None:
+        """Apply an operator's move here at once (other gateways take it at their next sync)."""
+        if not record.routed:
+            self.registry.drop(record.id)
+            return
+        await self.sync_nodes()
+
     # -- background ------------------------------------------------------------------------
     async def maintain(self) -> None:
-        """Refresh nodes and release expired reservations, forever (cancelled at shutdown)."""
+        """Release expired reservations, take in the ledger's node list and refresh the nodes,
+        forever (cancelled at shutdown)."""
         last_refresh = 0.0
         while True:
             await asyncio.sleep(self.settings.expire_interval_seconds)
@@ -276,6 +332,7 @@ class Gateway:
                 if released:
                     self.metrics.expired.inc(released)
                     log.info("released %d expired reservation(s)", released)
+                await self.sync_nodes()
                 if time.monotonic() - last_refresh >= self.settings.health_interval_seconds:
                     await self.registry.refresh_all()
                     last_refresh = time.monotonic()

@@ -11,6 +11,8 @@ The hierarchy, with the HTTP status each class answers with::
     +-- StaleNodeKey         409  STALE_NODE_KEY       envelope sealed to a node key no longer
     |                                                  accepted: re-lock and re-encrypt
     +-- Replayed             409  REPLAYED             a ticket or request id already used
+    +-- Conflict             409  CONFLICT             the object's state forbids it (a node
+    |                                                  already added; removing a busy node)
     +-- PayloadTooLarge      413  PAYLOAD_TOO_LARGE    body over the configured limit
     +-- DecryptionFailed     422  DECRYPTION_FAILED    AEAD tag or body hash check failed
     +-- Locked               423  LOCKED               stack locked or settling
@@ -21,7 +23,8 @@ The hierarchy, with the HTTP status each class answers with::
     +-- ServiceUnavailable   503  SERVICE_UNAVAILABLE  backend or dependency unreachable
 
 The codes Atoma uses keep Atoma's spelling and status (PROTOCOL.md section 4); Veil adds
-STALE_NODE_KEY, REPLAYED, PAYLOAD_TOO_LARGE, DECRYPTION_FAILED, ENGINE_ERROR and INTERNAL_ERROR.
+STALE_NODE_KEY, REPLAYED, CONFLICT, PAYLOAD_TOO_LARGE, DECRYPTION_FAILED, ENGINE_ERROR and
+INTERNAL_ERROR.
 No other module invents a status code: routes raise one of these and the app renders it.
 
 Messages are written for the person reading them and must never contain plaintext, key material or
@@ -77,6 +80,11 @@ class Replayed(VeilError):
     code = "REPLAYED"
 
 
+class Conflict(VeilError):
+    status = 409
+    code = "CONFLICT"
+
+
 class PayloadTooLarge(VeilError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
@@ -124,6 +132,7 @@ ALL_ERRORS: tuple[type[VeilError], ...] = (
     NotFound,
     StaleNodeKey,
     Replayed,
+    Conflict,
     PayloadTooLarge,
     DecryptionFailed,
     Locked,

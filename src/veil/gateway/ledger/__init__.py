@@ -10,9 +10,10 @@ from veil.gateway.ledger.apikeys import generate_api_key, hash_api_key, key_pref
 from veil.gateway.ledger.db import MIGRATIONS_DIR, alembic_config, database_unavailable
 from veil.gateway.ledger.expiry import DEFAULT_IN_FLIGHT_GRACE
 from veil.gateway.ledger.ledger import Ledger
+from veil.gateway.ledger.nodes import NodeRecord, node_url
 from veil.gateway.ledger.reservations import DEFAULT_LEASE_SECONDS, Reservation
 from veil.gateway.ledger.stacks import Stack
-from veil.gateway.ledger.state import Operation, ReservationState, StackState
+from veil.gateway.ledger.state import NodeState, Operation, ReservationState, StackState
 from veil.gateway.ledger.usage import UsageRecord
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "MIGRATIONS_DIR",
     "Ledger",
+    "NodeRecord",
+    "NodeState",
     "Operation",
     "Reservation",
     "ReservationState",
@@ -32,4 +35,5 @@ __all__ = [
     "generate_api_key",
     "hash_api_key",
     "key_prefix",
+    "node_url",
 ]

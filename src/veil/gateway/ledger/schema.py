@@ -14,8 +14,8 @@ Conventions, chosen so the same rows mean the same thing on SQLite and PostgreSQ
 - The rules that keep money consistent are CHECK constraints, not only Python: a stack can never
   hold more reserved + used units than it has, whichever gateway writes.
 
-The Alembic migrations (``0001_initial``, ``0002_user_limits``, ...) create exactly these tables; a test
-compares the two.
+The Alembic migrations (``0001_initial``, ``0002_user_limits``, ``0003_node_states``, ...) create
+exactly these tables; a test compares the two.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from veil.gateway.ledger.state import INITIAL, ReservationState, StackState, check_in
+from veil.gateway.ledger.state import INITIAL, NodeState, ReservationState, StackState, check_in
 
 # SQLite only auto-increments a column declared exactly "INTEGER PRIMARY KEY" (the rowid alias), so
 # 64-bit ids are BIGINT on PostgreSQL and INTEGER (which is 64-bit anyway) on SQLite.
@@ -119,13 +119,20 @@ class StackRow(Base):
 
 
 class NodeRow(Base):
-    """A node URL and its stable ``node_small_id`` (shared by every gateway on the database)."""
+    """A node URL and its stable ``node_small_id`` (shared by every gateway on the database), and
+    the operator's state for it (migration 0003): every gateway routes to the active ones."""
 
     __tablename__ = "nodes"
+    __table_args__ = (CheckConstraint(check_in("state", NodeState), name="state_valid"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     url: Mapped[str] = mapped_column(String(2000), unique=True)
     created_at: Mapped[float] = mapped_column(Double)
+    state: Mapped[str] = mapped_column(
+        String(16), default=NodeState.ACTIVE.value, server_default=NodeState.ACTIVE.value
+    )
+    # When the state last changed (NULL: never since the row was made).
+    state_changed_at: Mapped[float | None] = mapped_column(Double, nullable=True)
 
 
 class ReservationRow(Base):

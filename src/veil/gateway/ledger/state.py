@@ -18,7 +18,8 @@ in Python :func:`next_state` raises :class:`ForbiddenTransition`. What else an o
 guard of the method that performs it.
 
 Stacks have a state too (:class:`StackState`), set by the operator from any state to any other, so
-they need no table: only an ``active`` stack takes new reservations.
+they need no table: only an ``active`` stack takes new reservations. Nodes likewise
+(:class:`NodeState`, ``nodes.py`` says which moves the operator may make).
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ class StackState(StrEnum):
     ACTIVE = "active"
     LOCKED = "locked"
     SETTLING = "settling"
+
+
+class NodeState(StrEnum):
+    """An operator's switch on a node (``veil nodes``); only ``active`` gets new locks."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+    """No new locks; requests and streams in flight finish and settle."""
+    REMOVED = "removed"
+    """Gone from every gateway; the row stays so settled usage keeps pointing at its id."""
 
 
 class ForbiddenTransition(ValueError):
