@@ -110,7 +110,8 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        wait_until(lambda: self.server.started, 30, "uvicorn")
+        # Bounded, not short: an app's startup (a gateway checking its nodes) on a loaded machine.
+        wait_until(lambda: self.server.started, 120, "uvicorn")
         return self
 
     def __exit__(self, *exc: object) -> None:
