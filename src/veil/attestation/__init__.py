@@ -8,7 +8,14 @@ One small module per concern (see README.md here for what each step checks):
 - ``verify_tdx`` offline TDX quote verification with dcap-qvl against given collateral
 - ``policy``     what a verifier accepts: TCB statuses, pinned measurements, allow_no_tee
 - ``report``     every check as a named step; ``verify_evidence`` runs them
-- ``cli``        ``veil attest verify``
+- ``abi_snp``, ``verify_snp``          SEV-SNP reports and their VCEK / ASK / ARK chains
+- ``abi_nvidia``, ``pki_nvidia``, ``rim``, ``verify_nvidia*``, ``nras``, ``nvidia``
+                 NVIDIA GPU reports: parsing, certificate chains, signed RIMs, OCSP, the remote
+                 verifier's verdict
+- ``collateral*`` Intel PCS / PCCS / AMD KDS replies: parsing, freshness, fetch and cache
+- ``eventlog``   RTMR replay from a runtime event log
+- ``release*``   release manifests and their Ed25519 or Sigstore signatures
+- ``cli*``       ``veil attest verify`` / ``veil attest pin``; ``release_cli``: ``veil release``
 """
 
 from veil.attestation.abi_tdx import QuoteFormatError, TdxQuote, parse_tdx_quote

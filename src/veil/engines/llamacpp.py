@@ -15,6 +15,9 @@ takes its own lock: pricing a request never waits for another request's generati
 The engine prompts with message text only. Fields it would silently drop, and so could neither price
 nor honour (``tools``, ``response_format`` schemas, images and other non-text parts, assistant
 ``tool_calls``), are refused with ``UnpricedField`` (400 naming the field).
+
+``llamacpp_model`` loads the GGUF and builds prompts; ``llamacpp_request`` reads sampling fields and
+refuses unpriced ones; this module runs generations.
 """
 
 from __future__ import annotations
@@ -26,162 +29,37 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veil.engines.base import TOKENS_SO_FAR, ChatEngine, EngineFailure, TokenUsage, UnpricedField
+from veil.engines.base import TOKENS_SO_FAR, ChatEngine, EngineFailure, TokenUsage
+from veil.engines.llamacpp_model import (
+    Prompt,
+    extra_buffer_types_disabled,
+    format_prompt,
+    load_gguf,
+)
+from veil.engines.llamacpp_request import (
+    OPENAI_SAMPLING,
+    Sampling,
+    SamplingDefaults,
+    StopScanner,
+    refuse_unpriced,
+)
 from veil.wire.openai import ChatCompletionRequest
 
+__all__ = [
+    "OPENAI_SAMPLING",
+    "LlamaCppChatEngine",
+    "SamplingDefaults",
+    "extra_buffer_types_disabled",
+    "refuse_unpriced",
+]
+
 log = logging.getLogger(__name__)
-
-# Guards the process-wide patch in extra_buffer_types_disabled().
-_PATCH_LOCK = threading.Lock()
-
-# Chat formats for GGUFs that carry no chat template, by architecture. The default model
-# (SmolLM2-135M-Instruct) carries its own template, which llama-cpp-python applies; for a GGUF
-# without one llama-cpp-python would fall back to "llama-2", whose markers make Gemma end its turn
-# at once.
-_FORMATS_WITHOUT_TEMPLATE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
-
-
-@contextmanager
-def extra_buffer_types_disabled() -> Iterator[None]:
-    """Load llama.cpp models without its "extra" CPU weight buffers (AMX and repacked layouts).
-
-    llama.cpp built with ``-march=native`` on an AMX-capable Xeon uses AMX tiles for Q4_K matmuls,
-    and that crashes the process (SIGSEGV in ``ldtilecfg``) in VMs that advertise AMX but do not
-    enable its register state, such as Firecracker guests. The plain CPU path is correct
-    everywhere. llama-cpp-python does not expose ``use_extra_bufts``, so the default model params
-    are patched while a model loads.
-    """
-    import llama_cpp.llama_cpp as bindings
-
-    with _PATCH_LOCK:
-        original = bindings.llama_model_default_params
-
-        def params_without_extra_buffers() -> Any:
-            params = original()
-            params.use_extra_bufts = False
-            return params
-
-        bindings.llama_model_default_params = params_without_extra_buffers
-        try:
-            yield
-        finally:
-            bindings.llama_model_default_params = original
-
-
-@dataclass(frozen=True)
-class _Prompt:
-    tokens: list[int]
-    stops: list[str]
-
-
-class _Captured(Exception):
-    """Control flow, not an error: carries the prompt out of the chat handler."""
-
-    def __init__(self, prompt: list[int], stop: Any) -> None:
-        super().__init__()
-        self.prompt = prompt
-        self.stop = stop
-
-
-class _PromptCapture:
-    """Stands in for ``Llama`` inside a chat handler: the handler formats and tokenizes the
-    conversation, then calls ``create_completion``, which hands back the prompt instead."""
-
-    def __init__(self, llama: Any) -> None:
-        self._llama = llama
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._llama, name)
-
-    def create_completion(self, *, prompt: list[int], stop: Any = None, **_: Any) -> Any:
-        raise _Captured(list(prompt), stop)
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """What a request that leaves ``temperature`` or ``top_p`` out is sampled with.
-
-    OpenAI's defaults (1.0 and 1.0: the model's whole distribution) suit large models. A small
-    model sampled that way rambles: SmolLM2-135M-Instruct at temperature 1 answers "What is the
-    capital of France?" with invented French words most of the time. So an engine can carry its
-    model's recommended values; a request that sets a field always gets what it asked for."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-
-OPENAI_SAMPLING = SamplingDefaults()
-
-
-@dataclass
-class _Sampling:
-    """OpenAI sampling fields, read leniently: a missing or wrongly typed field falls back to the
-    engine's default and an out-of-range number is clamped (the protocol layer does not declare
-    these fields)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_request(
-        cls, request: ChatCompletionRequest, defaults: SamplingDefaults = OPENAI_SAMPLING
-    ) -> _Sampling:
-        extra = request.model_extra or {}
-        stop = extra.get("stop")
-        stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
-        seed = extra.get("seed")
-        return cls(
-            temperature=_number(extra.get("temperature"), defaults.temperature, 0.0, 2.0),
-            top_p=_number(extra.get("top_p"), defaults.top_p, 0.0, 1.0),
-            presence_penalty=_number(extra.get("presence_penalty"), 0.0, -2.0, 2.0),
-            frequency_penalty=_number(extra.get("frequency_penalty"), 0.0, -2.0, 2.0),
-            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-            stop=[s for s in stops if isinstance(s, str) and s][:4],
-        )
-
-
-def _number(value: Any, default: float, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return default
-    return min(max(float(value), low), high)
-
-
-class _StopScanner:
-    """Finds stop strings in streamed text, holding back any tail that could start one."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self._stops = [s for s in stops if s]
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit now, whether a stop string was reached)."""
-        pending = self._held + text
-        hits = [i for i in (pending.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            self._held = ""
-            return pending[: min(hits)], True
-        hold = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(pending)), hold, -1):
-                if pending.endswith(stop[:size]):
-                    hold = size
-                    break
-        self._held = pending[len(pending) - hold :]
-        return pending[: len(pending) - hold], False
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return held
+_Sampling = Sampling  # its name before the split (tests read it from here)
 
 
 @dataclass
@@ -199,30 +77,6 @@ class _Cancelled(Exception):
     """Control flow, not an error: the stream's consumer went away."""
 
 
-# Top-level fields that change what the model reads or must produce; this engine honours none.
-_UNHONOURED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "prediction")
-
-
-def refuse_unpriced(request: ChatCompletionRequest) -> None:
-    """Raise ``UnpricedField`` for what this engine would drop from the prompt unseen."""
-    extra = request.model_extra or {}
-    for name in _UNHONOURED_FIELDS:
-        if extra.get(name) not in (None, [], "none"):
-            raise UnpricedField(name, "not supported by this model's engine")
-    response_format = extra.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise UnpricedField("response_format", 'only {"type": "text"} is supported here')
-    for i, message in enumerate(request.messages):
-        if (message.model_extra or {}).get("tool_calls"):
-            raise UnpricedField(f"messages[{i}].tool_calls", "not supported by this engine")
-        if isinstance(message.content, list):
-            for j, part in enumerate(message.content):
-                if part.get("type") != "text":
-                    raise UnpricedField(
-                        f"messages[{i}].content[{j}]", "only text parts are supported here"
-                    )
-
-
 class LlamaCppChatEngine(ChatEngine):
     def __init__(
         self,
@@ -235,7 +89,7 @@ class LlamaCppChatEngine(ChatEngine):
     ) -> None:
         """``chat_format`` names a llama-cpp-python chat format ("gemma", "chatml", ...). None uses
         the GGUF's own template, as llama-cpp-python does, or for a GGUF without one the format of
-        its architecture's family where known (see ``_FORMATS_WITHOUT_TEMPLATE``).
+        its architecture's family where known (see ``llamacpp_model._FORMATS_WITHOUT_TEMPLATE``).
 
         ``n_threads`` None keeps llama-cpp-python's default, half the cores. Not all of them: ggml's
         threads spin at barriers, so one that shares its core with the event loop or another
@@ -258,22 +112,7 @@ class LlamaCppChatEngine(ChatEngine):
             self._llama = await asyncio.to_thread(self._load)
 
     def _load(self) -> Any:
-        from llama_cpp import Llama
-
-        if not self.gguf_path.is_file():
-            raise EngineFailure(f"model file not found: {self.gguf_path}")
-        with extra_buffer_types_disabled():
-            llama = Llama(
-                model_path=str(self.gguf_path),
-                n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
-                chat_format=self.chat_format,
-                verbose=False,
-            )
-        if self.chat_format is None and "tokenizer.chat_template" not in llama.metadata:
-            family = llama.metadata.get("general.architecture", "")
-            llama.chat_format = _FORMATS_WITHOUT_TEMPLATE.get(family, llama.chat_format)
-        return llama
+        return load_gguf(self.gguf_path, self.n_ctx, self.n_threads, self.chat_format)
 
     async def close(self) -> None:
         llama, self._llama = self._llama, None
@@ -411,33 +250,11 @@ class LlamaCppChatEngine(ChatEngine):
 
     # --- worker-thread side: everything below runs holding no event loop -------------------
 
-    def _format(self, request: ChatCompletionRequest, stop: list[str]) -> _Prompt:
+    def _format(self, request: ChatCompletionRequest, stop: list[str]) -> Prompt:
         """The prompt tokens and stop strings ``create_chat_completion`` would use.
 
         Hold the lock."""
-        from llama_cpp import llama_chat_format
-
-        llama = self._require_model()
-        # OpenAI's "developer" role is its newer name for "system"; templates know only "system".
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
-        handler: Any = (
-            llama.chat_handler
-            or llama._chat_handlers.get(llama.chat_format)
-            or llama_chat_format.get_chat_completion_handler(llama.chat_format)
-        )
-        try:
-            handler(llama=_PromptCapture(llama), messages=messages, stop=list(stop))
-        except _Captured as captured:
-            stops = captured.stop or []
-            return _Prompt(captured.prompt, [stops] if isinstance(stops, str) else list(stops))
-        except Exception as exc:
-            # Template errors can quote the conversation: keep only the exception type.
-            log.warning("chat template failed: %s", type(exc).__name__)
-            raise EngineFailure("the model's chat template rejected the conversation") from None
-        raise EngineFailure("the chat handler did not build a prompt")
+        return format_prompt(self._require_model(), request, stop)
 
     def _require_model(self) -> Any:
         if self._llama is None:
@@ -452,7 +269,7 @@ class LlamaCppChatEngine(ChatEngine):
         cancelled: threading.Event,
         tally: _Tally | None = None,
     ) -> _Outcome:
-        sampling = _Sampling.from_request(request, self.sampling_defaults)
+        sampling = Sampling.from_request(request, self.sampling_defaults)
         with self._lock:
             prompt = self._format(request, sampling.stop)
             budget = min(max_tokens, self.n_ctx - len(prompt.tokens))
@@ -476,9 +293,9 @@ class LlamaCppChatEngine(ChatEngine):
 
     def _sample(
         self,
-        prompt: _Prompt,
+        prompt: Prompt,
         budget: int,
-        sampling: _Sampling,
+        sampling: Sampling,
         on_text: Callable[[str], None],
         cancelled: threading.Event,
         tally: _Tally,
@@ -491,7 +308,7 @@ class LlamaCppChatEngine(ChatEngine):
         llama = self._llama
         llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(32))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        scanner = _StopScanner(prompt.stops)
+        scanner = StopScanner(prompt.stops)
         previous = prompt.tokens[-1]
         finish = "length"
         tokens = llama.generate(

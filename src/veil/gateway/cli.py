@@ -6,34 +6,41 @@ they work with or without a running gateway; the admin HTTP API offers the same 
 Node commands talk to a running gateway's admin API (``--base-url``, admin ``--api-key``): adding a
 node means the gateway checks it (keys, tickets, attestation under its policy) before listing it in
 the ledger, where every gateway on the database picks the change up within seconds.
+
+The ``veil nodes`` group lives in ``nodes_cli``; ``cli_output`` holds how the commands print.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
-from rich.console import Console
 
 from veil.config import GatewaySettings
 from veil.gateway.app import stack_json
+from veil.gateway.cli_output import AsJson, emit, err, json_or_none
+from veil.gateway.nodes_cli import admin_call, nodes_app
 from veil.wire.errors import VeilError, error_from_body
 
-err = Console(stderr=True, soft_wrap=True)
+__all__ = [
+    "admin_call",
+    "gateway_settings",
+    "nodes_app",
+    "run_gateway",
+    "stacks_app",
+    "users_app",
+    "with_ledger",
+]
+
 T = TypeVar("T")
 
 users_app = typer.Typer(help="Users and their API keys.", no_args_is_help=True)
 stacks_app = typer.Typer(
     help="Stacks: prepaid compute units per user and model.", no_args_is_help=True
-)
-nodes_app = typer.Typer(
-    help="Nodes behind the gateways: add, list, drain, remove (through a gateway's admin API).",
-    no_args_is_help=True,
 )
 
 DataDir = Annotated[
@@ -47,7 +54,6 @@ DatabaseUrl = Annotated[
         help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://... [env: VEIL_DATABASE_URL]",
     ),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def gateway_settings(**overrides: Any) -> GatewaySettings:
@@ -78,10 +84,6 @@ def with_ledger(
     except OSError as exc:
         err.print(f"[bold red]error:[/] cannot open the ledger: {exc}", highlight=False)
         raise typer.Exit(1) from None
-
-
-def emit(data: dict[str, Any], as_json: bool, human: str) -> None:
-    typer.echo(json.dumps(data) if as_json else human)
 
 
 RequestsPerMinute = Annotated[
@@ -279,18 +281,11 @@ def stacks_show(
         )
         raise typer.Exit(1) from None
     if response.status_code != 200:
-        failure = error_from_body(response.status_code, _json_or_none(response))
+        failure = error_from_body(response.status_code, json_or_none(response))
         err.print(f"[bold red]error:[/] {failure.code}: {failure.message}", highlight=False)
         raise typer.Exit(1)
     stacks = response.json()["stacks"]
     emit({"stacks": stacks}, as_json, "\n".join(_stack_line(s) for s in stacks) or "no stacks")
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 @stacks_app.command("top-up")
@@ -306,135 +301,6 @@ def stacks_top_up(
         with_ledger(data_dir, database_url, lambda ledger: ledger.top_up(stack_id, units))
     )
     emit(data, as_json, _stack_line(data))
-
-
-# -- veil nodes: through a running gateway's admin API ------------------------------------------
-BaseUrl = Annotated[
-    str, typer.Option("--base-url", envvar="VEIL_BASE_URL", help="The gateway to talk to.")
-]
-AdminKey = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        envvar=["VEIL_ADMIN_KEY", "VEIL_API_KEY"],
-        help="An admin API key [env: VEIL_ADMIN_KEY, else VEIL_API_KEY].",
-        show_envvar=False,
-    ),
-]
-NodeUrl = Annotated[str, typer.Argument(help="The node's URL, e.g. http://10.0.0.5:8081.")]
-DEFAULT_GATEWAY = "http://127.0.0.1:8080"
-
-
-def admin_call(
-    base_url: str, api_key: str | None, method: str, path: str, body: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """One admin API call; any failure is one ``error: CODE: message`` line and exit 1."""
-    if not api_key:
-        err.print(
-            "[bold red]error:[/] AUTH_ERROR: give --api-key or set VEIL_ADMIN_KEY (an admin key)",
-            highlight=False,
-        )
-        raise typer.Exit(1)
-    try:
-        response = httpx.request(
-            method,
-            f"{base_url.rstrip('/').removesuffix('/v1')}{path}",
-            json=body,
-            headers={"authorization": f"Bearer {api_key}"},
-            timeout=60,  # adding a node waits for its checks (evidence verification)
-        )
-    except httpx.HTTPError as exc:
-        err.print(
-            f"[bold red]error:[/] cannot reach {base_url}: {type(exc).__name__}", highlight=False
-        )
-        raise typer.Exit(1) from None
-    if response.status_code not in (200, 201):
-        failure = error_from_body(response.status_code, _json_or_none(response))
-        err.print(f"[bold red]error:[/] {failure.code}: {failure.message}", highlight=False)
-        raise typer.Exit(1)
-    document: dict[str, Any] = response.json()
-    return document
-
-
-def _node_line(node: dict[str, Any]) -> str:
-    verdict = node.get("attestation") or {}
-    if verdict:
-        attested = f"{verdict.get('format') or '?'} {'pass' if verdict.get('ok') else 'FAIL'}"
-    else:
-        attested = "not checked"
-    health = "healthy" if node["healthy"] else f"unhealthy ({node.get('reason') or '?'})"
-    models = ",".join(node.get("models") or {}) or "-"
-    return (
-        f"{node['node_small_id']:>4}  {node['url']:<28} {node['state']:<9} {health}  "
-        f"key {node.get('key_id') or '-'}  models {models}  attestation {attested}  "
-        f"release {node.get('release') or '-'}  in flight {node.get('live_reservations', 0)}"
-    )
-
-
-@nodes_app.command("add")
-def nodes_add(
-    url: NodeUrl,
-    base_url: BaseUrl = DEFAULT_GATEWAY,
-    api_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """Check a node (keys, tickets, attestation under the gateway's policy) and route to it."""
-    node = admin_call(base_url, api_key, "POST", "/admin/nodes", {"url": url})
-    emit(node, as_json, f"added\n{_node_line(node)}")
-
-
-@nodes_app.command("list")
-def nodes_list(
-    base_url: BaseUrl = DEFAULT_GATEWAY, api_key: AdminKey = None, as_json: AsJson = False
-) -> None:
-    """The nodes, with health, key id, models, the gateway's attestation verdict and release."""
-    listed = admin_call(base_url, api_key, "GET", "/admin/nodes")
-    nodes = listed["nodes"]
-    emit(listed, as_json, "\n".join(_node_line(n) for n in nodes) or "no nodes")
-
-
-@nodes_app.command("drain")
-def nodes_drain(
-    url: NodeUrl,
-    base_url: BaseUrl = DEFAULT_GATEWAY,
-    api_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """No new locks to URL; requests and streams in flight finish and settle."""
-    node = admin_call(base_url, api_key, "POST", "/admin/nodes/drain", {"url": url})
-    emit(node, as_json, f"draining\n{_node_line(node)}")
-
-
-@nodes_app.command("undrain")
-def nodes_undrain(
-    url: NodeUrl,
-    base_url: BaseUrl = DEFAULT_GATEWAY,
-    api_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """New locks go to a drained URL again."""
-    node = admin_call(base_url, api_key, "POST", "/admin/nodes/undrain", {"url": url})
-    emit(node, as_json, f"active\n{_node_line(node)}")
-
-
-@nodes_app.command("remove")
-def nodes_remove(
-    url: NodeUrl,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", help="Remove even if not drained or still busy (held locks expire)."
-        ),
-    ] = False,
-    base_url: BaseUrl = DEFAULT_GATEWAY,
-    api_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """Take a drained node with nothing in flight off every gateway."""
-    node = admin_call(
-        base_url, api_key, "POST", "/admin/nodes/remove", {"url": url, "force": force}
-    )
-    emit(node, as_json, f"removed {node['url']}")
 
 
 def print_admin_key(key: str) -> None:
