@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tests.harness import ServerThread
+from tests.harness import ServerThread, wait_until
 from veil.logs import (
     JsonFormatter,
     RequestIdMiddleware,
@@ -74,13 +74,19 @@ def capture() -> Iterator[Capture]:
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.addHandler(handler)
-    old = root.level
-    root.setLevel(logging.INFO)
+    # Other tests may have raised these loggers' levels; this one reads their INFO records.
+    loggers = [root, logging.getLogger("veil"), logging.getLogger("veil.access")]
+    old = [(logger, logger.level, logger.disabled) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.disabled = False
     try:
         yield handler
     finally:
         root.removeHandler(handler)
-        root.setLevel(old)
+        for logger, level, disabled in old:
+            logger.setLevel(level)
+            logger.disabled = disabled
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +101,9 @@ def test_every_request_gets_an_id_in_its_header_and_its_log_lines(
     response = httpx.post(f"{server.url}/v1/echo?key=hidden", content=SECRET)
     request_id = response.headers["x-request-id"]
     assert len(request_id) == 32 and response.json() == {"seen": request_id}
+    # The access record is written once the response has ended, which may be just after the
+    # client has read it.
+    wait_until(lambda: any(r["logger"] == "veil.access" for r in capture.records()), 10, "access")
     records = [r for r in capture.records() if r.get("request_id") == request_id]
     handler_line = next(r for r in records if r["logger"] == "veil.test")
     assert handler_line["message"] == f"handling a request of {len(SECRET)} bytes"
@@ -130,6 +139,7 @@ def test_a_crash_is_logged_as_a_500_by_type_never_by_message(
 ) -> None:
     response = httpx.get(f"{server.url}/v1/boom")
     assert response.status_code == 500
+    wait_until(lambda: any(r["logger"] == "veil.access" for r in capture.records()), 10, "access")
     access = [r for r in capture.records() if r["logger"] == "veil.access"]
     assert access[-1]["status"] == 500 and access[-1]["route"] == "/v1/boom"
     assert SECRET not in "\n".join(capture.lines)
