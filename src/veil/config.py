@@ -45,6 +45,11 @@ CLIENT_BACKOFF_SECONDS = 0.25
 CLIENT_CHAT_MAX_TOKENS = 256
 
 
+# The KEMs of veil-v3 (veil.hazmat.v3.Kem's values) and what a node accepts by default.
+KemName = Literal["mlkem768-x25519", "x25519"]
+DEFAULT_KEMS: tuple[KemName, ...] = ("mlkem768-x25519",)
+
+
 def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "veil"
 
@@ -78,6 +83,9 @@ class NodeSettings(BaseSettings):
     # Longest a request may run on the node (seconds); past it the engine is stopped and the
     # signed receipt covers what was produced. A ticket's own deadline, if earlier, wins.
     request_timeout_seconds: float = Field(default=600.0, gt=0)
+    # The KEMs this node accepts for veil-v3 requests (VEIL_KEMS, a JSON list): post-quantum
+    # ML-KEM-768 + X25519 only by default; "x25519" admits clients whose policy allows classical.
+    kems: list[KemName] = Field(default_factory=lambda: list(DEFAULT_KEMS), min_length=1)
     # The CPU TEE: auto (configfs-tsm where it exists, else none), tdx, sev-snp or none.
     attestation: str = "auto"
     # GPU evidence beside it: auto (NVIDIA CC GPUs where present), nvidia (required) or off.

@@ -113,3 +113,43 @@ def test_format_none_cannot_carry_a_quote_and_others_must() -> None:
         Evidence.model_validate(_document(quote=None))
     with pytest.raises(ValidationError, match="format"):
         Evidence.model_validate(_document(format="sgx"))
+
+
+# -- veil-v3: the post-quantum key in the binding -------------------------------------------------
+
+KEM = bytes(range(256)) * 4 + bytes(range(192))  # 1216 bytes: an ML-KEM-768 + X25519 key's size
+
+
+def test_v3_report_data_adds_the_digest_of_the_kem_key_before_the_gpus_and_the_nonce() -> None:
+    no_gpus = hashlib.sha256(b"veil gpus").digest()
+    kem_digest = hashlib.sha256(KEM).digest()
+    expected = hashlib.sha512(b"veil-v3 report" + X + ED + kem_digest + no_gpus + NONCE).digest()
+    assert report_data(X, ED, NONCE, kem_public_key=KEM) == expected
+    assert report_data(X, ED, NONCE, kem_public_key=KEM) != report_data(X, ED, NONCE)
+    other = KEM[:-1] + b"\x01"
+    assert report_data(X, ED, NONCE, kem_public_key=other) != expected
+
+
+def test_a_kem_key_of_the_wrong_size_is_refused_by_name() -> None:
+    with pytest.raises(EvidenceError, match="kem_public_key must be 1216 bytes"):
+        report_data(X, ED, NONCE, kem_public_key=KEM[:-1])
+    with pytest.raises(ValidationError):
+        Evidence.model_validate(
+            {**_document(), "kem_public_key": base64.b64encode(KEM[:32]).decode()}
+        )
+
+
+def test_a_v3_document_round_trips_and_a_v2_one_serializes_without_a_kem_field() -> None:
+    v2 = Evidence.model_validate(_document())
+    assert "kem_public_key" not in json.loads(v2.to_json())
+    bound = report_data(X, ED, NONCE, kem_public_key=KEM)
+    v3 = Evidence.model_validate(
+        {
+            **_document(),
+            "kem_public_key": base64.b64encode(KEM).decode(),
+            "report_data": base64.b64encode(bound).decode(),
+        }
+    )
+    assert Evidence.model_validate(json.loads(v3.to_json())) == v3
+    assert v3.expected_report_data() == bound == v3.report_data
+    assert "veil-v3 report" in v3.binding_formula and "veil-v2 report" in v2.binding_formula

@@ -414,3 +414,69 @@ def test_a_release_with_gpus_refuses_a_bundle_without_them() -> None:
     policy = Policy(snp_measurement=GENOA_MEASUREMENT, gpu_driver_versions=("550.90.07",))
     report = verify_evidence(genoa_evidence(), policy, at=SNP_AT)
     assert report.step("GPU evidence").outcome == "FAIL"
+
+
+# -- veil-v3: a bundle binds the node's post-quantum key --------------------------------------------
+
+KEM = bytes(range(256)) * 4 + bytes(range(192))  # the size of an ML-KEM-768 + X25519 public key
+OTHER_KEM = bytes(reversed(KEM))
+
+
+def test_a_v3_bundle_binds_its_kem_key_and_one_naming_another_fails_the_binding() -> None:
+    honest = build_evidence(NoTeeProvider(), X, ED, NONCE, kem_public_key=KEM)
+    assert honest.report_data == report_data(X, ED, NONCE, kem_public_key=KEM)
+    policy = Policy(allow_no_tee=True)
+    report = verify_evidence(
+        honest, policy, expect_x25519=X, expect_ed25519=ED, expect_nonce=NONCE,
+        expect_kem_public_key=KEM,
+    )  # fmt: skip
+    assert report.ok, report.to_text()
+    assert "veil-v3 report" in report.step("binding").detail
+    assert "ML-KEM-768 + X25519" in report.step("expected keys").detail
+
+    swapped = honest.model_copy(update={"kem_public_key": OTHER_KEM})
+    assert verify_evidence(swapped, policy).step("binding").outcome == "FAIL"
+    # Dropping the key from the bundle leaves report_data bound to it: the v2 formula fails too.
+    stripped = honest.model_copy(update={"kem_public_key": None})
+    assert verify_evidence(stripped, policy).step("binding").outcome == "FAIL"
+
+
+def test_a_caller_naming_a_kem_key_refuses_a_bundle_with_none_or_another() -> None:
+    policy = Policy(allow_no_tee=True)
+    v3 = build_evidence(NoTeeProvider(), X, ED, NONCE, kem_public_key=KEM)
+    other = verify_evidence(v3, policy, expect_kem_public_key=OTHER_KEM)
+    assert other.step("expected keys").outcome == "FAIL"
+    assert "post-quantum key differ" in other.step("expected keys").detail
+    assert not other.ok
+
+    v2 = build_evidence(NoTeeProvider(), X, ED, NONCE)
+    missing = verify_evidence(v2, policy, expect_x25519=X, expect_kem_public_key=KEM)
+    assert missing.step("binding").outcome == "pass"
+    assert missing.step("expected keys").outcome == "FAIL"
+    assert "binds no post-quantum" in missing.step("expected keys").detail
+
+
+def test_a_v2_bundle_still_verifies_under_the_v2_formula() -> None:
+    v2 = build_evidence(NoTeeProvider(), X, ED, NONCE)
+    assert v2.kem_public_key is None
+    assert v2.report_data == report_data(X, ED, NONCE)
+    report = verify_evidence(
+        v2, Policy(allow_no_tee=True), expect_x25519=X, expect_ed25519=ED, expect_nonce=NONCE
+    )
+    assert report.ok
+    assert "veil-v2 report" in report.step("binding").detail
+
+
+def test_a_bare_quote_is_checked_against_the_v3_formula_of_a_key_with_a_kem_key() -> None:
+    parsed = parse_tdx_quote(quote_bytes())
+    assert parsed.report_data != report_data(X, ED, NONCE, kem_public_key=KEM)
+    node = [NodeKey("current (k1)", X, ED, kem_public_key=KEM)]
+    report = verify_quote(
+        quote_bytes(), collateral(), Policy(), at=GOOD_AT, node_keys=node, nonce=NONCE
+    )
+    assert report.step("binding").outcome == "FAIL"
+    with_bad_kem = [NodeKey("current (k1)", X, ED, kem_public_key=KEM[:10])]
+    report = verify_quote(
+        quote_bytes(), collateral(), Policy(), at=GOOD_AT, node_keys=with_bad_kem, nonce=NONCE
+    )
+    assert "kem_public_key must be 1216 bytes" in report.step("binding").detail

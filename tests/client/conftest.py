@@ -9,7 +9,8 @@ The relay (``HostileRelay``) is an ASGI app that proxies everything to the real 
 told, does what a hostile gateway or network could do to the answers: flip a ciphertext byte, swap
 ``response_hash`` or ``signature``, change the usage sent in clear, drop, duplicate or reorder
 stream chunks, end a stream early with ``[DONE]``, strip or replay the lock's attestation evidence,
-or answer a confidential POST with an error of its choice without forwarding it. It records every
+strip the lock's post-quantum key or put its own in, or answer a confidential POST with an error
+of its choice without forwarding it. It records every
 request body it sees, so tests can also assert what went over the wire.
 
 The nodes here run without a TEE (their evidence has format "none"), so every client that talks to
@@ -37,7 +38,9 @@ from tests.e2e.conftest import CHAT, EMBED, Deployment, deploy
 from tests.engines.openai_stand_in import create_openai_stand_in
 from tests.servers import ServerThread
 from veil.engines import UpstreamImageEngine
+from veil.hazmat.v3 import NodeKemKey
 from veil.node.service import EngineRegistry
+from veil.wire.envelopes import RESERVATION_HEADER
 
 IMAGES = "stand-in-images"
 
@@ -131,8 +134,15 @@ class HostileRelay:
             self.tamper_message(events[1])
             put(1, events[1])
         elif mode == "swap_signature":
-            events[1]["signature"] = events[2]["signature"]
-            put(1, events[1])
+            if "signature" in events[2]:  # v1, v2: every chunk is signed
+                events[1]["signature"] = events[2]["signature"]
+                put(1, events[1])
+            else:  # v3: only the final chunk, and it gets a genuine signature of another answer
+                other = self.last_signature
+                if other is None or other == events[-1]["signature"]:
+                    other = _b64(os.urandom(64))
+                events[-1]["signature"] = other
+                put(-1, events[-1])
         elif mode == "usage_in_clear":
             self.tamper_message(events[-1])
             put(-1, events[-1])
@@ -167,9 +177,9 @@ class HostileRelay:
             if path.startswith("/v1/confidential/") and self.errors:
                 status, code = self.errors.pop(0)
                 return JSONResponse({"error": {"code": code, "message": "relay says so"}}, status)
-            headers = {
-                k: v for k, v in request.headers.items() if k in ("authorization", "content-type")
-            }
+            # The lock's handle goes on too: a veil-v3 request is sealed bound to its reservation.
+            forwarded = ("authorization", "content-type", RESERVATION_HEADER.lower())
+            headers = {k: v for k, v in request.headers.items() if k in forwarded}
             upstream = await client.request(
                 request.method,
                 path,
@@ -189,6 +199,12 @@ class HostileRelay:
                     lock.pop("evidence", None)
                 elif self.mode == "stale_evidence":  # the evidence an earlier lock received
                     lock["evidence"] = previous
+                elif self.mode == "strip_kem":  # a downgrade: no post-quantum key offered
+                    for name in ("kem", "kem_public_key", "kem_key_id"):
+                        lock.pop(name, None)
+                elif self.mode == "swap_kem":  # the gateway's own ML-KEM key, to open prompts
+                    own = NodeKemKey.generate()
+                    lock["kem_public_key"], lock["kem_key_id"] = _b64(own.public_key), own.key_id
                 return JSONResponse(lock)
             if upstream.status_code != 200 or not path.startswith("/v1/confidential/"):
                 return Response(

@@ -71,7 +71,7 @@ def test_chat_streams_and_prints_a_receipt(client_deployment: Deployment, key: s
     assert "signature verified" in receipt
     assert client_deployment.nodes[0].keyring.current.key_id in receipt
     assert "prompt" in receipt and "completion" in receipt and "units charged" in receipt
-    assert "veil-v2" in receipt and "NO TEE" in receipt
+    assert "veil-v3 mlkem768-x25519" in receipt and "NO TEE" in receipt  # the default
 
 
 def test_chat_without_streaming_from_the_environment(
@@ -179,6 +179,9 @@ def test_protocol_and_policy_options(
     v1 = run("embed", "x", "--protocol", "atoma-v1", *base)
     assert v1.returncode == 0, v1.stderr
     assert "atoma-v1" in v1.stderr.strip().splitlines()[-1]
+    v2 = run("embed", "x", "--protocol", "veil-v2", *base)
+    assert v2.returncode == 0, v2.stderr
+    assert "veil-v2" in v2.stderr.strip().splitlines()[-1]
     policy = tmp_path / "dev-policy.toml"
     policy.write_text("allow_no_tee = true\n")
     allowed = run("embed", "x", "--policy", str(policy), *base, env=STRICT)

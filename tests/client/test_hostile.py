@@ -1,7 +1,8 @@
 """A hostile gateway (the relay of conftest, between client and the real gateway) changes answers:
 every change is caught by a specific exception and no data from the answer is returned, under
-veil-v2 (the default) and atoma-v1 alike, except what only v2 can see (a chunk dropped from the
-middle). Errors that mean "re-lock" are retried with a new lock, a new attestation and a new
+veil-v3 (the default), veil-v2 and atoma-v1 alike, except what only v2 and v3 can see (a chunk
+dropped from the middle) and what v3's one signature per answer already covers (the usage sent in
+clear beside the final chunk: a change is a wrong signature). Errors that mean "re-lock" are retried with a new lock, a new attestation and a new
 encryption; 402 and 409 REPLAYED are not retried. The lock's evidence is checked every time."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 import veil
 from tests.client.conftest import CHAT, EMBED, HostileRelay
 from tests.e2e.conftest import Deployment
+from veil.attestation import Policy
 from veil.client import errors
 
 MESSAGES = [{"role": "user", "content": "Count to three"}]
@@ -29,17 +31,23 @@ def client_for(relay: HostileRelay, key: str, **kw: object) -> veil.Client:
 
 
 PROTOCOLS = ["veil-v2", "atoma-v1"]
+ANSWER_ATTACKS = [
+    ("flip_ciphertext", errors.DecryptionError),
+    ("swap_hash", errors.ResponseHashMismatch),
+    ("swap_signature", errors.SignatureInvalid),
+    ("usage_in_clear", errors.UsageMismatch),
+]
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+def v3_sees(mode: str, exception: type[errors.IntegrityError]) -> type[errors.IntegrityError]:
+    """What veil-v3 raises for an attack: its signature covers the usage sent in clear."""
+    return errors.SignatureInvalid if mode == "usage_in_clear" else exception
+
+
 @pytest.mark.parametrize(
-    ("mode", "exception"),
-    [
-        ("flip_ciphertext", errors.DecryptionError),
-        ("swap_hash", errors.ResponseHashMismatch),
-        ("swap_signature", errors.SignatureInvalid),
-        ("usage_in_clear", errors.UsageMismatch),
-    ],
+    ("protocol", "mode", "exception"),
+    [(protocol, mode, exc) for protocol in PROTOCOLS for mode, exc in ANSWER_ATTACKS]
+    + [("veil-v3", mode, v3_sees(mode, exc)) for mode, exc in ANSWER_ATTACKS],
 )
 def test_tampered_answer_is_rejected(
     relay: HostileRelay,
@@ -82,7 +90,9 @@ STREAM_ATTACKS = [
     ("protocol", "mode", "exception"),
     [("veil-v2", mode, exc) for mode, exc in STREAM_ATTACKS]
     + [("veil-v2", "drop_middle", errors.StreamCorrupt)]  # v1 cannot see this one
-    + [("atoma-v1", mode, exc) for mode, exc in STREAM_ATTACKS],
+    + [("atoma-v1", mode, exc) for mode, exc in STREAM_ATTACKS]
+    + [("veil-v3", mode, v3_sees(mode, exc)) for mode, exc in STREAM_ATTACKS]
+    + [("veil-v3", "drop_middle", errors.StreamCorrupt)],
 )
 def test_tampered_stream_is_rejected(
     relay: HostileRelay,
@@ -134,7 +144,8 @@ def test_relock_errors_are_retried_with_a_new_encryption(
     first_lock, second_lock = relay.locks()  # locked again, attested again with a fresh nonce
     assert first_lock["attestation_nonce"] != second_lock["attestation_nonce"]
     first, second = relay.confidential_bodies()
-    assert first["protocol"] == second["protocol"] == "veil-v2"
+    assert first["protocol"] == second["protocol"] == "veil-v3"  # the default
+    assert first["kem"] == second["kem"] == "mlkem768-x25519"
     for field in ("ciphertext", "client_dh_public_key", "request_id", "plaintext_body_hash"):
         assert first[field] != second[field], field
 
@@ -203,6 +214,37 @@ def test_a_lock_without_fresh_evidence_is_refused_before_encrypting(
     else:  # genuine evidence, but made for the previous lock's nonce
         report = caught.value.report
         assert report is not None and [s.name for s in report.failures] == ["nonce"]
+
+
+def test_a_lock_stripped_of_its_post_quantum_key_is_refused_unless_classical_is_allowed(
+    relay: HostileRelay, key: str
+) -> None:
+    relay.reset("strip_kem")
+    with client_for(relay, key) as client, pytest.raises(errors.NoPostQuantumKey) as caught:
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+    assert "post-quantum" in caught.value.message and caught.value.code == "NO_POST_QUANTUM_KEY"
+    assert len(relay.locks()) == 1 and relay.confidential_bodies() == []
+    # The policy's consent: veil-v3 with X25519 to the node's attested X25519 key. A node accepts
+    # that only if configured to (VEIL_KEMS); this one is not, and refuses it unopened.
+    classical = Policy(allow_no_tee=True, allow_classical_kem=True)
+    with (
+        veil.Client(relay.url, key, policy=classical) as client,
+        pytest.raises(errors.InvalidRequestError, match="x25519"),
+    ):
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+    (body,) = relay.confidential_bodies()
+    assert body["protocol"] == "veil-v3" and body["kem"] == "x25519"
+
+
+def test_a_lock_with_another_post_quantum_key_fails_attestation(
+    relay: HostileRelay, key: str
+) -> None:
+    relay.reset("swap_kem")
+    with client_for(relay, key) as client, pytest.raises(errors.AttestationFailed) as caught:
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+    report = caught.value.report
+    assert report is not None and [s.name for s in report.failures] == ["expected keys"]
+    assert relay.confidential_bodies() == []
 
 
 def test_balance_error_is_raised_at_once_with_what_is_left(

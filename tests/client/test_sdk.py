@@ -49,13 +49,15 @@ def test_chat_round_trip(client_deployment: Deployment, user: tuple[str, dict[st
     after = client_deployment.stack(stacks[CHAT])
     assert after["used_units"] - before == receipt.units_charged
     assert after["reserved_units"] == 0
-    assert receipt.protocol == "veil-v2"
+    assert receipt.protocol == "veil-v3" and receipt.kem == "mlkem768-x25519"  # the default
+    hybrid = client_deployment.nodes[0].keyring.current.hybrid
+    assert hybrid is not None and receipt.kem_key_id == hybrid.key_id
     verdict = receipt.attestation
     assert verdict is not None and verdict.ok and verdict.format == "none" and verdict.insecure
     steps = {step.name: step for step in verdict.steps}
     assert {"format", "binding", "expected keys", "nonce"} <= set(steps)
     assert all(step.ok for step in steps.values())
-    assert "NO TEE" in receipt.summary() and "veil-v2" in receipt.summary()
+    assert "NO TEE" in receipt.summary() and "veil-v3 mlkem768-x25519" in receipt.summary()
 
 
 def test_chat_stream_round_trip(
@@ -170,9 +172,11 @@ def test_nothing_plain_goes_over_the_wire(
     bodies = relay.confidential_bodies()
     assert len({b["client_dh_public_key"] for b in bodies}) == 3  # a fresh key per request
     assert len({b["request_id"] for b in bodies}) == 3
-    node_key_id = client_deployment.nodes[0].keyring.current.key_id
-    for body in bodies:
-        assert body["protocol"] == "veil-v2" and body["key_id"] == node_key_id
+    hybrid = client_deployment.nodes[0].keyring.current.hybrid
+    assert hybrid is not None
+    for body in bodies:  # the default: veil-v3, sealed to the node's post-quantum key
+        assert body["protocol"] == "veil-v3" and body["key_id"] == hybrid.key_id
+        assert body["kem"] == "mlkem768-x25519"
         assert abs(body["timestamp"] - time.time()) < 60
     nonces = [base64.b64decode(lock["attestation_nonce"]) for lock in relay.locks()]
     assert len(set(nonces)) == 3 and all(len(n) == 32 for n in nonces)
@@ -271,4 +275,4 @@ def test_atoma_v1_is_still_available(relay: HostileRelay, user: tuple[str, dict[
     for body in relay.confidential_bodies():
         assert "protocol" not in body and "request_id" not in body
     with pytest.raises(ValueError, match="protocol"):
-        veil.Client(relay.url, key, protocol="veil-v3")  # type: ignore[arg-type]
+        veil.Client(relay.url, key, protocol="veil-v9")  # type: ignore[arg-type]

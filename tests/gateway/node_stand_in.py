@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tests.servers import ServerThread
 from veil.attestation.evidence import report_data
+from veil.wire.keyid import key_id
 from veil.wire.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
@@ -83,6 +84,10 @@ class NodeStandIn:
     # Set: a stream waits for it after its first event (so a test can act while it is open).
     gate: threading.Event | None = None
     evidence_key: bytes | None = None  # the X25519 key the evidence names (default: public_key)
+    # veil-v3: the post-quantum key listed at /v1/keys (None: a node without one), and the one
+    # the evidence binds (default: kem_public_key)
+    kem_public_key: bytes | None = None
+    evidence_kem_key: bytes | None = None
     seen: list[Seen] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # ticket ids whose answer was fully sent
 
@@ -106,13 +111,13 @@ class NodeStandIn:
 
         @app.get("/v1/keys")
         async def keys() -> Response:
+            entry = {"key_id": self.key_id, "public_key": b64(self.public_key)}
+            if self.kem_public_key is not None:
+                entry["kem"] = "mlkem768-x25519"
+                entry["kem_public_key"] = b64(self.kem_public_key)
+                entry["kem_key_id"] = key_id(self.kem_public_key)
             return JSONResponse(
-                {
-                    "keys": [
-                        {"key_id": self.key_id, "public_key": b64(self.public_key)},
-                    ],
-                    "signing_public_key": b64(raw_public(self.signing_key)),
-                }
+                {"keys": [entry], "signing_public_key": b64(raw_public(self.signing_key))}
             )
 
         @app.get("/v1/models")
@@ -125,7 +130,8 @@ class NodeStandIn:
             # evidence key, the signing key and the caller's nonce.
             key = self.evidence_key or self.public_key
             raw_nonce = base64.b64decode(nonce)
-            bound = report_data(key, raw_public(self.signing_key), raw_nonce)
+            kem = self.evidence_kem_key or self.kem_public_key
+            bound = report_data(key, raw_public(self.signing_key), raw_nonce, kem_public_key=kem)
             document = {
                 "format": "none",
                 "report_data": b64(bound),
@@ -134,6 +140,8 @@ class NodeStandIn:
                 "ed25519_public_key": b64(raw_public(self.signing_key)),
                 "warning": "no TEE: development only",
             }
+            if kem is not None:
+                document["kem_public_key"] = b64(kem)
             return JSONResponse(document)
 
         @app.post("/v1/{path:path}")

@@ -4,6 +4,7 @@ and which node a request goes to."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -14,8 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.gateway.node_stand_in import CHAT, EMBED, raw_public, serve_stand_in
 from tests.servers import free_port
-from veil.gateway.registry import TICKET_PROBE_PATH, NodeRegistry
+from veil.attestation.policy import Policy
+from veil.gateway.node_attestation import NodeAttestation
+from veil.gateway.registry import TICKET_PROBE_PATH, Fault, NodeRegistry
 from veil.wire.errors import NotFound, ServiceUnavailable, StaleNodeKey
+from veil.wire.keyid import key_id
 
 T = TypeVar("T")
 GATEWAY_KEY = Ed25519PrivateKey.generate()
@@ -136,3 +140,44 @@ def test_unknown_models_keys_and_ids_are_refused_with_their_own_errors() -> None
     with pytest.raises(NotFound):
         registry.hold(99, "r", time.time() + 60)
     assert registry.by_public_key(stand_in.public_key).node_small_id == 1
+
+
+# -- veil-v3: the post-quantum key ----------------------------------------------------------------
+
+KEM_KEY = os.urandom(1184) + os.urandom(32)  # the shape of an ML-KEM-768 + X25519 public key
+
+
+def test_a_refresh_learns_the_kem_key_and_routes_v3_envelopes_by_its_x25519_part() -> None:
+    with (
+        serve_stand_in(GATEWAY_KEY, kem_public_key=KEM_KEY) as (stand_in, url),
+        serve_stand_in(GATEWAY_KEY) as (_, other_url),
+    ):
+        registry = run(refreshed(other_url, url))
+    other, node = registry.nodes
+    assert node.current_kem_public_key == KEM_KEY
+    assert node.current_kem_key_id == key_id(KEM_KEY)
+    assert other.current_kem_public_key is None and other.kem_public_keys == {}
+    # A v3 envelope's node_dh_public_key is the X25519 part (the last 32 bytes) of the kem key.
+    assert registry.by_public_key(KEM_KEY[-32:]) is node
+    assert registry.by_public_key(stand_in.public_key) is node
+    with pytest.raises(StaleNodeKey):
+        registry.by_public_key(KEM_KEY[:32])  # the ML-KEM part is not an X25519 key
+
+
+def test_a_node_whose_evidence_binds_another_kem_key_is_not_routed_to() -> None:
+    async def checked(url: str) -> NodeRegistry:
+        registry = NodeRegistry(httpx.AsyncClient(), NodeAttestation(Policy(allow_no_tee=True)))
+        registry.add(url, 1)
+        await registry.refresh_all()
+        await registry.client.aclose()
+        return registry
+
+    with serve_stand_in(GATEWAY_KEY, kem_public_key=KEM_KEY) as (_, url):
+        honest = run(checked(url))
+    assert honest.nodes[0].healthy, honest.nodes[0].reason
+    swapped = os.urandom(1216)
+    with serve_stand_in(GATEWAY_KEY, kem_public_key=KEM_KEY, evidence_kem_key=swapped) as (_, url):
+        lying = run(checked(url))
+    (node,) = lying.nodes
+    assert node.healthy is False and node.fault is Fault.ATTESTATION
+    assert node.reason is not None and "post-quantum key differ" in node.reason

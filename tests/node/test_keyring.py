@@ -100,3 +100,93 @@ def test_describe_and_repr_hold_no_private_material(tmp_path: Path) -> None:
         assert base64.b64encode(raw).decode() not in text
     described = keyring.describe()
     assert [k["status"] for k in described["keys"]] == ["current", "previous"]
+
+
+# -- veil-v3: the post-quantum key of each generation ----------------------------------------------
+
+
+def test_each_generation_holds_an_xwing_seed_0600_that_persists(tmp_path: Path) -> None:
+    from veil.hazmat.v3 import Kem, NodeKemKey
+
+    keyring = Keyring(tmp_path)
+    hybrid = keyring.current.hybrid
+    assert hybrid is not None and hybrid.kem is Kem.HYBRID
+    seed_path = tmp_path / "keys" / "xwing-current.seed"
+    assert stat.S_IMODE(seed_path.stat().st_mode) == 0o600
+    assert NodeKemKey.from_seed(Kem.HYBRID, seed_path.read_bytes()).public_key == hybrid.public_key
+    again = Keyring(tmp_path)
+    assert again.current.hybrid is not None
+    assert again.current.hybrid.public_key == hybrid.public_key
+    assert len(hybrid.public_key) == 1216
+    # v3's classical KEM is the generation's X25519 key itself, under the same key id.
+    classical = keyring.kem_key(keyring.current.key_id)
+    assert classical.kem is Kem.X25519 and classical.public_key == keyring.current.public_key
+
+
+def test_the_xwing_key_rotates_with_the_x25519_key_and_shares_its_grace(tmp_path: Path) -> None:
+    keyring = Keyring(tmp_path, grace_seconds=600)
+    old = keyring.current
+    assert old.hybrid is not None
+    new = keyring.rotate(now=1_000_000.0)
+    assert new.hybrid is not None and new.hybrid.public_key != old.hybrid.public_key
+    assert keyring.previous is not None and keyring.previous.hybrid is not None
+    assert keyring.previous.hybrid.public_key == old.hybrid.public_key
+    seed = tmp_path / "keys" / "xwing-previous.seed"
+    assert stat.S_IMODE(seed.stat().st_mode) == 0o600
+    inside = keyring.kem_key(old.hybrid.key_id, now=1_000_000.0 + 599)
+    assert inside.public_key == old.hybrid.public_key
+    later = keyring.kem_key(new.hybrid.key_id, now=1_000_000.0 + 10_000)
+    assert later.public_key == new.hybrid.public_key
+    with pytest.raises(StaleNodeKey, match="re-encrypt"):
+        keyring.kem_key(old.hybrid.key_id, now=1_000_000.0 + 601)
+    with pytest.raises(StaleNodeKey):
+        keyring.kem_key("0123456789abcdef")
+    # Another process's rotation brings the new post-quantum key too.
+    rotated = Keyring(tmp_path).rotate()
+    assert rotated.hybrid is not None
+    assert keyring.kem_key(rotated.hybrid.key_id).public_key == rotated.hybrid.public_key
+
+
+def test_keys_lists_the_kem_fields_of_each_generation(tmp_path: Path) -> None:
+    import base64
+
+    keyring = Keyring(tmp_path)
+    keyring.rotate()
+    entries = keyring.describe()["keys"]
+    assert [e["status"] for e in entries] == ["current", "previous"]
+    generations = [keyring.current, keyring.previous]
+    for entry, generation in zip(entries, generations, strict=True):
+        assert generation is not None and generation.hybrid is not None
+        kem_public_key = base64.b64decode(entry["kem_public_key"], validate=True)
+        assert entry["kem"] == "mlkem768-x25519"
+        assert len(kem_public_key) == 1216
+        assert kem_public_key == generation.hybrid.public_key
+        assert entry["kem_key_id"] == key_id(kem_public_key) == generation.hybrid.key_id
+    for slot in ("current", "previous"):
+        seed = (tmp_path / "keys" / f"xwing-{slot}.seed").read_bytes()
+        assert seed.hex() not in repr(entries) and base64.b64encode(seed).decode() not in repr(
+            entries
+        )
+
+
+def test_a_keyring_from_before_v3_gains_an_xwing_key_and_keeps_its_x25519_key(
+    tmp_path: Path,
+) -> None:
+    first = Keyring(tmp_path)
+    first.rotate()
+    keys = tmp_path / "keys"
+    (keys / "xwing-current.seed").unlink()
+    (keys / "xwing-previous.seed").unlink()
+    loaded = Keyring(tmp_path)
+    assert loaded.current.public_key == first.current.public_key
+    assert loaded.current.hybrid is not None
+    assert stat.S_IMODE((keys / "xwing-current.seed").stat().st_mode) == 0o600
+    # The old previous generation has no post-quantum key: v1/v2 only, and listed without one.
+    assert loaded.previous is not None and loaded.previous.hybrid is None
+    assert [("kem" in e) for e in loaded.describe()["keys"]] == [True, False]
+    reloaded = Keyring(tmp_path).current.hybrid
+    assert reloaded is not None and reloaded.public_key == loaded.current.hybrid.public_key
+    # Rotating it carries the absence over cleanly: no stale seed is left in the previous slot.
+    loaded.rotate()
+    assert (keys / "xwing-previous.seed").exists()
+    assert Keyring(tmp_path).previous is not None

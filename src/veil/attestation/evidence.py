@@ -9,8 +9,14 @@ every confidential GPU, the node's public keys, and the release manifest the nod
                                                    || u32 len(cert_chain) || cert_chain)
     report_data = SHA-512(b"veil-v2 report" || x25519 || ed25519 || gpu_digest || nonce)
 
-so a verified CPU report vouches for exactly one encryption key, one signing key and the exact GPU
-evidence beside it, and (through the nonce) for having been produced after the verifier chose the
+or, for a bundle that carries the node's veil-v3 post-quantum key (``kem_public_key``, the
+ML-KEM-768 + X25519 public key, 1216 bytes)::
+
+    report_data = SHA-512(b"veil-v3 report" || x25519 || ed25519 || SHA-256(kem_public_key)
+                          || gpu_digest || nonce)
+
+so a verified CPU report vouches for exactly one encryption key (with v3: one of each KEM), one
+signing key and the exact GPU evidence beside it, and (through the nonce) for having been produced after the verifier chose the
 nonce. Each GPU signs ``gpu_nonce``, so its report is fresh and made for these keys too: nobody can
 pair a genuine GPU report with a foreign VM. Keys and digests have fixed sizes, so the
 concatenation is unambiguous even though the nonce's length varies.
@@ -28,7 +34,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     WithJsonSchema,
+    model_serializer,
     model_validator,
 )
 
@@ -39,9 +47,16 @@ KEY_SIZE = 32
 NONCE_MIN_SIZE = 16
 NONCE_MAX_SIZE = 64
 REPORT_DATA_LABEL = b"veil-v2 report"
+REPORT_DATA_LABEL_V3 = b"veil-v3 report"
+KEM_PUBLIC_KEY_SIZE = 1184 + 32  # ML-KEM-768's public key, then X25519's (X-Wing)
 GPU_NONCE_LABEL = b"veil gpu nonce"
 GPU_DIGEST_LABEL = b"veil gpus"
 NO_TEE_WARNING = "no TEE: development only"
+BINDING_FORMULA_V2 = 'SHA-512("veil-v2 report" || x25519 || ed25519 || gpu_digest || nonce)'
+BINDING_FORMULA_V3 = (
+    'SHA-512("veil-v3 report" || x25519 || ed25519 || SHA-256(kem_public_key) || gpu_digest '
+    "|| nonce)"
+)
 
 EvidenceFormat = Literal["tdx", "sev-snp", "nvidia", "none"]
 FORMATS: tuple[EvidenceFormat, ...] = ("tdx", "sev-snp", "nvidia", "none")
@@ -88,13 +103,28 @@ def report_data(
     ed25519_public_key: bytes,
     nonce: bytes,
     gpus_digest: bytes | None = None,
+    kem_public_key: bytes | None = None,
 ) -> bytes:
-    """The 64 bytes that bind both node keys, the GPU evidence and the verifier's nonce."""
+    """The 64 bytes that bind the node keys, the GPU evidence and the verifier's nonce: the
+    veil-v3 formula when ``kem_public_key`` is given, else the v2 one (module docstring)."""
     _check_keys(x25519_public_key, ed25519_public_key, nonce)
     bound_gpus = gpu_digest(()) if gpus_digest is None else gpus_digest
     _check_size("gpu_digest", bound_gpus, 32)
+    parts: tuple[bytes, ...]
+    if kem_public_key is None:
+        parts = (REPORT_DATA_LABEL, x25519_public_key, ed25519_public_key, bound_gpus, nonce)
+    else:
+        _check_size("kem_public_key", kem_public_key, KEM_PUBLIC_KEY_SIZE)
+        parts = (
+            REPORT_DATA_LABEL_V3,
+            x25519_public_key,
+            ed25519_public_key,
+            hashlib.sha256(kem_public_key).digest(),
+            bound_gpus,
+            nonce,
+        )
     digest = hashlib.sha512()
-    for part in (REPORT_DATA_LABEL, x25519_public_key, ed25519_public_key, bound_gpus, nonce):
+    for part in parts:
         digest.update(part)
     return digest.digest()
 
@@ -118,6 +148,9 @@ Nonce = Annotated[
     bytes, BeforeValidator(_decoder(NONCE_MIN_SIZE, NONCE_MAX_SIZE)), _AS_B64, _B64_SCHEMA
 ]
 Blob = Annotated[bytes, BeforeValidator(_decoder()), _AS_B64, _B64_SCHEMA]
+KemPublicKey = Annotated[
+    bytes, BeforeValidator(_decoder(KEM_PUBLIC_KEY_SIZE)), _AS_B64, _B64_SCHEMA
+]
 
 
 class GpuEvidence(BaseModel):
@@ -153,7 +186,8 @@ class Evidence(BaseModel):
     configfs-tsm). Optional verification material the node attached: ``collateral`` (TDX, the
     dcap-qvl ``QuoteCollateralV3`` JSON object), ``vcek`` and ``cert_chain`` (SNP, as AMD's KDS
     serves them), ``event_log`` (dstack-style runtime measurements into RTMRs). ``gpus`` holds
-    each GPU's evidence, ``release`` the release manifest. Structure is checked here; whether
+    each GPU's evidence, ``release`` the release manifest, ``kem_public_key`` the node's current
+    veil-v3 post-quantum key (absent from bundles of nodes without one). Structure is checked here; whether
     anything is true is for ``veil.attestation.report.verify_evidence`` to say.
     """
 
@@ -164,6 +198,7 @@ class Evidence(BaseModel):
     nonce: Nonce
     x25519_public_key: PublicKey32
     ed25519_public_key: PublicKey32
+    kem_public_key: KemPublicKey | None = None
     quote: Blob | None = None
     collateral: dict[str, Any] | None = None
     vcek: Blob | None = None
@@ -189,10 +224,28 @@ class Evidence(BaseModel):
         return gpu_nonce(self.x25519_public_key, self.ed25519_public_key, self.nonce)
 
     def expected_report_data(self) -> bytes:
-        """What ``report_data`` must be if the bundle is honest about its keys, GPUs and nonce."""
+        """What ``report_data`` must be if the bundle is honest about its keys, GPUs and nonce
+        (the v3 formula when it carries a post-quantum key)."""
         return report_data(
-            self.x25519_public_key, self.ed25519_public_key, self.nonce, self.gpus_digest()
+            self.x25519_public_key,
+            self.ed25519_public_key,
+            self.nonce,
+            self.gpus_digest(),
+            self.kem_public_key,
         )
+
+    @property
+    def binding_formula(self) -> str:
+        """The report_data formula this bundle is checked against, for people to read."""
+        return BINDING_FORMULA_V2 if self.kem_public_key is None else BINDING_FORMULA_V3
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A bundle without a post-quantum key serializes exactly as before veil-v3 existed.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("kem_public_key", "") is None:
+            del data["kem_public_key"]
+        return data
 
     def to_json(self) -> str:
         return self.model_dump_json()

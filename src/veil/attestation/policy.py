@@ -31,6 +31,8 @@ from a node it sees, as trust on first use). A policy file is JSON or TOML (by i
     [[release_signers]]
     ed25519_public_key = "BASE64"
     allow_no_tee = false
+    # veil-v3: seal with classical X25519 to a node that publishes no post-quantum key
+    allow_classical_kem = false
 
 Unknown keys and unknown status names are errors, so a typo cannot silently loosen a policy.
 "Revoked" can never be allowed.
@@ -154,6 +156,9 @@ class Policy(BaseModel):
     sigstore_trusted_root: str | None = None
     # -- development only
     allow_no_tee: bool = False
+    # -- veil-v3: accept a node without a post-quantum (ML-KEM-768 + X25519) key, sealing with
+    # X25519 alone; a recorded prompt could then be opened by a future quantum computer.
+    allow_classical_kem: bool = False
 
     @field_validator("allowed_tcb_statuses")
     @classmethod

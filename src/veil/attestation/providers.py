@@ -340,16 +340,18 @@ def build_evidence(
     collateral: dict[str, Any] | None = None,
     release: ReleaseEvidence | None = None,
     event_log: list[dict[str, Any]] | None = None,
+    kem_public_key: bytes | None = None,
 ) -> Evidence:
     """One evidence bundle: GPU reports over ``gpu_nonce`` first, then the CPU TEE's report over
-    ``report_data``, which commits to both keys, the GPU evidence's digest and ``nonce``."""
+    ``report_data``, which commits to both keys, the GPU evidence's digest and ``nonce`` (and,
+    with the veil-v3 formula, to ``kem_public_key``: the node's post-quantum key)."""
     gpus: list[GpuEvidence] = []
     if gpu_provider is not None:
         gpus = gpu_provider.get_gpu_evidence(
             gpu_nonce(x25519_public_key, ed25519_public_key, nonce)
         )
     digest = gpu_digest([(g.report, g.cert_chain.encode()) for g in gpus])
-    bound = report_data(x25519_public_key, ed25519_public_key, nonce, digest)
+    bound = report_data(x25519_public_key, ed25519_public_key, nonce, digest, kem_public_key)
     quote = provider.get_evidence(bound)
     fmt: EvidenceFormat = "none" if quote is None else _format_of(provider)
     return Evidence(
@@ -358,6 +360,7 @@ def build_evidence(
         nonce=nonce,
         x25519_public_key=x25519_public_key,
         ed25519_public_key=ed25519_public_key,
+        kem_public_key=kem_public_key,
         quote=quote,
         collateral=collateral if quote is not None else None,
         event_log=event_log if quote is not None else None,

@@ -14,8 +14,11 @@
 6. event log     -- dstack-style runtime: the log replays to the RTMRs; the app compose hash pin
 7. GPU steps     -- each GPU: SPDM signature, device chain to NVIDIA's root, nonce = gpu_nonce,
                     FWID, RIMs, OCSP, firmware versions pinned (nvidia.py)
-8. binding       -- report_data == SHA-512("veil-v2 report" || x25519 || ed25519 || gpus || nonce)
-9. expected keys -- the evidence's keys are the ones the caller is about to use
+8. binding       -- report_data == SHA-512("veil-v2 report" || x25519 || ed25519 || gpus || nonce),
+                    or for a bundle with a post-quantum key, SHA-512("veil-v3 report" || x25519
+                    || ed25519 || SHA-256(kem_public_key) || gpus || nonce) (evidence.py)
+9. expected keys -- the evidence's keys are the ones the caller is about to use (a caller that
+                    names a post-quantum key fails a bundle that binds none or another)
 10. nonce        -- the evidence answers the caller's own nonce
 
 Each step is pass, FAIL or "not checked" (it cannot apply to the input, e.g. the binding of a
@@ -35,7 +38,12 @@ from rich.table import Table
 from rich.text import Text
 
 from veil.attestation.abi_tdx import QuoteFormatError, TdxQuote
-from veil.attestation.evidence import AttestationError, Evidence, report_data
+from veil.attestation.evidence import (
+    BINDING_FORMULA_V2,
+    AttestationError,
+    Evidence,
+    report_data,
+)
 from veil.attestation.policy import MEASUREMENT_NAMES, Policy
 from veil.attestation.verify_tdx import (
     NO_MATCHING_TCB_LEVEL,
@@ -46,7 +54,7 @@ from veil.attestation.verify_tdx import (
     verify_tdx_quote,
 )
 
-BINDING_FORMULA = 'SHA-512("veil-v2 report" || x25519 || ed25519 || gpu_digest || nonce)'
+BINDING_FORMULA = BINDING_FORMULA_V2  # what a bare quote of a v2 node binds
 
 
 @dataclass(frozen=True)
@@ -596,8 +604,8 @@ def check_binding(report: VerificationReport, signed: bytes, evidence: Evidence)
         report.add(
             "binding",
             False,
-            f"the signed report_data is not {BINDING_FORMULA} of the bundle's keys, GPU evidence "
-            "and nonce: this evidence does not vouch for these keys",
+            f"the signed report_data is not {evidence.binding_formula} of the bundle's keys, GPU "
+            "evidence and nonce: this evidence does not vouch for these keys",
             expected=expected.hex(),
             actual=signed.hex(),
         )
@@ -605,7 +613,7 @@ def check_binding(report: VerificationReport, signed: bytes, evidence: Evidence)
         report.add("binding", False, "the document's report_data differs from the signed one")
     else:
         gpus = f", {len(evidence.gpus)} GPU(s)" if evidence.gpus else ""
-        report.add("binding", True, f"report_data = {BINDING_FORMULA}{gpus}")
+        report.add("binding", True, f"report_data = {evidence.binding_formula}{gpus}")
 
 
 def check_expected_keys(
@@ -613,23 +621,36 @@ def check_expected_keys(
     evidence: Evidence,
     expect_x25519: bytes | None,
     expect_ed25519: bytes | None,
+    expect_kem: bytes | None = None,
 ) -> None:
-    if expect_x25519 is None and expect_ed25519 is None:
+    """The bundle's keys are the caller's. ``expect_kem`` (the veil-v3 client's lock key) fails a
+    bundle that binds no post-quantum key, or another one."""
+    expected = (
+        ("X25519", "X25519 encryption key", expect_x25519, evidence.x25519_public_key),
+        ("Ed25519", "Ed25519 signing key", expect_ed25519, evidence.ed25519_public_key),
+        ("ML-KEM-768 + X25519", "post-quantum key", expect_kem, evidence.kem_public_key),
+    )
+    if all(want is None for _, _, want, _ in expected):
         report.not_checked("expected keys", "the caller named no keys to compare with")
         return
-    wrong = []
-    if expect_x25519 is not None and not _same(expect_x25519, evidence.x25519_public_key):
-        wrong.append("X25519 encryption key")
-    if expect_ed25519 is not None and not _same(expect_ed25519, evidence.ed25519_public_key):
-        wrong.append("Ed25519 signing key")
-    if wrong:
+    wrong = [
+        what
+        for _, what, want, have in expected
+        if want is not None and (have is None or not _same(want, have))
+    ]
+    if expect_kem is not None and evidence.kem_public_key is None:
+        report.add(
+            "expected keys",
+            False,
+            "the evidence binds no post-quantum (ML-KEM-768 + X25519) key: this node cannot be "
+            "sent a veil-v3 request sealed with the hybrid KEM",
+        )
+    elif wrong:
         report.add(
             "expected keys", False, f"the evidence's {' and '.join(wrong)} differ from the expected"
         )
     else:
-        named = [
-            n for n, k in (("X25519", expect_x25519), ("Ed25519", expect_ed25519)) if k is not None
-        ]
+        named = [name for name, _, want, _ in expected if want is not None]
         report.add("expected keys", True, f"{' and '.join(named)} equal the expected keys")
 
 
@@ -659,8 +680,12 @@ def verify_evidence(
     expect_ed25519: bytes | None = None,
     expect_nonce: bytes | None = None,
     collateral_source: CollateralSource | None = None,
+    expect_kem_public_key: bytes | None = None,
 ) -> VerificationReport:
     """Every check on ``evidence`` under ``policy``; read ``.ok`` for the verdict.
+
+    ``expect_kem_public_key`` is the post-quantum key a veil-v3 client is about to seal to (its
+    lock's): the bundle must bind exactly that one (the v3 report_data formula).
 
     ``expect_nonce`` is the nonce the caller sent when asking for evidence: with it, evidence
     made for someone else's (or an old) request is refused. ``collateral_source`` fetches what
@@ -723,7 +748,7 @@ def verify_evidence(
             "evidence is accepted only inside a TDX or SEV-SNP bundle",
         )
         return report
-    check_expected_keys(report, evidence, expect_x25519, expect_ed25519)
+    check_expected_keys(report, evidence, expect_x25519, expect_ed25519, expect_kem_public_key)
     if expect_nonce is not None:
         fresh = _same(expect_nonce, evidence.nonce)
         report.add(
@@ -743,6 +768,7 @@ class NodeKey:
     label: str
     x25519_public_key: bytes
     ed25519_public_key: bytes
+    kem_public_key: bytes | None = None  # veil-v3's post-quantum key: the v3 formula binds it
 
 
 def verify_quote(
@@ -783,7 +809,12 @@ def verify_quote(
         return report
     for key in node_keys:
         try:
-            expected = report_data(key.x25519_public_key, key.ed25519_public_key, nonce)
+            expected = report_data(
+                key.x25519_public_key,
+                key.ed25519_public_key,
+                nonce,
+                kem_public_key=key.kem_public_key,
+            )
         except AttestationError as exc:
             report.add("binding", False, f"cannot compute the binding: {exc}")
             return report

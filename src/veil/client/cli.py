@@ -2,7 +2,8 @@
 
 ``register(app)`` adds the commands to the ``veil`` Typer app. Every command takes ``--base-url``
 (env ``VEIL_BASE_URL``, default ``http://127.0.0.1:8080``) and ``--api-key`` (env ``VEIL_API_KEY``).
-``chat`` and ``embed`` also take ``--protocol`` (``veil-v2``, the default, or ``atoma-v1``),
+``chat`` and ``embed`` also take ``--protocol`` (``veil-v3``, the default and post-quantum,
+``veil-v2`` or ``atoma-v1``),
 ``--policy FILE`` (the attestation policy, JSON or TOML) and ``--insecure-no-tee`` (env
 ``VEIL_INSECURE_NO_TEE=1``): accept a node without a TEE, for a local demo such as ``veil serve``
 only. Without it a node whose evidence says "no TEE" is refused before anything is encrypted.
@@ -49,13 +50,17 @@ ApiKey = Annotated[
 
 
 class WireProtocol(StrEnum):
+    v3 = "veil-v3"
     v2 = "veil-v2"
     v1 = "atoma-v1"
 
 
 ProtocolOption = Annotated[
     WireProtocol,
-    typer.Option("--protocol", help="The suite to seal with (atoma-v1: Atoma-compatible)."),
+    typer.Option(
+        "--protocol",
+        help="The suite to seal with (veil-v3: post-quantum; atoma-v1: Atoma-compatible).",
+    ),
 ]
 PolicyOption = Annotated[
     Path | None,
@@ -143,7 +148,7 @@ def _client(
     base_url: str,
     api_key: str | None,
     show_wire: bool = False,
-    protocol: WireProtocol = WireProtocol.v2,
+    protocol: WireProtocol = WireProtocol.v3,
     policy_file: Path | None = None,
     insecure_no_tee: bool = False,
 ) -> Iterator[Client]:
@@ -173,7 +178,7 @@ def chat(
     ] = False,
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
-    protocol: ProtocolOption = WireProtocol.v2,
+    protocol: ProtocolOption = WireProtocol.v3,
     policy: PolicyOption = None,
     insecure_no_tee: InsecureNoTee = False,
 ) -> None:
@@ -227,7 +232,7 @@ def embed(
     as_json: Annotated[bool, typer.Option("--json", help="The full response as JSON.")] = False,
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
-    protocol: ProtocolOption = WireProtocol.v2,
+    protocol: ProtocolOption = WireProtocol.v3,
     policy: PolicyOption = None,
     insecure_no_tee: InsecureNoTee = False,
 ) -> None:

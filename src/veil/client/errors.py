@@ -23,16 +23,20 @@
     |   +-- AttestationFailed           the node's evidence failed the policy (.report); raised
     |   |                               before anything was encrypted or sent
     |   +-- UnverifiableNode            the lock response lacks the node's signing key (or is bad)
+    |   |   +-- NoPostQuantumKey        veil-v3: the lock names no ML-KEM-768 + X25519 key (and
+    |   |                               the policy does not allow_classical_kem); nothing sent
     |   +-- MalformedResponse           a 200 answer that is not a sealed envelope / expected JSON
     |   +-- DecryptionError             the AES-GCM tag did not verify (alias: TagMismatch)
     |   +-- ResponseHashMismatch        response_hash missing, or not the hash (v1: BLAKE2b-256,
-    |   |                               v2: HMAC) of the plaintext
+    |   |                               v2: HMAC) of the plaintext (v3: the chunks' running hash)
     |   +-- SignatureInvalid            signature missing, or not the node's Ed25519 signature
-    |   |                               over response_hash
+    |   |                               over response_hash (v3: one, on the final chunk, over
+    |   |                               the running hash and the usage)
     |   +-- UsageMismatch               the usage sent in clear differs from the signed usage
     |   +-- StreamTruncated             a stream ended before its final chunk
-    |   +-- StreamCorrupt               a stream event out of place: unparsable, dropped (v2),
-    |                                   duplicated, reordered, foreign, or after the final chunk
+    |   +-- StreamCorrupt               a stream event out of place: unparsable, dropped (v2,
+    |                                   v3), duplicated, reordered, foreign, or after the final
+    |                                   chunk
     +-- PlaintextRefused                the openai drop-in was asked to send a body it cannot
     |                                   seal (a route other than chat, embeddings, images)
     +-- TransportError                  the network failed (connect, read, timeout)
@@ -218,6 +222,13 @@ class AttestationFailed(IntegrityError):
 
 class UnverifiableNode(IntegrityError):
     code = "UNVERIFIABLE_NODE"
+
+
+class NoPostQuantumKey(UnverifiableNode):
+    """veil-v3 was asked for, and the lock names no post-quantum key for the node: nothing was
+    encrypted or sent (``Policy.allow_classical_kem`` accepts sealing with X25519 instead)."""
+
+    code = "NO_POST_QUANTUM_KEY"
 
 
 class MalformedResponse(IntegrityError):

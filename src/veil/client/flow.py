@@ -4,19 +4,22 @@ Like httpx's ``auth_flow``, ``confidential()`` is a generator: it yields what it
 (``Send`` a request, ``Wait`` before retrying) and is sent the responses back; ``run`` drives it
 over a sync transport and ``arun`` over an async one. One call (PROTOCOL.md sections 1-6)::
 
-    POST /v1/nodes/lock        -> node X25519 key, node signing key, stack, reserved units, and
-      + attestation_nonce         the node's evidence for a fresh random 32-byte nonce
-    accept_lock(...)           -> the evidence satisfies the policy and binds both node keys and
+    POST /v1/nodes/lock        -> node X25519 key, post-quantum key (v3), node signing key,
+      + attestation_nonce         stack, reserved units, and the node's evidence for a fresh
+                                  random 32-byte nonce
+    accept_lock(...)           -> the evidence satisfies the policy and binds every node key and
                                   the nonce; otherwise AttestationFailed and nothing is sealed
-    seal(...)                  -> HPKE (fresh ephemeral key; v2: request id and timestamp); the
-                                  metadata the gateway could swap is in the AAD
+    seal(...)                  -> HPKE (fresh encapsulation; v2, v3: request id and timestamp;
+                                  v3: ML-KEM-768 + X25519, a new response secret); the metadata
+                                  the gateway could swap is authenticated (v3: in HPKE's info)
     POST /v1/confidential/...  -> sealed answer, every message opened and verified before any of
       + X-Veil-Reservation        it is used; the header (the lock's reservation_id) makes the
                                   request claim exactly its own lock's units
 
 Retries: 409 STALE_NODE_KEY, 425 UNAVAILABLE_STACK and 503 SERVICE_UNAVAILABLE (from the lock or the
 confidential POST) start the flow again - a new lock, a new attestation and a new encryption (new
-HPKE context and request id), never the old ciphertext - up to ``max_attempts`` times, waiting
+HPKE encapsulation, request id and, v3, response secret), never the old ciphertext - up to
+``max_attempts`` times, waiting
 ``backoff * 2**n`` seconds in between. 409 REPLAYED and AttestationFailed are never retried. 402
 BALANCE_ERROR is raised at once, with the caller's remaining units for the model (GET /v1/stacks).
 
@@ -179,7 +182,14 @@ def _attempt(
             gateway=options.base_url,
             attestation_format=lock.attestation.format,
         )
-    envelope, opener = seal(plan, lock, attempt, started, options.protocol)
+    envelope, opener = seal(
+        plan,
+        lock,
+        attempt,
+        started,
+        options.protocol,
+        allow_classical_kem=options.policy.allow_classical_kem,
+    )
     path = ROUTES[plan.endpoint].confidential
     sealed = options.request(
         "POST", path, envelope, api_key=api_key, headers=lock.request_headers()

@@ -1,9 +1,12 @@
 """The lock: what the gateway answers ``POST /v1/nodes/lock`` with, checked before anything is sealed.
 
-A lock names the node's X25519 key and Ed25519 signing key, the stack and the reserved units, and
-carries the node's evidence for the client's fresh random nonce. ``accept_lock`` checks its shape,
-that its ``key_id`` is its key's, and then its attestation (``attest``): the evidence must satisfy
-the client's policy and bind both keys and the nonce. Otherwise ``UnverifiableNode`` or
+A lock names the node's X25519 key and Ed25519 signing key, for veil-v3 its post-quantum key
+(``kem_public_key``: ML-KEM-768 + X25519, X-Wing), the stack and the reserved units, and carries
+the node's evidence for the client's fresh random nonce. ``accept_lock`` checks its shape, that
+its ``key_id`` and ``kem_key_id`` are its keys', and then its attestation (``attest``): the
+evidence must satisfy the client's policy and bind every key the lock names and the nonce
+(for the post-quantum key: the veil-v3 report_data formula over it, the verifier's ``binding`` and
+``expected keys`` steps). Otherwise ``UnverifiableNode`` or
 ``AttestationFailed`` is raised, and nothing is encrypted or sent.
 """
 
@@ -24,6 +27,7 @@ from veil.attestation.policy import Policy
 from veil.attestation.report import verify_evidence
 from veil.client.errors import AttestationFailed, UnverifiableNode
 from veil.client.receipt import AttestationVerdict
+from veil.hazmat.v3 import Kem
 from veil.wire.envelopes import RESERVATION_HEADER, NodesCreateLockResponse
 from veil.wire.keyid import key_id as node_key_id
 
@@ -57,6 +61,10 @@ class Lock:
     attestation: AttestationVerdict
     # The lock's reservation handle: the request carries it so it claims this lock's units.
     reservation_id: str | None = None
+    # veil-v3: the node's post-quantum (Kem.HYBRID) key and its id, attested like the others;
+    # None when the lock names none (the node or its gateway does not speak veil-v3).
+    kem_public_key: bytes | None = None
+    kem_key_id: str | None = None
 
     def request_headers(self) -> dict[str, str]:
         """Headers binding the confidential request to this lock (none from a gateway that
@@ -94,9 +102,11 @@ def attest(
     node_public_key: bytes,
     signing_public_key: bytes,
     nonce: bytes,
+    kem_public_key: bytes | None = None,
 ) -> AttestationVerdict:
-    """Verify the lock's evidence: the policy, and that it binds both keys the lock named and our
-    own nonce. Raises ``AttestationFailed`` (carrying the report) unless every step passed."""
+    """Verify the lock's evidence: the policy, and that it binds every key the lock named (both
+    node keys, and ``kem_public_key`` when the lock names one) and our own nonce. Raises
+    ``AttestationFailed`` (carrying the report) unless every step passed."""
     if document is None:
         raise AttestationFailed(
             "the lock response carries no attestation evidence, so the node cannot be trusted; "
@@ -120,6 +130,10 @@ def attest(
         expect_ed25519=signing_public_key,
         expect_nonce=nonce,
         collateral_source=source,
+        # The bundle must bind this very key (the veil-v3 report_data formula over it): with the
+        # binding step, the TEE then vouches for it, and a gateway cannot slip its own ML-KEM
+        # key into a lock for a genuine node.
+        expect_kem_public_key=kem_public_key,
     )
     if not report.ok:
         failed = "; ".join(f"{step.name}: {step.detail}" for step in report.failures)
@@ -132,6 +146,22 @@ def attest(
             report=report,
         )
     return AttestationVerdict.of(evidence.format, report)
+
+
+def _kem_key(answer: NodesCreateLockResponse) -> tuple[bytes, str] | None:
+    """The lock's post-quantum key and its id, checked for consistency (None: it names none)."""
+    if answer.kem_public_key is None:
+        if answer.kem is not None or answer.kem_key_id is not None:
+            raise UnverifiableNode("the lock response names a KEM but no post-quantum key")
+        return None
+    if answer.kem not in (None, Kem.HYBRID.value):
+        raise UnverifiableNode(
+            f"the lock response's kem {answer.kem!r} is not {Kem.HYBRID.value}, the kind of its key"
+        )
+    kem_key_id = node_key_id(answer.kem_public_key)
+    if answer.kem_key_id is not None and not hmac.compare_digest(answer.kem_key_id, kem_key_id):
+        raise UnverifiableNode("the lock response's kem_key_id does not match its kem_public_key")
+    return answer.kem_public_key, kem_key_id
 
 
 def accept_lock(raw: bytes, policy: Policy, attestation_nonce: bytes) -> Lock:
@@ -152,12 +182,14 @@ def accept_lock(raw: bytes, policy: Policy, attestation_nonce: bytes) -> Lock:
         signing_key = Ed25519PublicKey.from_public_bytes(answer.node_signing_public_key)
     except ValueError:
         raise UnverifiableNode("the lock response's node signing key is unusable") from None
+    kem = _kem_key(answer)
     verdict = attest(
         answer.evidence,
         policy,
         node_public_key=answer.public_key,
         signing_public_key=answer.node_signing_public_key,
         nonce=attestation_nonce,
+        kem_public_key=None if kem is None else kem[0],
     )
     return Lock(
         node_public_key=answer.public_key,
@@ -168,4 +200,6 @@ def accept_lock(raw: bytes, policy: Policy, attestation_nonce: bytes) -> Lock:
         reserved_units=answer.reserved_units,
         attestation=verdict,
         reservation_id=answer.reservation_id,
+        kem_public_key=None if kem is None else kem[0],
+        kem_key_id=None if kem is None else kem[1],
     )

@@ -3,7 +3,17 @@
 Every message goes through an opener, which returns plaintext only after these checks, each with
 its own exception:
 
-- **veil-v2** (``V2ResponseOpener``, the default suite): the message carries the v2 fields
+- **veil-v3** (``V3ResponseOpener``, the default suite): the message carries the v3 fields
+  (``MalformedResponse`` / ``StreamCorrupt`` otherwise); ``v3.ClientSession.open`` checks its
+  index is the next one, its response nonce is this answer's, nothing follows the final chunk
+  (``StreamCorrupt``), the AES-GCM tag with the index and final flag in the AAD, under keys
+  derived from a secret only the client and the node hold (``DecryptionError``), and that
+  ``response_hash`` is the running hash of every chunk so far (``ResponseHashMismatch``). Only
+  the final chunk is signed: the node's one Ed25519 signature over the running hash and the
+  usage, with the key the lock named (``SignatureInvalid`` if it is missing or does not verify,
+  or if an earlier chunk carries one; ``UsageMismatch`` for usage beside an earlier chunk). A
+  stream must end with its final chunk (``StreamTruncated`` otherwise).
+- **veil-v2** (``V2ResponseOpener``): the message carries the v2 fields
   (``MalformedResponse`` / ``StreamCorrupt`` otherwise); ``v2.ClientSession.open`` checks its
   index is the next one, its response nonce is this answer's, nothing follows the final chunk
   (``StreamCorrupt``), the AES-GCM tag with the request id, index and final flag in the AAD
@@ -19,8 +29,9 @@ its own exception:
   ``finish_reason``, and a stream that ends before its usage chunk. Two content chunks swapped
   in the middle are not detectable in v1; v2 binds each chunk's index for that.
 
-For both, usage sent in clear must equal the signed usage (``UsageMismatch``), and the content
-checks of v1 run on v2 streams too. Comment lines (``: veil-receipt ...``) are ignored. Compared
+For all, usage sent in clear must equal the usage in the signed plaintext (``UsageMismatch``; in
+v3 the node's signature covers it as well), and the content checks of v1 run on v2 and v3
+streams too. Comment lines (``: veil-receipt ...``) are ignored. Compared
 hashes and nonces are compared in constant time; no message carries plaintext or key material.
 """
 
@@ -46,7 +57,7 @@ from veil.client.errors import (
     UsageMismatch,
 )
 from veil.client.receipt import Receipt
-from veil.hazmat import v1, v2
+from veil.hazmat import v1, v2, v3
 from veil.wire.envelopes import ConfidentialComputeResponse, Usage
 from veil.wire.errors import DecryptionFailed
 
@@ -54,6 +65,7 @@ __all__ = [
     "Opener",
     "ResponseOpener",
     "V2ResponseOpener",
+    "V3ResponseOpener",
     "open_single",
     "parse_json_object",
     "signed_usage",
@@ -71,6 +83,7 @@ class Opener:
     def __init__(self, signing_key: Ed25519PublicKey, receipt: Receipt) -> None:
         self._key = signing_key
         self.receipt = receipt
+        receipt.protocol = self.protocol  # the suite whose checks the answer passes
 
     def open(
         self,
@@ -83,6 +96,10 @@ class Opener:
     def is_final(self, sealed: ConfidentialComputeResponse, usage: Usage | None) -> bool:
         """Whether this (opened) message is the last of the answer."""
         raise NotImplementedError
+
+    def finish(self, usage: Usage | None) -> None:
+        """The final message was opened: complete the receipt with the signed ``usage``."""
+        self.receipt.finish(usage)
 
     def whole(self) -> None:
         """After opening a non-streamed answer: it must be complete."""
@@ -201,6 +218,80 @@ class V2ResponseOpener(Opener):
             raise StreamTruncated(exc.message) from None
 
 
+class V3ResponseOpener(Opener):
+    """veil-v3: ``v3.ClientSession`` checks place, tag, running hash and the one signature."""
+
+    __slots__ = ("_session",)
+    protocol = v3.SUITE
+
+    def __init__(
+        self, session: v3.ClientSession, signing_key: Ed25519PublicKey, receipt: Receipt
+    ) -> None:
+        super().__init__(signing_key, receipt)
+        self._session = session
+
+    def open(
+        self,
+        sealed: ConfidentialComputeResponse,
+        *,
+        malformed: type[IntegrityError] = MalformedResponse,
+    ) -> bytes:
+        started = time.thread_time()
+        if sealed.response_nonce is None or sealed.index is None or sealed.final is None:
+            raise malformed(
+                "the answer is not a veil-v3 message (response_nonce, index or final missing)"
+            )
+        if sealed.response_hash is None:
+            raise ResponseHashMismatch("the response carries no response_hash")
+        # Only the final chunk is signed: a signature (or usage) beside an earlier one is none
+        # of the node's. The chunk is opened without it first, so a chunk that is also altered,
+        # foreign or out of place is reported as such; the session is spent either way.
+        extra = not sealed.final and (sealed.signature is not None or sealed.usage is not None)
+        try:
+            plaintext = self._session.open(
+                sealed.model_copy(update={"signature": None, "usage": None}) if extra else sealed
+            )
+        except v3.StreamOrderError as exc:
+            raise StreamCorrupt(exc.message) from None
+        except v3.ResponseHashMismatch:
+            raise ResponseHashMismatch(
+                "response_hash is not the running hash of the answer's chunks"
+            ) from None
+        except v3.AnswerSignatureInvalid as exc:
+            raise SignatureInvalid(exc.message) from None
+        except DecryptionFailed:
+            raise DecryptionError(
+                "the response's AES-GCM tag did not verify: it was altered on the way, belongs to "
+                "another request or position, or was sealed by another node"
+            ) from None
+        if extra and sealed.signature is not None:
+            raise SignatureInvalid(
+                "a chunk before the final one carries a signature the node never made"
+            )
+        if extra:
+            raise UsageMismatch("a chunk before the final one carries usage the node never signed")
+        self._verified(started)
+        return plaintext
+
+    def is_final(self, sealed: ConfidentialComputeResponse, usage: Usage | None) -> bool:
+        return bool(sealed.final)
+
+    def finish(self, usage: Usage | None) -> None:
+        # The usage the node signed with the answer; the plaintext's, equal to it, otherwise.
+        signed = self._session.usage
+        self.receipt.finish(signed if signed is not None else usage)
+
+    def whole(self) -> None:
+        if not self._session.complete:
+            raise MalformedResponse("the answer is not the node's complete (final) message")
+
+    def ended(self, final_seen: bool) -> None:
+        try:
+            self._session.finish()
+        except v3.StreamOrderError as exc:
+            raise StreamTruncated(exc.message) from None
+
+
 def parse_json_object(plaintext: bytes, error: type[Exception]) -> dict[str, Any]:
     try:
         document = json.loads(plaintext)
@@ -246,5 +337,5 @@ def open_single(opener: Opener, raw: bytes) -> tuple[bytes, dict[str, Any]]:
     opener.whole()
     document = parse_json_object(plaintext, MalformedResponse)
     usage = signed_usage(sealed.usage, document, MalformedResponse)
-    opener.receipt.finish(usage)
+    opener.finish(usage)
     return plaintext, document

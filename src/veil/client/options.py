@@ -40,9 +40,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(
 DEFAULT_MAX_ATTEMPTS = config.CLIENT_MAX_ATTEMPTS
 DEFAULT_BACKOFF = config.CLIENT_BACKOFF_SECONDS
 
-ProtocolName = Literal["veil-v2", "atoma-v1"]
+ProtocolName = Literal["veil-v3", "veil-v2", "atoma-v1"]
 PROTOCOLS: tuple[ProtocolName, ...] = get_args(ProtocolName)
-DEFAULT_PROTOCOL: ProtocolName = "veil-v2"
+DEFAULT_PROTOCOL: ProtocolName = "veil-v3"
 
 
 def check_protocol(protocol: str) -> ProtocolName:
@@ -105,9 +105,11 @@ class ClientOptions:
     ) -> ClientOptions:
         """The options of ``veil.Client(...)``'s arguments (their defaults: ``veil.config``).
 
-        ``protocol``: ``"veil-v2"`` (default) or ``"atoma-v1"`` (the Atoma-compatible suite; the
-        lock is attested all the same). ``policy``: what attestation evidence is acceptable
-        (default ``Policy()``: a real TEE, TCB UpToDate). ``insecure_no_tee=True`` also accepts a
+        ``protocol``: ``"veil-v3"`` (default: post-quantum, sealed to the node's ML-KEM-768 +
+        X25519 key; a node without one is refused unless ``policy.allow_classical_kem``),
+        ``"veil-v2"`` or ``"atoma-v1"`` (the Atoma-compatible suite; the lock is attested all the
+        same). ``policy``: what attestation evidence is acceptable (default ``Policy()``: a real
+        TEE, TCB UpToDate, a post-quantum key). ``insecure_no_tee=True`` also accepts a
         node without any TEE (evidence "none"): **only for a local demo** - nothing then protects
         the node's keys or your plaintext on the node, and a hostile gateway can put itself in
         the node's place.

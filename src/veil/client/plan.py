@@ -9,6 +9,11 @@ hold the gateway's default.
 
 The plaintext is the body exactly as it was given (the ``openai`` package's own JSON, through the
 transport): it is parsed to plan, never encoded again.
+
+veil-v3 seals to the lock's post-quantum key (``Kem.HYBRID``: ML-KEM-768 + X25519), bound to the
+lock's reservation, its answer to be signed by the lock's signing key. A lock that names no such
+key is refused (``NoPostQuantumKey``) unless the policy allows the classical KEM, then the request
+is sealed with ``Kem.X25519`` to the lock's X25519 key (``v3_target``).
 """
 
 from __future__ import annotations
@@ -21,17 +26,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from veil.client.errors import UnverifiableNode
+from veil.client.errors import NoPostQuantumKey, UnverifiableNode
 from veil.client.lock import Lock
-from veil.client.opening import Opener, ResponseOpener, V2ResponseOpener
+from veil.client.opening import Opener, ResponseOpener, V2ResponseOpener, V3ResponseOpener
 from veil.client.options import DEFAULT_CHAT_MAX_TOKENS, DEFAULT_PROTOCOL, ProtocolName
 from veil.client.receipt import Receipt
-from veil.hazmat import v1, v2
+from veil.hazmat import v1, v2, v3
 from veil.wire.errors import InvalidBody
 from veil.wire.openai import ImageGenerationRequest
 from veil.wire.routes import ROUTES, Endpoint
 
-__all__ = ["Plan", "chat_body", "encode_json", "plan_body", "plan_request", "seal"]
+__all__ = ["Plan", "chat_body", "encode_json", "plan_body", "plan_request", "seal", "v3_target"]
 
 
 def encode_json(payload: Any) -> bytes:
@@ -100,15 +105,30 @@ def chat_body(
     return body
 
 
+def v3_target(lock: Lock, allow_classical_kem: bool) -> tuple[v3.Kem, bytes, str]:
+    """The KEM, node public key and key id a veil-v3 request to ``lock`` is sealed with."""
+    if lock.kem_public_key is not None and lock.kem_key_id is not None:
+        return v3.Kem.HYBRID, lock.kem_public_key, lock.kem_key_id
+    if not allow_classical_kem:
+        raise NoPostQuantumKey(
+            f"the lock names no post-quantum ({v3.Kem.HYBRID.value}) key, so the node is unusable "
+            "for veil-v3: nothing was encrypted or sent (a policy with allow_classical_kem = true "
+            "seals with X25519 instead; protocol veil-v2 or atoma-v1 does too)"
+        )
+    return v3.Kem.X25519, lock.node_public_key, lock.key_id
+
+
 def seal(
     plan: Plan,
     lock: Lock,
     attempt: int,
     started_at: float,
     protocol: ProtocolName = DEFAULT_PROTOCOL,
+    *,
+    allow_classical_kem: bool = False,
 ) -> tuple[bytes, Opener]:
-    """A fresh envelope (new ephemeral key; v2: new request id and timestamp) and the opener of
-    its answer."""
+    """A fresh envelope (new ephemeral key; v2 and v3: new request id and timestamp; v3: new
+    response secret) and the opener of its answer. ``allow_classical_kem``: the policy's."""
     receipt = Receipt(
         endpoint=plan.endpoint,
         model=plan.model,
@@ -126,7 +146,24 @@ def seal(
     started = time.thread_time()
     opener: Opener
     try:
-        if protocol == "atoma-v1":
+        if protocol == "veil-v3":
+            kem, public_key, key_id = v3_target(lock, allow_classical_kem)
+            envelope, v3_session = v3.seal_request(
+                public_key,
+                key_id,
+                plan.body,
+                node_signing_key=lock.signing_key,
+                endpoint=ROUTES[plan.endpoint].confidential,
+                model_name=plan.model,
+                stack_small_id=lock.stack_small_id,
+                kem=kem,
+                num_compute_units=plan.units,
+                stream=stream,
+                reservation_id=lock.reservation_id,
+            )
+            receipt.kem, receipt.kem_key_id = kem.value, key_id
+            opener = V3ResponseOpener(v3_session, lock.signing_key, receipt)
+        elif protocol == "atoma-v1":
             envelope, session = v1.seal_request(
                 lock.node_public_key,
                 plan.body,
@@ -148,7 +185,8 @@ def seal(
                 stream=stream,
             )
             opener = V2ResponseOpener(v2_session, lock.signing_key, receipt)
-    except InvalidBody:
+    except (InvalidBody, ValueError):
+        # ValueError: cryptography refusing the key itself (an X25519 point of low order).
         raise UnverifiableNode("the node public key in the lock response is unusable") from None
     receipt.crypto_seconds += time.thread_time() - started
     return envelope.model_dump_json().encode(), opener

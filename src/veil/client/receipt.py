@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from veil.attestation.report import Step, VerificationReport
-from veil.hazmat import v2
+from veil.hazmat import v3
 from veil.wire.envelopes import Usage
 
 __all__ = ["AttestationVerdict", "Receipt"]
@@ -66,8 +66,10 @@ class Receipt:
     ``usage`` is the signed usage (read from the decrypted, signature-verified plaintext), set once
     the response (or the stream's final chunk) has been verified. ``units_charged`` is what the
     node's signed usage charges: total tokens for chat and embeddings, n x width x height for images.
-    ``protocol`` is the suite the request was sealed with; ``attestation`` is the verdict on the
-    node's evidence that was checked before sealing. ``crypto_seconds`` is the CPU time the
+    ``protocol`` is the suite the request was sealed with (stamped by the opener that checked the
+    answer), and for veil-v3 ``kem`` the KEM (``mlkem768-x25519``, post-quantum, or ``x25519``
+    where the policy allowed it) and ``kem_key_id`` the node key it was sealed to;
+    ``attestation`` is the verdict on the node's evidence that was checked before sealing. ``crypto_seconds`` is the CPU time the
     calling thread spent sealing, opening and verifying (``time.thread_time``: time the thread
     spent preempted or waiting does not count); ``elapsed_seconds`` is the wall time of the call.
     """
@@ -87,8 +89,10 @@ class Receipt:
     crypto_seconds: float = 0.0
     started_at: float = field(default_factory=time.perf_counter)
     elapsed_seconds: float = 0.0
-    protocol: str = v2.SUITE
+    protocol: str = v3.SUITE
     attestation: AttestationVerdict | None = None
+    kem: str | None = None
+    kem_key_id: str | None = None
 
     def finish(self, usage: Usage | None) -> None:
         self.usage = usage
@@ -111,7 +115,7 @@ class Receipt:
             parts.append(f"units charged {self.units_charged}")
         parts.append(f"node key {self.node_key_id}")
         parts.append("signature verified" if self.signature_verified else "NOT VERIFIED")
-        parts.append(self.protocol)
+        parts.append(self.protocol if self.kem is None else f"{self.protocol} {self.kem}")
         if self.attestation is not None:
             parts.append(self.attestation.describe())
         return " | ".join(parts)

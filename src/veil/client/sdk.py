@@ -14,7 +14,8 @@ request's ``Receipt``, read from the transport's response, and Veil's own except
 (``veil.client.errors``) in place of openai's: the transport raises them itself, and an error a
 pass-through request (``models.list()``) met is mapped by its wire code.
 
-Options are ``ClientOptions.resolve``'s (``veil.client.options``): ``protocol``, ``policy``,
+Options are ``ClientOptions.resolve``'s (``veil.client.options``): ``protocol`` (default
+``"veil-v3"``, post-quantum; ``"veil-v2"``, ``"atoma-v1"``), ``policy``,
 ``insecure_no_tee`` (a local demo only), ``timeout``, ``max_attempts``, ``backoff``; ``transport``
 is what talks to the network (default ``httpx.HTTPTransport()``).
 """

@@ -96,7 +96,7 @@ class StreamChecker:
         usage = signed_usage(sealed.usage, chunk, StreamCorrupt)
         if self.opener.is_final(sealed, usage):
             self.final = True
-            self.opener.receipt.finish(usage)
+            self.opener.finish(usage)
         self._events += 1
         return plaintext, chunk
 

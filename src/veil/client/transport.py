@@ -18,8 +18,8 @@ if it is a well-formed envelope; any other request with a body (e.g. ``/v1/compl
 ``base_url`` that points ``openai`` at the confidential routes) raises ``PlaintextRefused`` and is
 not sent.
 
-Every lock is attested before anything is sealed, and requests are sealed with veil-v2, exactly as
-``veil.Client`` does (``veil.Client`` is ``openai.OpenAI`` over this transport); the options are
+Every lock is attested before anything is sealed, and requests are sealed with veil-v3 (by
+default; post-quantum), exactly as ``veil.Client`` does (``veil.Client`` is ``openai.OpenAI`` over this transport); the options are
 ``veil.client.options.ClientArguments`` (``insecure_no_tee=True``: a local demo without a TEE only).
 
 Each answer carries its ``Receipt`` in ``response.extensions["veil_receipt"]`` and a summary in
@@ -152,6 +152,8 @@ def _receipt_headers(receipt: Receipt) -> dict[str, str]:
         "x-veil-attempts": str(receipt.attempts),
         "x-veil-protocol": receipt.protocol,
     }
+    if receipt.kem is not None:
+        headers["x-veil-kem"] = receipt.kem
     if receipt.attestation is not None:
         headers["x-veil-attestation"] = receipt.attestation.describe()
     if receipt.reserved_units is not None:

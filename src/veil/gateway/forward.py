@@ -121,6 +121,8 @@ class Forwarder:
             expires_at=now + self.node_timeout,
             envelope_sha256=envelope_digest(body),
             deadline=None if stream else now + self.node_timeout,
+            # A veil-v3 request is sealed bound to its lock's reservation: the node compares.
+            reservation_id=reservation.id,
         )
         return sign_token(ticket, self.key)
 

@@ -6,7 +6,8 @@ under the operator's policy (``GatewaySettings.node_policy``, the client's polic
 it stops routing to a node whose evidence no longer verifies instead of handing clients locks they
 will refuse. It asks the node for evidence over a fresh random nonce of its own and runs the same
 verifier (``veil.attestation.report.verify_evidence``) with the keys the node lists at
-``/v1/keys``: the evidence must bind exactly those keys and that nonce.
+``/v1/keys``: the evidence must bind exactly those keys (the post-quantum one too, when the node
+lists one) and that nonce.
 
 ``none`` evidence (no TEE) passes only if the operator said so (``insecure_nodes_no_tee``;
 ``veil serve`` does for its own demo node). The default refuses it.
@@ -77,9 +78,15 @@ class NodeAttestation:
         return cls(policy)
 
     async def check(
-        self, client: httpx.AsyncClient, url: str, x25519: bytes, ed25519: bytes
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        x25519: bytes,
+        ed25519: bytes,
+        *,
+        kem_public_key: bytes | None = None,
     ) -> NodeVerdict:
-        """Fetch ``url``'s evidence for a fresh nonce and verify it binds these two keys."""
+        """Fetch ``url``'s evidence for a fresh nonce and verify it binds these keys."""
         nonce = os.urandom(NONCE_SIZE)
         now = time.time()
         try:
@@ -98,10 +105,18 @@ class NodeAttestation:
         except ValidationError:
             return NodeVerdict(False, None, "the node's evidence is malformed", checked_at=now)
         # The verifier may fetch collateral (TDX, SNP): off the event loop.
-        return await asyncio.to_thread(self._verify, evidence, x25519, ed25519, nonce, now)
+        return await asyncio.to_thread(
+            self._verify, evidence, x25519, ed25519, nonce, now, kem_public_key
+        )
 
     def _verify(
-        self, evidence: Evidence, x25519: bytes, ed25519: bytes, nonce: bytes, now: float
+        self,
+        evidence: Evidence,
+        x25519: bytes,
+        ed25519: bytes,
+        nonce: bytes,
+        now: float,
+        kem_public_key: bytes | None = None,
     ) -> NodeVerdict:
         source = None
         if evidence.format in ("tdx", "sev-snp"):
@@ -116,6 +131,7 @@ class NodeAttestation:
                 expect_ed25519=ed25519,
                 expect_nonce=nonce,
                 collateral_source=source,
+                expect_kem_public_key=kem_public_key,
             )
         except Exception as exc:  # a verifier bug or an unreachable collateral service
             log.warning("attestation check raised %s", type(exc).__name__)

@@ -1,6 +1,7 @@
 """The nodes behind a gateway: what each serves, its public keys, and whether it answers.
 
-The gateway learns a node's X25519 keys and Ed25519 signing key from ``GET /v1/keys`` and its models
+The gateway learns a node's X25519 keys, its veil-v3 post-quantum keys (ML-KEM-768 + X25519) and its
+Ed25519 signing key from ``GET /v1/keys`` and its models
 from ``GET /v1/models``, refreshed on a timer. A node that fails a connection is marked unhealthy at
 once and left out of selection until a refresh reaches it again.
 
@@ -39,6 +40,9 @@ from veil.wire.tickets import public_key_from_b64
 
 log = logging.getLogger("veil.gateway.registry")
 
+#: The post-quantum KEM whose keys the gateway puts in locks (``/v1/keys`` entries' ``kem``).
+HYBRID_KEM = "mlkem768-x25519"
+
 #: The unticketed paid request of the probe: a node must refuse it before reading the body.
 TICKET_PROBE_PATH = "/v1/confidential/embeddings"
 
@@ -65,6 +69,9 @@ class NodeInfo:
     models: dict[str, str] = field(default_factory=dict)  # model id -> kind
     public_keys: dict[str, bytes] = field(default_factory=dict)  # key_id -> X25519 public key
     current_key_id: str | None = None
+    # veil-v3: kem_key_id -> ML-KEM-768 + X25519 public key, for the generations that have one
+    kem_public_keys: dict[str, bytes] = field(default_factory=dict)
+    current_kem_key_id: str | None = None
     signing_key: Ed25519PublicKey | None = None
     signing_public_key: bytes | None = None
     # reservation id -> expiry: reservations held on this node and not yet settled
@@ -87,6 +94,21 @@ class NodeInfo:
         if self.current_key_id is None:
             raise ServiceUnavailable("node keys are not known yet")
         return self.public_keys[self.current_key_id]
+
+    @property
+    def current_kem_public_key(self) -> bytes | None:
+        """The current post-quantum key (None: the node publishes none)."""
+        if self.current_kem_key_id is None:
+            return None
+        return self.kem_public_keys[self.current_kem_key_id]
+
+    def holds_key(self, x25519_public_key: bytes) -> bool:
+        """Whether an envelope's ``node_dh_public_key`` names one of this node's keys: an X25519
+        key (v1, v2, v3's classical KEM) or the X25519 part (the last 32 bytes) of a v3 hybrid
+        key."""
+        keys = [*self.public_keys.values()]
+        keys += [key[-len(x25519_public_key) :] for key in self.kem_public_keys.values()]
+        return any(hmac.compare_digest(key, x25519_public_key) for key in keys)
 
 
 class NodeRegistry:
@@ -138,6 +160,14 @@ class NodeRegistry:
                 k["key_id"]: base64.b64decode(k["public_key"], validate=True) for k in keys["keys"]
             }
             node.current_key_id = keys["keys"][0]["key_id"]
+            node.kem_public_keys = {
+                k["kem_key_id"]: base64.b64decode(k["kem_public_key"], validate=True)
+                for k in keys["keys"]
+                if k.get("kem") == HYBRID_KEM and "kem_public_key" in k
+            }
+            node.current_kem_key_id = keys["keys"][0].get("kem_key_id")
+            if node.current_kem_key_id not in node.kem_public_keys:
+                node.current_kem_key_id = None
             node.signing_public_key = base64.b64decode(keys["signing_public_key"], validate=True)
             node.signing_key = public_key_from_b64(keys["signing_public_key"])
             node.models = {m["id"]: str(m.get("kind", "chat")) for m in models["data"]}
@@ -150,7 +180,11 @@ class NodeRegistry:
             return
         if self.attestation is not None:
             verdict = await self.attestation.check(
-                self.client, node.url, node.current_public_key, node.signing_public_key
+                self.client,
+                node.url,
+                node.current_public_key,
+                node.signing_public_key,
+                kem_public_key=node.current_kem_public_key,
             )
             node.attestation = verdict
             if not verdict.ok:
@@ -234,11 +268,11 @@ class NodeRegistry:
             node.holds.pop(reservation_id, None)
 
     def by_public_key(self, public_key: bytes) -> NodeInfo:
-        """The node an envelope was sealed to; unknown keys mean the client must lock again."""
+        """The node an envelope was sealed to (by its ``node_dh_public_key``: an X25519 key, or the
+        X25519 part of a v3 hybrid key); unknown keys mean the client must lock again."""
         for node in self.nodes:
-            for key in node.public_keys.values():
-                if hmac.compare_digest(key, public_key):
-                    return node
+            if node.holds_key(public_key):
+                return node
         raise StaleNodeKey(
             "the envelope is sealed to a key no node behind this gateway holds; lock again"
         )

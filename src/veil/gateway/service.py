@@ -27,7 +27,7 @@ from veil.gateway.ledger import Ledger, NodeRecord, Reservation, User, node_url
 from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.node_attestation import NodeAttestation
 from veil.gateway.ratelimit import Limits, make_limiter
-from veil.gateway.registry import Fault, NodeInfo, NodeRegistry
+from veil.gateway.registry import HYBRID_KEM, Fault, NodeInfo, NodeRegistry
 from veil.web import parse_json_object, parse_model
 from veil.wire.envelopes import (
     ConfidentialComputeRequest,
@@ -162,6 +162,7 @@ class Gateway:
             expires_at=reservation.expires_at,
             evidence=evidence,
             reservation_id=reservation.id,
+            **_kem_fields(node),
         )
 
     async def evidence(
@@ -190,7 +191,8 @@ class Gateway:
     ) -> Response:
         """Forward a sealed envelope to the node it was sealed to, charged to the caller's
         reservation on the envelope's stack (the lock's own one when ``reservation_id`` names
-        it)."""
+        it). The ticket names the reservation claimed: a veil-v3 request sealed to another one is
+        refused by the node."""
         envelope = parse_model(raw, ConfidentialComputeRequest, "envelope")
         node = self.registry.by_public_key(envelope.node_dh_public_key)
         if envelope.model_name not in node.models:
@@ -338,3 +340,11 @@ class Gateway:
                     last_refresh = time.monotonic()
             except Exception as exc:  # keep maintaining; the next round may succeed
                 log.error("maintenance round failed: %s", type(exc).__name__)
+
+
+def _kem_fields(node: NodeInfo) -> dict[str, Any]:
+    """A lock's veil-v3 fields: the node's current post-quantum key, if it publishes one."""
+    key = node.current_kem_public_key
+    if key is None:
+        return {}
+    return {"kem": HYBRID_KEM, "kem_public_key": key, "kem_key_id": node.current_kem_key_id}

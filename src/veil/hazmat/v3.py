@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from veil.hazmat.v2 import StreamOrderError, canonical_json, chunk_nonce
+from veil.hazmat.v2 import ResponseHashMismatch, StreamOrderError, canonical_json, chunk_nonce
 from veil.wire.envelopes import (
     HASH_SIZE,
     NONCE_SIZE,
@@ -77,9 +77,11 @@ from veil.wire.keyid import key_id as key_id_of
 
 __all__ = [
     "SUITE",
+    "AnswerSignatureInvalid",
     "ClientSession",
     "Kem",
     "NodeKemKey",
+    "ResponseHashMismatch",
     "ServerSession",
     "StreamOrderError",
     "open_request",
@@ -100,6 +102,13 @@ ANSWER_LABEL: Final = b"veil-v3 answer"
 SIGNATURE_LABEL: Final = b"veil-v3 signature"
 
 _MAX_INDEX = 2**63 - 1
+
+
+class AnswerSignatureInvalid(DecryptionFailed):
+    """The final chunk is unsigned, or its signature does not verify under the node key.
+
+    (Like ``ResponseHashMismatch``, a running hash that is not the chunks', it is a
+    ``DecryptionFailed`` a client can tell apart from a failed tag.)"""
 
 
 class Kem(StrEnum):
@@ -368,16 +377,18 @@ class ClientSession:
         plaintext = cipher.open(response.index, response.final, response.ciphertext)
         running = cipher.chain(response.index, response.final, response.ciphertext)
         if not hmac.compare_digest(running, response.response_hash):
-            raise DecryptionFailed("response_hash is not the running hash of the chunks received")
+            raise ResponseHashMismatch(
+                "response_hash is not the running hash of the chunks received"
+            )
         if response.final:
             if response.signature is None:
-                raise DecryptionFailed("the final chunk of the answer is not signed")
+                raise AnswerSignatureInvalid("the final chunk of the answer is not signed")
             try:
                 self._signing_key.verify(
                     response.signature, signed_message(running, response.usage)
                 )
             except InvalidSignature:
-                raise DecryptionFailed(
+                raise AnswerSignatureInvalid(
                     "the answer's signature does not verify under the node key"
                 ) from None
             self.usage = response.usage

@@ -88,6 +88,7 @@ class NodeApp:
             metrics=self.metrics,
             default_units=settings.default_units,
             request_timeout_seconds=settings.request_timeout_seconds,
+            kems=settings.kems,
         )
 
     @property
@@ -116,24 +117,28 @@ class NodeApp:
         return await self.handle(route, run)
 
     async def attestation(self, nonce_b64: str | None) -> Response:
-        """Fresh evidence binding the current X25519 key, the signing key and the caller's nonce."""
+        """Fresh evidence binding the current X25519 key, the signing key, the current
+        post-quantum key (when the keyring has one) and the caller's nonce."""
         try:
             nonce = b64decode(nonce_b64 or "", field="nonce")
         except ValueError as exc:
             raise InvalidBody(str(exc)) from None
         if not 16 <= len(nonce) <= 64:
             raise InvalidBody("nonce must be 16 to 64 bytes, base64")
+        self.keyring.refresh()
+        current = self.keyring.current  # one generation: both its keys, even mid-rotation
         try:
             evidence = await asyncio.to_thread(
                 functools.partial(
                     build_evidence,
                     self.attestation_provider,
-                    self.keyring.current.public_key,
+                    current.public_key,
                     self.keyring.signing_public_key,
                     nonce,
                     gpu_provider=self.gpu_provider,
                     release=self.release,
                     event_log=self.event_log,
+                    kem_public_key=None if current.hybrid is None else current.hybrid.public_key,
                 )
             )
         except AttestationError as exc:

@@ -90,6 +90,8 @@ Signature64 = Annotated[bytes, _exact(ED25519_SIGNATURE_SIZE), _AS_B64, _B64_SCH
 Ciphertext = Annotated[bytes, _at_least(TAG_SIZE), _AS_B64, _B64_SCHEMA]
 RequestId16 = Annotated[bytes, _exact(REQUEST_ID_SIZE), _AS_B64, _B64_SCHEMA]
 ResponseNonce32 = Annotated[bytes, _exact(RESPONSE_NONCE_SIZE), _AS_B64, _B64_SCHEMA]
+MLKEM768_X25519_PUBLIC_KEY_SIZE = 1184 + 32
+KemPublicKey = Annotated[bytes, _exact(MLKEM768_X25519_PUBLIC_KEY_SIZE), _AS_B64, _B64_SCHEMA]
 
 SmallId = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
@@ -199,3 +201,8 @@ class NodesCreateLockResponse(_Wire):
     # The lock's handle: sent back as the X-Veil-Reservation header, it makes the request claim
     # exactly this reservation (an opaque random id, good only for the caller who locked).
     reservation_id: ReservationId | None = None
+    # veil-v3: the node's post-quantum key for this lock (ML-KEM-768 + X25519, X-Wing: the
+    # ML-KEM public key then the X25519 one), its key id, and the KEM's name.
+    kem: KemName | None = None
+    kem_public_key: KemPublicKey | None = None
+    kem_key_id: KeyId | None = None

@@ -45,6 +45,9 @@ class Ticket(BaseModel):
     # gateway on non-streamed requests, so its answer arrives within the gateway's node timeout;
     # a stream runs as long as its reader reads, covered by the gateway's lease heartbeats).
     deadline: float | None = None
+    # The lock's reservation (its opaque id): a veil-v3 request is sealed bound to it, and the
+    # node refuses one whose binding names another.
+    reservation_id: str | None = None
 
 
 class UsageReceipt(BaseModel):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.gateway.node_stand_in import CHAT, raw_public
 from tests.gateway.served import serve_gateway
+from veil.wire.keyid import key_id
 
 
 def test_a_lock_holds_units_on_the_node_and_names_its_keys(tmp_path: Path) -> None:
@@ -77,3 +78,20 @@ def test_usage_shows_each_charge_with_the_nodes_signed_receipt(tmp_path: Path) -
         assert "only an admin" in refused.json()["error"]["message"]
         assert gw.admin("GET", "/v1/usage?user=alice").json()["usage"] == [row]
         assert gw.call("GET", "/v1/usage?limit=0", alice).status_code == 400
+
+
+def test_a_lock_names_the_nodes_post_quantum_key_when_it_publishes_one(tmp_path: Path) -> None:
+    kem_key = os.urandom(1216)
+    with serve_gateway(tmp_path / "v3", node={"kem_public_key": kem_key}) as gw:
+        key, _ = gw.new_user("alice")
+        nonce = base64.b64encode(os.urandom(32)).decode()
+        answer = gw.lock(key, attestation_nonce=nonce).json()
+        assert answer["kem"] == "mlkem768-x25519"
+        assert base64.b64decode(answer["kem_public_key"]) == kem_key
+        assert answer["kem_key_id"] == key_id(kem_key)
+        assert answer["evidence"]["kem_public_key"] == answer["kem_public_key"]
+    with serve_gateway(tmp_path / "v2") as gw:
+        key, _ = gw.new_user("bob")
+        answer = gw.lock(key).json()
+        assert "kem_public_key" not in answer or answer["kem_public_key"] is None
+        assert answer.get("kem") is None and answer.get("kem_key_id") is None
