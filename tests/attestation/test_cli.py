@@ -293,6 +293,28 @@ def test_no_tee_evidence_of_the_node_passes_only_with_allow_no_tee(
     assert code == 1 and "differ from the expected" in stdout
 
 
+def test_a_v3_bundle_must_bind_the_post_quantum_key_the_node_lists(
+    node: tuple[str, Keyring], tmp_path: Path
+) -> None:
+    url, keyring = node
+    dev_policy = tmp_path / "dev.json"
+    dev_policy.write_text(json.dumps({"allow_no_tee": True}))
+    hybrid = keyring.current.hybrid
+    assert hybrid is not None
+    for kem_key, code_wanted in ((hybrid.public_key, 0), (os.urandom(1216), 1)):
+        document = tmp_path / "v3.json"
+        evidence = build_evidence(
+            NoTeeProvider(), keyring.current.public_key, keyring.signing_public_key, NONCE,
+            kem_public_key=kem_key,
+        )  # fmt: skip
+        document.write_text(evidence.to_json())
+        code, stdout, _ = invoke(
+            "--evidence", document, "--expect-keys", url, "--policy", dev_policy,
+        )  # fmt: skip
+        assert code == code_wanted, stdout
+    assert "post-quantum key differ" in stdout
+
+
 # -- SEV-SNP, GPU, bundles and pin ----------------------------------------------------------------
 SAMPLES_DIR = QUOTE.parent
 GENOA = SAMPLES_DIR / "sev-snp"

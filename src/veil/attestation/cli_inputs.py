@@ -89,6 +89,9 @@ def fetch_node_keys(node_url: str, *, timeout: float = 10.0) -> list[NodeKey]:
                 label=f"{entry.get('status', 'listed')} ({entry.get('key_id', '?')})",
                 x25519_public_key=b64decode(entry["public_key"], field="public_key"),
                 ed25519_public_key=signing,
+                kem_public_key=b64decode(entry["kem_public_key"], field="kem_public_key")
+                if "kem_public_key" in entry
+                else None,
             )
             for entry in listed
         ]

@@ -227,11 +227,13 @@ def _bundle_report(
     nonce: bytes | None,
     source: Any,
 ) -> VerificationReport:
-    expect_x = expect_ed = None
+    expect_x = expect_ed = expect_kem = None
     if node_keys:
         match = [k for k in node_keys if k.x25519_public_key == bundle.x25519_public_key]
         chosen = match[0] if match else node_keys[0]
         expect_x, expect_ed = chosen.x25519_public_key, chosen.ed25519_public_key
+        if bundle.kem_public_key is not None:  # a v3 bundle must bind the listed one
+            expect_kem = chosen.kem_public_key
     return verify_evidence(
         bundle,
         policy,
@@ -240,4 +242,5 @@ def _bundle_report(
         expect_ed25519=expect_ed,
         expect_nonce=nonce,
         collateral_source=source,
+        expect_kem_public_key=expect_kem,
     )

@@ -808,17 +808,18 @@ def verify_quote(
         )
         return report
     for key in node_keys:
+        # A key with a post-quantum key beside it: the v3 formula, or the v2 one (a quote made
+        # before the node had one still binds its X25519 and Ed25519 keys).
+        kems = (None,) if key.kem_public_key is None else (key.kem_public_key, None)
         try:
-            expected = report_data(
-                key.x25519_public_key,
-                key.ed25519_public_key,
-                nonce,
-                kem_public_key=key.kem_public_key,
-            )
+            formulas = [
+                report_data(key.x25519_public_key, key.ed25519_public_key, nonce, kem_public_key=k)
+                for k in kems
+            ]
         except AttestationError as exc:
             report.add("binding", False, f"cannot compute the binding: {exc}")
             return report
-        if _same(parsed.report_data, expected):
+        if any(_same(parsed.report_data, expected) for expected in formulas):
             report.add("binding", True, f"report_data binds the node's {key.label} key and nonce")
             return report
     labels = ", ".join(key.label for key in node_keys)
