@@ -28,7 +28,7 @@ from veil.attestation.eventlog import (
     runtime_event_digest,
     runtime_values,
 )
-from veil.attestation.report import VerificationReport
+from veil.attestation.report_steps import VerificationReport
 
 TDX = SAMPLES / "tdx"
 EVENT_LOG = TDX / "neardirect_dstack_event_log.json"

@@ -139,9 +139,9 @@ def test_a_kem_key_of_the_wrong_size_is_refused_by_name() -> None:
         )
 
 
-def test_a_v3_document_round_trips_and_a_v2_one_serializes_without_a_kem_field() -> None:
-    v2 = Evidence.model_validate(_document())
-    assert "kem_public_key" not in json.loads(v2.to_json())
+def test_a_v3_document_round_trips_and_a_classical_one_serializes_without_a_kem_field() -> None:
+    classical = Evidence.model_validate(_document())  # no post-quantum key
+    assert "kem_public_key" not in json.loads(classical.to_json())
     bound = report_data(X, ED, NONCE, kem_public_key=KEM)
     v3 = Evidence.model_validate(
         {
@@ -152,4 +152,4 @@ def test_a_v3_document_round_trips_and_a_v2_one_serializes_without_a_kem_field()
     )
     assert Evidence.model_validate(json.loads(v3.to_json())) == v3
     assert v3.expected_report_data() == bound == v3.report_data
-    assert "veil-v3 report" in v3.binding_formula and "veil-v2 report" in v2.binding_formula
+    assert "veil-v3 report" in v3.binding_formula and "veil-v2 report" in classical.binding_formula

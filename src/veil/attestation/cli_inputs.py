@@ -19,7 +19,7 @@ from rich.console import Console
 
 from veil.attestation.evidence import Evidence
 from veil.attestation.policy import Policy
-from veil.attestation.report import NodeKey
+from veil.attestation.report_binding import NodeKey
 from veil.wire.envelopes import b64decode
 
 EXIT_FAILED = 1

@@ -21,7 +21,8 @@ from veil.attestation.cli_inputs import (
 )
 from veil.attestation.evidence import AttestationError, Evidence
 from veil.attestation.policy import Policy
-from veil.attestation.report import VerificationReport, verify_evidence
+from veil.attestation.report import verify_evidence
+from veil.attestation.report_steps import VerificationReport
 
 __all__ = ["pin", "pins_from_report", "policy_toml"]
 

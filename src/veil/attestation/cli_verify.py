@@ -27,7 +27,9 @@ from veil.attestation.cli_inputs import (
 )
 from veil.attestation.evidence import AttestationError, Evidence
 from veil.attestation.policy import Policy
-from veil.attestation.report import NodeKey, VerificationReport, verify_evidence, verify_quote
+from veil.attestation.report import verify_evidence, verify_quote
+from veil.attestation.report_binding import NodeKey
+from veil.attestation.report_steps import VerificationReport
 from veil.attestation.verify_tdx import as_utc
 
 __all__ = ["verify"]
@@ -41,7 +43,8 @@ def _bare_snp(
     when: datetime | None,
     source: Any,
 ) -> VerificationReport:
-    from veil.attestation.report import References, check_sev_snp
+    from veil.attestation.report_references import References
+    from veil.attestation.report_snp import check_sev_snp
 
     raw = read_input(report_path, "SNP report")
     report = VerificationReport(subject="SEV-SNP report")

@@ -348,9 +348,9 @@ def _snp_product(value: str) -> str:
 
 
 class VerifierCollateral(CollateralFetcher):
-    """The collateral source a verifier uses (``report.CollateralSource``): the services the
-    *client's* policy names, with the on-disk cache. Whatever it fetches is checked by the
-    verifier exactly like collateral a node offers (Intel / AMD signatures, freshness)."""
+    """The collateral source a verifier uses (``report_references.CollateralSource``): the
+    services the *client's* policy names, with the on-disk cache. Whatever it fetches is checked
+    by the verifier exactly like collateral a node offers (Intel / AMD signatures, freshness)."""
 
     def describe(self) -> str:
         return f"{self.pccs_url} / {self.kds_url}"

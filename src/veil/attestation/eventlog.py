@@ -35,7 +35,7 @@ from typing import Any
 
 from veil.attestation.abi_tdx import MEASUREMENT_SIZE, TdxQuote
 from veil.attestation.evidence import AttestationError
-from veil.attestation.report import VerificationReport
+from veil.attestation.report_steps import VerificationReport
 
 RTMR_COUNT = 4
 DSTACK_RUNTIME_EVENT_TYPE = 0x08000001

@@ -1,4 +1,4 @@
-"""The evidence bundle a node hands out, and the report_data binding (PROTOCOL.md section 6).
+"""The evidence bundle a node hands out, and the report_data binding (docs/PROTOCOL.md section 3).
 
 One bundle per node: the CPU TEE's evidence (a TDX quote or an SEV-SNP report), the evidence of
 every confidential GPU, the node's public keys, and the release manifest the node claims to run.

@@ -31,7 +31,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -40,9 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from veil.attestation.evidence import AttestationError
-
-if TYPE_CHECKING:  # for typing only, so that report.py may import this module
-    from veil.attestation.report import VerificationReport
+from veil.attestation.report_steps import VerificationReport
 
 __all__ = ["NRAS_ISSUER", "NrasError", "NrasVerdict", "check_nras", "verify_nras_eat"]
 

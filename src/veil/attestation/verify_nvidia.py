@@ -38,7 +38,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from veil.attestation.abi_nvidia import GpuReport, GpuReportFormatError, parse_gpu_report
 from veil.attestation.gpu_check import (
@@ -53,6 +53,7 @@ from veil.attestation.pki_nvidia import (
     RIM_ROOT_SHA256,
     stamp,
 )
+from veil.attestation.report_steps import VerificationReport
 from veil.attestation.rim import Rim
 from veil.attestation.verify_nvidia_device import (
     check_chain,
@@ -64,9 +65,6 @@ from veil.attestation.verify_nvidia_device import (
 )
 from veil.attestation.verify_nvidia_ocsp import load_replies, ocsp_step, rim_chain_pairs
 from veil.attestation.verify_nvidia_rim import check_measurements, check_versions, load_rims
-
-if TYPE_CHECKING:  # for typing only, so that report.py may import this module
-    from veil.attestation.report import VerificationReport
 
 __all__ = [
     "GpuCheck",

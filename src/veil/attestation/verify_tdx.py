@@ -5,13 +5,13 @@ validity window and CRLs, the Intel-rooted chains of the TCB info, the QE identi
 certificate inside the quote, the QE report signature and its hash over the attestation key, the
 quote's ECDSA signature by that key, the platform TCB level, and the TD attributes (no debug TD).
 It answers with a TCB status ("UpToDate", "OutOfDate", ...) and advisory ids, or raises
-``ValueError``. Whether a status is acceptable is policy, decided in ``report.py``.
+``ValueError``. Whether a status is acceptable is policy, decided in ``report_tdx.py``.
 
 One dcap-qvl error is a finding rather than a forgery: "No matching TCB level found" means every
 signature checked out but the platform's TCB is older than every level Intel's TCB info still lists
 (dcap-qvl 0.7.0 matches the TCB level only after all signature checks). We report it as the status
 ``NoMatchingTcbLevel`` so a policy can name it; the TD attribute checks dcap-qvl skips in that case
-are made by ``report.py`` from ``TdxQuote.attribute_problems()`` for every quote.
+are made by ``report_tdx.py`` from ``TdxQuote.attribute_problems()`` for every quote.
 
 Collateral is never fetched here: no network. Pass the ``QuoteCollateralV3`` JSON object (as
 ``dcap_qvl.get_collateral(pccs_url, quote)`` returns it, ``.to_json()``) from the node's evidence or a

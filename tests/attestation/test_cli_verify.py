@@ -10,7 +10,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -31,11 +30,26 @@ from veil.node.keyring import Keyring
 from veil.node.service import EngineRegistry
 
 GOOD_AT = "2025-07-01T00:00:00Z"
+
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Keyring]]:
+    data_dir = tmp_path_factory.mktemp("node")
+    settings = NodeSettings(data_dir=data_dir, embedded=False)
+    keyring = Keyring(data_dir)
+    with ServerThread(create_app(settings, EngineRegistry(), keyring, manage_engines=False)) as srv:
+        yield srv.url, keyring
+
+
 TINFOIL_MR_TD = (
     "7357a10d2e2724dffe68813e3cc4cfcde6814d749f2fb62e3953e54f6e0b50a2"
     "19786afe2cd478f684b52c61837e1114"
 )
-runner = CliRunner()
+
+
 NONCE = bytes(range(16, 48))
 
 
@@ -210,16 +224,6 @@ def test_outdated_quote_needs_a_policy_that_allows_its_status(tmp_path: Path) ->
     assert code == 0, stdout
 
 
-# -- --expect-keys against a real node (keys only; no engines needed) ---------------------------
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Keyring]]:
-    data_dir = tmp_path_factory.mktemp("node")
-    settings = NodeSettings(data_dir=data_dir, embedded=False)
-    keyring = Keyring(data_dir)
-    with ServerThread(create_app(settings, EngineRegistry(), keyring, manage_engines=False)) as srv:
-        yield srv.url, keyring
-
-
 def test_expect_keys_without_a_nonce_says_why_binding_cannot_pass(
     node: tuple[str, Keyring],
 ) -> None:
@@ -315,10 +319,15 @@ def test_a_v3_bundle_must_bind_the_post_quantum_key_the_node_lists(
     assert "post-quantum key differ" in stdout
 
 
-# -- SEV-SNP, GPU, bundles and pin ----------------------------------------------------------------
 SAMPLES_DIR = QUOTE.parent
+
+
 GENOA = SAMPLES_DIR / "sev-snp"
+
+
 NV = SAMPLES_DIR / "nvidia"
+
+
 GENOA_MEASUREMENT = (
     "7adcb574b1e22ab579f3c883da3e5b6e632ef06775dd13fdb16850640135a5f6"
     "3c7eb8741fe340c672edaf241bd1ed7c"
@@ -380,55 +389,6 @@ def test_a_bundle_file_is_verified_whole(tmp_path: Path) -> None:
     assert code == 1
     steps = {s["name"]: s["outcome"] for s in json.loads(stdout)["steps"]}
     assert steps["measurements"] == "pass" and steps["binding"] == "FAIL"
-
-
-def test_pin_refuses_a_node_whose_evidence_fails_more_than_the_pins(
-    node: tuple[str, Keyring], tmp_path: Path
-) -> None:
-    """The node here has no TEE: nothing to pin, so no policy is written (trust on first use
-    still needs evidence that verifies)."""
-    url, _ = node
-    out_file = tmp_path / "policy.toml"
-    result = runner.invoke(attest_app, ["pin", url, "--out", str(out_file)], env={"COLUMNS": "200"})
-    assert result.exit_code == 1
-    assert "not pinned" in result.stderr
-    assert not out_file.exists()
-
-
-def test_pins_seen_in_a_report_round_trip_through_a_policy_file(tmp_path: Path) -> None:
-    from veil.attestation.cli import _toml, pins_from_report
-    from veil.attestation.policy import Policy
-    from veil.attestation.report import verify_quote
-
-    report = verify_quote(QUOTE.read_bytes(), json.loads(COLLATERAL.read_text()), Policy(),
-                          at=datetime_of(GOOD_AT))  # fmt: skip
-    evidence = type("Bundle", (), {"format": "tdx", "event_log": None})()
-    pins = pins_from_report(evidence, report)  # type: ignore[arg-type]
-    assert pins["mr_td"] == SAMPLE_MR_TD and set(pins) == {
-        "mr_td",
-        "rtmr0",
-        "rtmr1",
-        "rtmr2",
-        "rtmr3",
-    }
-    path = tmp_path / "pinned.toml"
-    path.write_text(_toml(pins))
-    again = verify_quote(QUOTE.read_bytes(), json.loads(COLLATERAL.read_text()), Policy.load(path),
-                         at=datetime_of(GOOD_AT))  # fmt: skip
-    assert again.step("measurements").outcome == "pass" and again.ok
-
-
-def datetime_of(text: str) -> Any:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text)
-
-
-def test_release_commands_are_mounted_on_veil() -> None:
-    from veil.cli import app
-
-    result = runner.invoke(app, ["release", "--help"])
-    assert result.exit_code == 0 and "sign" in result.stdout and "verify" in result.stdout
 
 
 def test_url_fetches_a_fresh_bundle_and_checks_its_nonce(
