@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import RowMapping, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,7 +42,7 @@ class User:
     concurrency: int | None = None
 
 
-def _to_user(row: RowMapping, *, is_admin: bool) -> User:
+def _to_user(row: Mapping[Any, Any], *, is_admin: bool) -> User:
     return User(
         id=row["id"],
         name=row["name"],
@@ -126,22 +127,7 @@ class Accounts(Database):
         if not isinstance(api_key, str) or not looks_like_api_key(api_key):
             raise AuthError("invalid API key")
         presented = hash_api_key(api_key)
-        async with self._read() as conn:
-            row = await first_row(
-                conn,
-                select(
-                    ApiKeyRow.key_hash,
-                    ApiKeyRow.is_admin,
-                    ApiKeyRow.revoked_at,
-                    UserRow.id,
-                    UserRow.name,
-                    UserRow.created_at,
-                    UserRow.requests_per_minute,
-                    UserRow.concurrency,
-                )
-                .join(UserRow, UserRow.id == ApiKeyRow.user_id)
-                .where(ApiKeyRow.prefix == key_prefix(api_key)),
-            )
+        row = await self._hot.authenticate_row(key_prefix(api_key))
         if row is None:
             hashes_match(presented, _DUMMY_HASH)
             raise AuthError("invalid API key")

@@ -6,8 +6,9 @@ PostgreSQL writes run concurrently under READ COMMITTED; the guarded ``UPDATE`` 
 other modules are what keep them correct, and a deadlock or serialization failure is retried.
 
 :class:`Database` is the base of :class:`~veil.gateway.ledger.Ledger`: it owns the engine, the
-clock (``now``, injected once) and the two ways in (:meth:`Database._write`,
-:meth:`Database._read`). :func:`database_unavailable` tells "the database is down" (a 503) from a
+clock (``now``, injected once) and the ways in: :meth:`Database._write` and :meth:`Database._read`
+through SQLAlchemy, and ``_hot`` (``hot.py``), the request path's statements on the driver itself,
+under the same write lock on SQLite. :func:`database_unavailable` tells "the database is down" (a 503) from a
 bug (a 500) for the gateway.
 """
 
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -30,6 +32,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from veil.gateway.ledger.hot import hot_path
 from veil.wire.errors import InvalidBody
 
 # One logger for the whole package, whichever module a record comes from.
@@ -59,14 +62,15 @@ def database_unavailable(exc: BaseException) -> bool:
     connection cut) rather than a bug: such a request fails with 503, never 500.
 
     PostgreSQL SQLSTATE classes 08 (connection exception) and 57P (admin or crash shutdown,
-    cannot connect now), a connection SQLAlchemy invalidated, a DBAPI OperationalError, or an
-    ``OSError`` (refused, reset, timed out) anywhere in the cause chain.
+    cannot connect now), a connection SQLAlchemy invalidated, a DBAPI OperationalError
+    (SQLAlchemy's, or sqlite3's from the request path of ``hot.py``), or an ``OSError`` (refused,
+    reset, timed out, a connection ``hot.py`` lost) anywhere in the cause chain.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError | OperationalError):
+        if isinstance(current, OSError | OperationalError | sqlite3.OperationalError):
             return True
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True
@@ -159,6 +163,8 @@ class Database:
         self._is_postgres = engine.dialect.name == "postgresql"
         # Serializes this process's writes on SQLite (other processes wait on BEGIN IMMEDIATE).
         self._sqlite_writes = asyncio.Lock()
+        # authenticate, claim and settle: one round trip each, on the driver (hot.py)
+        self._hot = hot_path(engine.url, self._write_lock)
         self.now: Clock = now
         """The clock every timestamp comes from, unless a call passes its own ``now``."""
 
@@ -172,6 +178,7 @@ class Database:
         return self.now() if now is None else now
 
     async def close(self) -> None:
+        await self._hot.close()
         await self._engine.dispose()
 
     async def _migrate(self) -> None:

@@ -69,7 +69,9 @@ database that cannot be reached surfaces as SQLAlchemy's errors, which
 
 The parts, one module each: ``db`` (engine, transactions, retries, migrations), ``accounts``,
 ``stacks``, ``nodes``, ``reservations`` (lock and claim), ``settlement``, ``expiry``, ``usage``,
-``audit``; the states and their one transition table in ``state``; the tables in ``schema``.
+``audit``; the states and their one transition table in ``state``; the tables in ``schema``. The
+request path (authenticate, reserve, claim, settle/release) runs its statements (``statements``)
+on the driver itself, one round trip each (``hot``); everything else goes through SQLAlchemy.
 :class:`Ledger` is all of them on one database.
 """
 

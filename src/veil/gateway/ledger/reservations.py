@@ -10,12 +10,11 @@ after waiting for a row lock). Ending a reservation: ``settlement.py``; sweeping
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import RowMapping, case, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from veil.gateway.ledger.checks import check_count, check_seconds
@@ -31,6 +30,7 @@ from veil.gateway.ledger.state import (
     sources,
     target,
 )
+from veil.gateway.ledger.statements import unique_violation
 from veil.wire.errors import BalanceError, Locked, NotFound, UnavailableStack
 
 DEFAULT_LEASE_SECONDS: Final = 300.0
@@ -69,7 +69,7 @@ class Reservation:
 RESERVATION_COLUMNS: Final = tuple(ReservationRow.__table__.c)
 
 
-def to_reservation(row: RowMapping) -> Reservation:
+def to_reservation(row: Mapping[Any, Any]) -> Reservation:
     return Reservation(
         id=row["id"],
         stack_id=row["stack_id"],
@@ -131,6 +131,14 @@ class Reservations(Database):
                 .values(reserved_units=StackRow.reserved_units + units)
                 .returning(StackRow.id)
             )
+
+        # The common case in one round trip (hot.py); a refusal, a missing node or a lost race
+        # is then asked again below, where each is explained (the attempt changed nothing).
+        params: list[Any] = [user_id, model, units, node_small_id, secrets.token_hex(16), start]
+        params += [start + ttl_seconds] + ([stack_id] if stack_id is not None else [])
+        held = await self._hot.reserve(params, by_stack=stack_id is not None)
+        if held is not None:
+            return to_reservation(held)
 
         async def body(conn: AsyncConnection) -> Reservation:
             node = await conn.execute(select(NodeRow.id).where(NodeRow.id == node_small_id))
@@ -242,50 +250,20 @@ class Reservations(Database):
         another stack or model, expired, already used) or if ``request_id`` was already used."""
         check_seconds(lease_seconds, "lease_seconds")
         when = self._when(now)
-        claimable = sources(Operation.CLAIM)
-        wanted = [ReservationRow.id == reservation_id] if reservation_id is not None else []
-        if model is not None:
-            stack_model = select(StackRow.model).where(StackRow.id == stack_id).scalar_subquery()
-            wanted.append(stack_model == model)
-        oldest_held = (
-            select(ReservationRow.id)
-            .where(
-                *wanted,
-                ReservationRow.user_id == user_id,
-                ReservationRow.stack_id == stack_id,
-                ReservationRow.state.in_(claimable),
-                ReservationRow.expires_at > when,
-            )
-            .order_by(ReservationRow.created_at, ReservationRow.id)
-            .limit(1)
-            # PostgreSQL: concurrent claims pass over each other's rows instead of queueing on
-            # the same one (SQLite serializes writers and renders nothing here).
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        claim = (
-            update(ReservationRow)
-            .where(
-                ReservationRow.id == oldest_held,
-                ReservationRow.state.in_(claimable),
-                ReservationRow.expires_at > when,
-            )
-            .values(
-                state=target(Operation.CLAIM),
-                request_id=request_id,
-                expires_at=_lease_until(when + lease_seconds),
-            )
-            .returning(*RESERVATION_COLUMNS)
-        )
-
-        async def body(conn: AsyncConnection) -> Reservation | None:
-            row = await first_row(conn, claim)
-            return None if row is None else to_reservation(row)
-
+        # One guarded UPDATE (hot.claim_sql): the caller's held, unexpired reservation on the
+        # stack (the named one, or the oldest), its lease moved out, never in.
+        params: list[Any] = [request_id, when + lease_seconds, when, user_id, stack_id]
+        params += [reservation_id] if reservation_id is not None else []
+        params += [model] if model is not None else []
         try:
-            claimed = await self._write(body)
-        except IntegrityError as exc:
+            row = await self._hot.claim(
+                params, by_id=reservation_id is not None, by_model=model is not None
+            )
+        except Exception as exc:
+            if not unique_violation(exc):
+                raise
             raise UnavailableStack("this request id was already used") from exc
+        claimed = None if row is None else to_reservation(row)
         if claimed is None:
             if reservation_id is not None:
                 raise UnavailableStack(

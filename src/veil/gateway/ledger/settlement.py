@@ -8,14 +8,10 @@ it final and gets the first result back.
 
 from __future__ import annotations
 
-from sqlalchemy import case, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from veil.gateway.ledger.checks import check_count
-from veil.gateway.ledger.db import Database, first_row
-from veil.gateway.ledger.reservations import RESERVATION_COLUMNS, Reservation, to_reservation
-from veil.gateway.ledger.schema import ReservationRow, StackRow, UsageReceiptRow
-from veil.gateway.ledger.state import Operation, sources, target
+from veil.gateway.ledger.db import Database
+from veil.gateway.ledger.reservations import Reservation, to_reservation
+from veil.gateway.ledger.state import Operation
 from veil.wire.envelopes import MAX_ID
 from veil.wire.errors import NotFound
 
@@ -72,53 +68,13 @@ class Settling(Database):
         when = self._when(now)
         blob = receipt.encode("utf-8") if isinstance(receipt, str) else receipt
         # Leaving the live state and computing the charge is one guarded statement: exactly one
-        # caller can move a reservation out of 'held'/'in_flight'.
-        finish = (
-            update(ReservationRow)
-            .where(
-                ReservationRow.id == reservation_id,
-                ReservationRow.state.in_(sources(operation)),
-            )
-            .values(
-                state=target(operation),
-                charged_units=case(
-                    (ReservationRow.units < charged_units, ReservationRow.units),
-                    else_=charged_units,
-                ),
-            )
-            .returning(*RESERVATION_COLUMNS)
+        # caller can move a reservation out of 'held'/'in_flight'; only that caller moves the
+        # stack's counters and writes the receipt, in the same transaction (hot.py: one CTE on
+        # PostgreSQL, one transaction in the SQLite thread).
+        row, _ = await self._hot.finish(
+            operation,
+            (reservation_id, charged_units, prompt_tokens, completion_tokens, blob, when),
         )
-
-        async def body(conn: AsyncConnection) -> Reservation:
-            row = await first_row(conn, finish)
-            if row is None:
-                existing = await first_row(
-                    conn,
-                    select(*RESERVATION_COLUMNS).where(ReservationRow.id == reservation_id),
-                )
-                if existing is None:
-                    raise NotFound("no such reservation")
-                return to_reservation(existing)
-            done = to_reservation(row)
-            charged = int(done.charged_units or 0)
-            await conn.execute(
-                update(StackRow)
-                .where(StackRow.id == done.stack_id)
-                .values(
-                    reserved_units=StackRow.reserved_units - done.units,
-                    used_units=StackRow.used_units + charged,
-                )
-            )
-            await conn.execute(
-                insert(UsageReceiptRow).values(
-                    reservation_id=done.id,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    compute_units=charged,
-                    receipt=blob,
-                    created_at=when,
-                )
-            )
-            return done
-
-        return await self._write(body)
+        if row is None:
+            raise NotFound("no such reservation")
+        return to_reservation(row)
