@@ -6,8 +6,8 @@
 - PostgreSQL: the maintenance URL that answers (``find_postgres_admin``) and a fresh database,
   dropped afterwards (``fresh_postgres_database``);
 - a gateway ticket for an envelope, signed as the gateway signs one (``sign_ticket``);
-- a request sealed to a node and opened with the client's own openers (``seal_to``), so no test
-  or benchmark carries a response opener of its own.
+- a request sealed to a node (atoma-v1, or veil-v3 to its post-quantum key) and opened with the
+  client's own openers (``seal_to``), so no test or benchmark carries a response opener of its own.
 
 No pytest here (the benchmarks import this module; the fixtures built on it live in the
 conftests), and nothing that loads a model: the engines stay in ``tests/conftest.py``.
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     )
 
     from veil.client.opening import Opener
-    from veil.hazmat import v1, v2
+    from veil.hazmat import v1, v3
     from veil.wire.envelopes import Usage
     from veil.wire.routes import Endpoint
 
@@ -277,9 +277,12 @@ def sign_ticket(
     node_small_id: int = 1,
     ticket_id: str | None = None,
     lifetime: float = 60.0,
+    reservation_id: str | None = None,
 ) -> str:
     """The ``X-Veil-Ticket`` for exactly ``body``, built from the wire's own ticket pieces as the
-    gateway's ``Forwarder.ticket`` builds it (a streaming-style ticket: no engine deadline)."""
+    gateway's ``Forwarder.ticket`` builds it (a streaming-style ticket: no engine deadline).
+    ``reservation_id``: the reservation the ticket claims (a veil-v3 envelope bound to one must
+    name the same)."""
     from veil.wire.tickets import Ticket, envelope_digest, sign_token
 
     ticket = Ticket(
@@ -289,37 +292,45 @@ def sign_ticket(
         units=units,
         expires_at=time.time() + lifetime,
         envelope_sha256=envelope_digest(body),
+        reservation_id=reservation_id,
     )
     return sign_token(ticket, key)
 
 
 # --- sealing to a node, opening with the client's openers ---------------------------------------
 
-Suite = Literal["atoma-v1", "veil-v2"]
+Suite = Literal["atoma-v1", "veil-v3"]
 
 
 @dataclass(frozen=True)
 class NodeKeys:
-    """What a client needs to seal to a node and check its answers."""
+    """What a client needs to seal to a node and check its answers: the X25519 key (atoma-v1, and
+    veil-v3's classical KEM), the post-quantum key veil-v3 seals to by default (ML-KEM-768 +
+    X25519, X-Wing; None if the node names none) and the signing key."""
 
     public_key: bytes
     key_id: str
     signing_key: Ed25519PublicKey
+    kem_public_key: bytes | None = None
+    kem_key_id: str | None = None
 
     @classmethod
     def from_lock(cls, lock: dict[str, Any]) -> NodeKeys:
-        """From a ``/v1/nodes/lock`` answer."""
+        """From a ``/v1/nodes/lock`` answer (its ``kem_public_key``, when it names one)."""
         from veil.wire.tickets import public_key_from_b64
 
+        kem_public_key, kem_key_id = _kem_key(lock)
         return cls(
             base64.b64decode(lock["public_key"], validate=True),
             str(lock["key_id"]),
             public_key_from_b64(lock["node_signing_public_key"]),
+            kem_public_key,
+            kem_key_id,
         )
 
     @classmethod
     def from_keys_document(cls, document: dict[str, Any]) -> NodeKeys:
-        """From a node's ``GET /v1/keys``: its current key, checked against its key id."""
+        """From a node's ``GET /v1/keys``: its current keys, each checked against its key id."""
         from veil.wire.keyid import key_id
         from veil.wire.tickets import public_key_from_b64
 
@@ -327,9 +338,26 @@ class NodeKeys:
         public_key = base64.b64decode(current["public_key"], validate=True)
         if key_id(public_key) != current["key_id"]:
             raise ValueError("the key_id of /v1/keys does not belong to its public key")
+        kem_public_key, kem_key_id = _kem_key(current)
         return cls(
-            public_key, current["key_id"], public_key_from_b64(document["signing_public_key"])
+            public_key,
+            current["key_id"],
+            public_key_from_b64(document["signing_public_key"]),
+            kem_public_key,
+            kem_key_id,
         )
+
+
+def _kem_key(entry: dict[str, Any]) -> tuple[bytes | None, str | None]:
+    """The post-quantum key a lock or ``/v1/keys`` entry names, checked against its key id."""
+    from veil.wire.keyid import key_id
+
+    if entry.get("kem_public_key") is None:
+        return None, None
+    public_key = base64.b64decode(entry["kem_public_key"], validate=True)
+    if entry.get("kem_key_id") is not None and key_id(public_key) != entry["kem_key_id"]:
+        raise ValueError("the kem_key_id does not belong to its kem_public_key")
+    return public_key, key_id(public_key)
 
 
 @dataclass
@@ -385,7 +413,7 @@ def _stream_reading() -> Iterator[None]:
 
 
 def client_opener(
-    session: v1.Session | v2.ClientSession,
+    session: v1.Session | v3.ClientSession,
     node: NodeKeys,
     endpoint: Endpoint,
     model: str,
@@ -394,14 +422,14 @@ def client_opener(
 ) -> Opener:
     """The client's own opener for answers to a request sealed with ``session``, with a fresh
     receipt (its usage, messages verified and crypto time fill in as answers are opened)."""
-    from veil.client.opening import ResponseOpener, V2ResponseOpener
+    from veil.client.opening import ResponseOpener, V3ResponseOpener
     from veil.client.receipt import Receipt
     from veil.hazmat import v1
 
     receipt = Receipt(endpoint, model, 0, node.key_id, stack_small_id, units)
     if isinstance(session, v1.Session):
         return ResponseOpener(session, node.signing_key, receipt)
-    return V2ResponseOpener(session, node.signing_key, receipt)
+    return V3ResponseOpener(session, node.signing_key, receipt)
 
 
 def seal_to(
@@ -412,10 +440,16 @@ def seal_to(
     endpoint: Endpoint,
     stack_small_id: int,
     units: int | None,
+    reservation_id: str | None = None,
+    classical_kem: bool = False,
 ) -> SealedRequest:
     """Seal ``body`` (its ``stream`` flag included) to ``node`` for ``endpoint``'s confidential
-    route; ``units`` is the envelope's ``num_compute_units`` (veil-v2 authenticates it)."""
-    from veil.hazmat import v1, v2
+    route; ``units`` is the envelope's ``num_compute_units`` (veil-v3 authenticates it).
+
+    veil-v3 seals to the node's post-quantum key, bound to ``reservation_id`` (a lock's: a gateway
+    ticket claims it, and the node compares); ``classical_kem`` seals to its X25519 key instead,
+    for a node whose policy allows that KEM. atoma-v1 ignores both."""
+    from veil.hazmat import v1, v3
     from veil.wire.routes import confidential_path
 
     raw = json.dumps(body).encode()
@@ -426,14 +460,23 @@ def seal_to(
             node.public_key, raw, model_name=model, stack_small_id=stack_small_id,
             num_compute_units=units, stream=stream,
         )  # fmt: skip
-        opener = client_opener(session, node, endpoint, model, stack_small_id, units)
+        return SealedRequest(
+            envelope.model_dump_json().encode(),
+            client_opener(session, node, endpoint, model, stack_small_id, units),
+        )
+    if units is None:
+        raise ValueError("a veil-v3 envelope authenticates its units: give them")
+    if classical_kem:
+        kem, public_key, kem_key_id = v3.Kem.X25519, node.public_key, node.key_id
+    elif node.kem_public_key is None or node.kem_key_id is None:
+        raise ValueError("the node names no post-quantum key to seal a veil-v3 request to")
     else:
-        if units is None:
-            raise ValueError("a veil-v2 envelope authenticates its units: give them")
-        envelope, v2_session = v2.seal_request(
-            node.public_key, node.key_id, raw, endpoint=confidential_path(endpoint),
-            model_name=model, stack_small_id=stack_small_id, num_compute_units=units,
-            stream=stream,
-        )  # fmt: skip
-        opener = client_opener(v2_session, node, endpoint, model, stack_small_id, units)
-    return SealedRequest(envelope.model_dump_json().encode(), opener)
+        kem, public_key, kem_key_id = v3.Kem.HYBRID, node.kem_public_key, node.kem_key_id
+    v3_envelope, v3_session = v3.seal_request(
+        public_key, kem_key_id, raw, node_signing_key=node.signing_key,
+        endpoint=confidential_path(endpoint), model_name=model, stack_small_id=stack_small_id,
+        kem=kem, num_compute_units=units, stream=stream, reservation_id=reservation_id,
+    )  # fmt: skip
+    opener = client_opener(v3_session, node, endpoint, model, stack_small_id, units)
+    opener.receipt.kem, opener.receipt.kem_key_id = kem.value, kem_key_id
+    return SealedRequest(v3_envelope.model_dump_json().encode(), opener)

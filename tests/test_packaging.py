@@ -153,7 +153,7 @@ def test_a_client_install_holds_the_client_and_none_of_the_server(client_venv: P
     assert listed.returncode == 0, listed.stderr
     installed = {normalized(entry["name"]) for entry in json.loads(listed.stdout)}
     assert installed & SERVER_DISTRIBUTIONS == set()
-    assert {"veil", "openai", "httpx-sse", "cryptography", "pyhpke", "dcap-qvl"} <= installed
+    assert {"veil", "openai", "httpx-sse", "cryptography", "dcap-qvl"} <= installed
     probe = (
         "import importlib.util, json, veil;"
         f"print(json.dumps([veil.__file__, [importlib.util.find_spec(m) is None for m in {HEAVY_MODULES!r}]]))"

@@ -17,7 +17,7 @@ from pydantic_settings import (
 
 MiB = 1024 * 1024
 
-# The node's replay caches (veil.node.replay): v2 request ids and gateway ticket ids.
+# The node's replay caches (veil.node.replay): v3 request ids and gateway ticket ids.
 # ~40 MB in memory; 200k ids per 250 s window is ~800 requests/s sustained.
 REPLAY_MAX_ENTRIES = 200_000
 # One tenant's share: ~40 requests/s sustained over a 250 s window. A twentieth of the total, so
@@ -40,9 +40,12 @@ CLIENT_CONNECT_TIMEOUT_SECONDS = 10.0
 # between them (doubled each time).
 CLIENT_MAX_ATTEMPTS = 3
 CLIENT_BACKOFF_SECONDS = 0.25
-# Completion tokens a chat request reserves when it names no max_tokens (its prompt's size in
-# bytes is added on top).
-CLIENT_CHAT_MAX_TOKENS = 256
+# The one default chat budget: a chat request that names no max_tokens may write this many
+# completion tokens, whoever applies it - the client (confidential: it reserves this plus the
+# request's size in bytes, an upper bound of the prompt's tokens), the gateway (a plain request:
+# the same sum) and the node (whatever units the request carries). A lock that names no budget
+# holds GatewaySettings.default_chat_units: the gateway cannot see the prompt at lock time.
+DEFAULT_CHAT_COMPLETION_TOKENS = 256
 
 
 # The KEMs of veil-v3 (veil.hazmat.v3.Kem's values) and what a node accepts by default.
@@ -70,8 +73,9 @@ class NodeSettings(BaseSettings):
     upstreams: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=4 * MiB, ge=1024)
     key_grace_seconds: float = Field(default=600.0, ge=0)
-    # Budget for a request that carries no num_compute_units (and, later, no gateway ticket):
-    # prompt + completion tokens for chat, input tokens for embeddings.
+    # Budget for a request that carries no num_compute_units and no gateway ticket (a node used
+    # directly): prompt + completion tokens for chat (whose completion is still at most
+    # DEFAULT_CHAT_COMPLETION_TOKENS unless it names max_tokens), input tokens for embeddings.
     default_units: int = Field(default=4096, ge=1)
     chat_context_tokens: int = Field(default=2048, ge=128)
     # Ed25519 public keys (base64) of gateways whose tickets this node honours. Paid routes are
@@ -97,15 +101,15 @@ class NodeSettings(BaseSettings):
     release_bundle: Path | None = None
     # A dstack-style runtime event log (JSON list) whose replay gives the quote's RTMRs.
     event_log: Path | None = None
-    # Where v2 request ids are remembered: "memory" (one node process) or redis://HOST:PORT/DB
+    # Where v3 request ids are remembered: "memory" (one node process) or redis://HOST:PORT/DB
     # (several node processes behind one gateway share it).
     replay_cache: str = "memory"
-    # Bounds of the in-memory replay caches, and each tenant's (stack's) share of the v2 id space;
+    # Bounds of the in-memory replay caches, and each tenant's (stack's) share of the v3 id space;
     # the Redis key prefix (the ticket ids live under PREFIX + "ticket:").
     replay_max_entries: int = Field(default=REPLAY_MAX_ENTRIES, ge=1)
     replay_max_per_tenant: int = Field(default=REPLAY_MAX_PER_TENANT, ge=1)
     replay_prefix: str = Field(default=REPLAY_PREFIX, min_length=1, max_length=200)
-    # The in-memory bound of gateway ticket ids (their own cache, beside the v2 ids').
+    # The in-memory bound of gateway ticket ids (their own cache, beside the v3 ids').
     ticket_replay_max_entries: int = Field(default=TICKET_REPLAY_MAX_ENTRIES, ge=1)
     replay_redis_timeout_seconds: float = Field(default=REPLAY_REDIS_TIMEOUT_SECONDS, gt=0)
     log_level: str = "info"
@@ -139,7 +143,8 @@ class GatewaySettings(BaseSettings):
     insecure_nodes_no_tee: bool = False
     max_body_bytes: int = Field(default=4 * MiB, ge=1024)
     lock_timeout_seconds: int = Field(default=60, ge=1, le=3600)
-    # Units a lock holds when the caller does not say (not Atoma's blanket 8192).
+    # Units a lock holds when the caller does not say (not Atoma's blanket 8192): prompt and
+    # completion; a chat naming no max_tokens still writes DEFAULT_CHAT_COMPLETION_TOKENS at most.
     default_chat_units: int = Field(default=1024, ge=1)
     default_embedding_units: int = Field(default=512, ge=1)
     default_image_units: int = Field(default=1024 * 1024, ge=1)

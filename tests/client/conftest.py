@@ -134,7 +134,7 @@ class HostileRelay:
             self.tamper_message(events[1])
             put(1, events[1])
         elif mode == "swap_signature":
-            if "signature" in events[2]:  # v1, v2: every chunk is signed
+            if "signature" in events[2]:  # atoma-v1: every chunk is signed
                 events[1]["signature"] = events[2]["signature"]
                 put(1, events[1])
             else:  # v3: only the final chunk, and it gets a genuine signature of another answer

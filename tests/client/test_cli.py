@@ -179,9 +179,16 @@ def test_protocol_and_policy_options(
     v1 = run("embed", "x", "--protocol", "atoma-v1", *base)
     assert v1.returncode == 0, v1.stderr
     assert "atoma-v1" in v1.stderr.strip().splitlines()[-1]
-    v2 = run("embed", "x", "--protocol", "veil-v2", *base)
-    assert v2.returncode == 0, v2.stderr
-    assert "veil-v2" in v2.stderr.strip().splitlines()[-1]
+    v3 = run("embed", "x", "--protocol", "veil-v3", *base)
+    assert v3.returncode == 0, v3.stderr
+    assert "veil-v3" in v3.stderr.strip().splitlines()[-1]
+    # veil-v2 is retired: refused, in words that name what is accepted instead.
+    retired = run("embed", "x", "--protocol", "veil-v2", *base)
+    assert retired.returncode != 0 and retired.stdout == ""
+    said = " ".join(retired.stderr.replace("\u2502", " ").split())  # unwrapped from its box
+    assert "veil-v2" in said and "veil-v3" in said and "Traceback" not in said
+    chat_retired = run("chat", "hi", "--protocol", "veil-v2", *base)
+    assert chat_retired.returncode != 0 and chat_retired.stdout == ""
     policy = tmp_path / "dev-policy.toml"
     policy.write_text("allow_no_tee = true\n")
     allowed = run("embed", "x", "--policy", str(policy), *base, env=STRICT)

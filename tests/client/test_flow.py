@@ -11,7 +11,8 @@ import json
 import httpx
 import pytest
 
-from tests.client.test_pieces import DEV, NONCE, lock_json, v2_stream
+from tests.client.test_pieces import DEV, NONCE, lock_json
+from tests.client.test_v3 import v3_stream
 from veil.client import errors
 from veil.client.flow import Send, Wait, arun, confidential, run
 from veil.client.lock import accept_lock
@@ -145,7 +146,7 @@ def test_a_stream_is_handed_on_unread_only_when_it_is_an_event_stream() -> None:
 
 
 def test_verified_events_are_the_plaintexts_then_done() -> None:
-    checker, sealed, receipt = v2_stream()
+    checker, sealed, receipt = v3_stream()
     body = "".join(f"data: {event}\n\n" for event in sealed) + "data: [DONE]\n\n"
     upstream = httpx.Response(
         200, headers={"content-type": "text/event-stream"}, content=body.encode()
@@ -157,7 +158,7 @@ def test_verified_events_are_the_plaintexts_then_done() -> None:
     assert receipt.messages_verified == len(sealed) and receipt.signature_verified
 
     # Without its final chunk, the stream raises where [DONE] would have been.
-    checker, sealed, _ = v2_stream()
+    checker, sealed, _ = v3_stream()
     truncated = "".join(f"data: {event}\n\n" for event in sealed[:-1])
     upstream = httpx.Response(
         200, headers={"content-type": "text/event-stream"}, content=truncated.encode()

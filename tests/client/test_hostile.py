@@ -1,8 +1,8 @@
 """A hostile gateway (the relay of conftest, between client and the real gateway) changes answers:
 every change is caught by a specific exception and no data from the answer is returned, under
-veil-v3 (the default), veil-v2 and atoma-v1 alike, except what only v2 and v3 can see (a chunk
-dropped from the middle) and what v3's one signature per answer already covers (the usage sent in
-clear beside the final chunk: a change is a wrong signature). Errors that mean "re-lock" are retried with a new lock, a new attestation and a new
+veil-v3 (the default) and atoma-v1 alike, except what only v3 can see (a chunk dropped from the
+middle) and what v3's one signature per answer already covers (the usage sent in clear beside the
+final chunk: a change is a wrong signature). Errors that mean "re-lock" are retried with a new lock, a new attestation and a new
 encryption; 402 and 409 REPLAYED are not retried. The lock's evidence is checked every time."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def client_for(relay: HostileRelay, key: str, **kw: object) -> veil.Client:
     return veil.Client(relay.url, key, backoff=0, insecure_no_tee=True, **kw)  # type: ignore[arg-type]
 
 
-PROTOCOLS = ["veil-v2", "atoma-v1"]
+PROTOCOLS = ["atoma-v1"]  # veil-v3 is below: one signature per answer
 ANSWER_ATTACKS = [
     ("flip_ciphertext", errors.DecryptionError),
     ("swap_hash", errors.ResponseHashMismatch),
@@ -88,11 +88,9 @@ STREAM_ATTACKS = [
 
 @pytest.mark.parametrize(
     ("protocol", "mode", "exception"),
-    [("veil-v2", mode, exc) for mode, exc in STREAM_ATTACKS]
-    + [("veil-v2", "drop_middle", errors.StreamCorrupt)]  # v1 cannot see this one
-    + [("atoma-v1", mode, exc) for mode, exc in STREAM_ATTACKS]
+    [("atoma-v1", mode, exc) for mode, exc in STREAM_ATTACKS]
     + [("veil-v3", mode, v3_sees(mode, exc)) for mode, exc in STREAM_ATTACKS]
-    + [("veil-v3", "drop_middle", errors.StreamCorrupt)],
+    + [("veil-v3", "drop_middle", errors.StreamCorrupt)],  # atoma-v1 cannot see this one
 )
 def test_tampered_stream_is_rejected(
     relay: HostileRelay,

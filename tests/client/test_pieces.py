@@ -1,12 +1,11 @@
 """The client's pure pieces, without servers: SSE framing, planning, error mapping, locks and
-their attestation, and the v1 / v2 openers against a node simulated with the protocol module."""
+their attestation, and the atoma-v1 opener against a node simulated with the protocol module.
+(The veil-v3 opener, against a node simulated with ``veil.hazmat.v3``: test_v3.py.)"""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -19,10 +18,10 @@ from veil.attestation import NoTeeProvider, Policy, build_evidence
 from veil.client import cli, errors, options
 from veil.client import lock as locks
 from veil.client import plan as plans
-from veil.client.opening import ResponseOpener, V2ResponseOpener, open_single
+from veil.client.opening import ResponseOpener
 from veil.client.receipt import Receipt
 from veil.client.streaming import StreamChecker, event_data
-from veil.hazmat import v1, v2
+from veil.hazmat import v1
 from veil.wire.envelopes import Usage
 
 
@@ -177,8 +176,14 @@ def test_policy_options() -> None:
     loosened = options.resolve_policy(pinned, True)
     assert loosened.allowed_tcb_statuses == ("UpToDate", "OutOfDate") and loosened.allow_no_tee
     assert options.check_protocol("atoma-v1") == "atoma-v1"
+    assert options.check_protocol("veil-v3") == "veil-v3"
     with pytest.raises(ValueError):
         options.check_protocol("v2")
+    # veil-v2 is retired: refused like any unknown protocol, with the way on.
+    with pytest.raises(ValueError, match="veil-v3"):
+        options.check_protocol("veil-v2")
+    with pytest.raises(ValueError, match="veil-v3"):
+        options.ClientOptions.resolve("http://gw", "k", protocol="veil-v2")
     body = locks.lock_body(plans.plan_request("embeddings", {"model": "e", "input": "x"}), NONCE)
     assert base64.b64decode(body["attestation_nonce"]) == NONCE
     assert len(locks.new_attestation_nonce()) == 32 != locks.new_attestation_nonce()
@@ -225,128 +230,3 @@ def test_every_error_class_has_a_code_and_is_a_client_error() -> None:
     assert all(issubclass(cls, errors.VeilClientError) for cls in classes)
     assert len(set(codes)) == len(codes)
     assert errors.TagMismatch is errors.DecryptionError
-
-
-# -- veil-v2 streams against a simulated node ------------------------------------------------
-ENDPOINT = "/v1/confidential/chat/completions"
-USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-CHUNKS = [
-    {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
-    {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]},
-    {"id": "c", "choices": [], "usage": USAGE},
-]
-
-
-def v2_stream(
-    signer: Ed25519PrivateKey | None = None,
-) -> tuple[StreamChecker, list[str], Receipt]:
-    """A checker for a fresh v2 request, and the node's genuine events answering it."""
-    node = X25519PrivateKey.generate()
-    public = node.public_key().public_bytes_raw()
-    signer = signer or Ed25519PrivateKey.generate()
-    envelope, session = v2.seal_request(
-        public, v2.key_id_of(public), b"{}", endpoint=ENDPOINT, model_name="m",
-        stack_small_id=1, stream=True,
-    )  # fmt: skip
-    _, server = v2.open_request(envelope, node, endpoint=ENDPOINT)
-    events = []
-    for i, chunk in enumerate(CHUNKS):
-        final = i == len(CHUNKS) - 1
-        sealed = server.seal(
-            json.dumps(chunk).encode(), index=i, final=final, sign=signer.sign,
-            usage=USAGE if final else None,
-        )  # fmt: skip
-        events.append(sealed.model_dump_json(exclude_none=True))
-    receipt = Receipt("chat", "m", 0, "k", 0, None)
-    checker = StreamChecker(V2ResponseOpener(session, signer.public_key(), receipt))
-    return checker, events, receipt
-
-
-def feed(checker: StreamChecker, events: list[str]) -> None:
-    for event in events:
-        checker.event(event)
-    checker.end()
-
-
-def edited(event: str, **change: object) -> str:
-    document = json.loads(event)
-    document.update(change)
-    return json.dumps(document)
-
-
-def test_a_v2_stream_in_order_ends_with_its_final_chunk_then_done() -> None:
-    checker, events, receipt = v2_stream()
-    for event in events:
-        assert checker.event(event) is not None
-    checker.end()
-    assert checker.event("[DONE]") is None
-    assert receipt.usage == Usage(**USAGE) and receipt.messages_verified == 3
-    assert receipt.protocol == "veil-v2" and receipt.signature_verified
-    with pytest.raises(errors.StreamCorrupt):
-        checker.event(events[1])
-    with pytest.raises(errors.StreamCorrupt):
-        checker.event("[DONE]")
-
-
-def test_v2_order_errors_map_to_the_client_errors() -> None:
-    def refused(reorder: Callable[[list[str]], list[str]]) -> type[Exception]:
-        checker, events, _ = v2_stream()
-        with pytest.raises(errors.IntegrityError) as caught:
-            feed(checker, reorder(events))
-        return type(caught.value)
-
-    assert refused(lambda e: [e[0], e[2]]) is errors.StreamCorrupt  # dropped
-    assert refused(lambda e: [e[1], e[0], e[2]]) is errors.StreamCorrupt  # reordered
-    assert refused(lambda e: [e[0], e[0], e[1], e[2]]) is errors.StreamCorrupt  # duplicated
-    assert refused(lambda e: [e[0], e[1]]) is errors.StreamTruncated  # truncated
-    assert refused(lambda e: []) is errors.StreamTruncated  # nothing at all
-    assert refused(lambda e: [e[0], "[DONE]"]) is errors.StreamTruncated  # ended early
-    _, foreign, _ = v2_stream()
-    assert refused(lambda e: [e[0], foreign[1], e[2]]) is errors.StreamCorrupt  # other answer
-    assert refused(lambda e: [foreign[0], *e[1:]]) is errors.DecryptionError  # other request
-
-
-def test_v2_tampering_maps_to_the_client_errors() -> None:
-    def refused(change: Callable[[dict[str, Any]], None]) -> type[Exception]:
-        checker, events, _ = v2_stream()
-        document = json.loads(events[0])
-        change(document)
-        with pytest.raises(errors.IntegrityError) as caught:
-            checker.event(json.dumps(document))
-        return type(caught.value)
-
-    def flip(document: dict[str, Any]) -> None:
-        raw = bytearray(base64.b64decode(document["ciphertext"]))
-        raw[-1] ^= 1
-        document["ciphertext"] = base64.b64encode(bytes(raw)).decode()
-
-    def put(field: str, value: object) -> Callable[[dict[str, Any]], None]:
-        return lambda document: document.__setitem__(field, value)
-
-    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
-    assert refused(flip) is errors.DecryptionError
-    assert refused(put("final", True)) is errors.DecryptionError  # the flag is in the AAD
-    assert refused(put("nonce", b64(bytes(12)))) is errors.DecryptionError
-    assert refused(put("response_hash", b64(bytes(32)))) is errors.ResponseHashMismatch
-    assert refused(lambda d: d.pop("response_hash")) is errors.ResponseHashMismatch
-    assert refused(put("signature", b64(bytes(64)))) is errors.SignatureInvalid
-    assert refused(lambda d: d.pop("signature")) is errors.SignatureInvalid
-    assert refused(lambda d: d.pop("index")) is errors.StreamCorrupt  # not a v2 chunk
-    assert refused(put("index", 1)) is errors.StreamCorrupt
-
-
-def test_v2_answers_signed_by_another_node_key_are_refused() -> None:
-    checker, events, _ = v2_stream()
-    other_node = Ed25519PrivateKey.generate()
-    document = json.loads(events[0])
-    document["signature"] = base64.b64encode(
-        other_node.sign(base64.b64decode(document["response_hash"]))
-    ).decode()
-    with pytest.raises(errors.SignatureInvalid):
-        checker.event(json.dumps(document))
-
-
-def test_a_whole_v2_answer_must_be_final() -> None:
-    checker, events, _ = v2_stream()
-    with pytest.raises(errors.MalformedResponse, match="final"):
-        open_single(checker.opener, events[0].encode())

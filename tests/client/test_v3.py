@@ -52,7 +52,7 @@ def b64(raw: bytes) -> str:
 
 @dataclass
 class Node:
-    """A node's keys, as a keyring would hold them: X25519 (v1, v2 and v3's classical KEM),
+    """A node's keys, as a keyring would hold them: X25519 (atoma-v1 and v3's classical KEM),
     X-Wing (v3's post-quantum KEM) and Ed25519."""
 
     x25519: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
@@ -79,7 +79,7 @@ class Node:
         **change: object,
     ) -> bytes:
         """The gateway's lock answer; ``evidence_kem``: the post-quantum key the evidence binds
-        ("same": the node's, None: none, as a v2 node's evidence)."""
+        ("same": the node's, None: none, as the evidence of a node without one)."""
         signing = self.signer.public_key().public_bytes_raw()
         bound = self.hybrid.public_key if evidence_kem == "same" else evidence_kem
         assert bound is None or isinstance(bound, bytes)
@@ -138,11 +138,13 @@ def failed_steps(raw: bytes, policy: Policy = DEV) -> list[str]:
 # -- the default --------------------------------------------------------------------------------
 def test_veil_v3_is_the_default_everywhere() -> None:
     assert options.DEFAULT_PROTOCOL == "veil-v3"
-    assert set(options.PROTOCOLS) == {"veil-v3", "veil-v2", "atoma-v1"}
+    assert set(options.PROTOCOLS) == {"veil-v3", "atoma-v1"}  # veil-v2 is retired
     assert ClientOptions.resolve("http://gw").protocol == "veil-v3"
     assert options.check_protocol("veil-v3") == "veil-v3"
     with veil.Client("http://gw", "k") as client:
         assert client.protocol == "veil-v3"
+    with pytest.raises(ValueError, match="veil-v3"):
+        veil.Client("http://gw", "k", protocol="veil-v2")
 
     async def async_protocol() -> str:
         async with veil.AsyncClient("http://gw", "k") as client:
@@ -164,7 +166,8 @@ def test_a_v3_lock_names_its_post_quantum_key_and_the_evidence_binds_it() -> Non
     steps = {step.name: step for step in lock.attestation.steps}
     assert steps["binding"].ok and "veil-v3 report" in steps["binding"].detail
     assert steps["expected keys"].ok and "ML-KEM-768" in steps["expected keys"].detail
-    # A lock without a post-quantum key is a lock all the same (for veil-v2 and atoma-v1).
+    # A lock without a post-quantum key is a lock all the same (for atoma-v1, or veil-v3 with
+    # X25519 where the policy allows it).
     bare = locks.accept_lock(node.lock(with_kem=False, evidence_kem=None), DEV, NONCE)
     assert bare.kem_public_key is None and bare.kem_key_id is None
 
@@ -172,14 +175,15 @@ def test_a_v3_lock_names_its_post_quantum_key_and_the_evidence_binds_it() -> Non
 def test_a_bundle_that_binds_another_kem_key_or_none_fails_attestation() -> None:
     node = Node()
     other = NodeKemKey.generate().public_key
-    # The gateway put its own ML-KEM key in the lock, or the evidence is a genuine v2 bundle.
+    # The gateway put its own ML-KEM key in the lock, or the evidence binds no ML-KEM key.
     assert failed_steps(node.lock(evidence_kem=other)) == ["expected keys"]
     assert failed_steps(node.lock(evidence_kem=None)) == ["expected keys"]
     # The document claims the lock's key, but what the TEE signed binds another.
     document = json.loads(node.lock(evidence_kem=other))
     document["evidence"]["kem_public_key"] = b64(node.hybrid.public_key)
     assert failed_steps(json.dumps(document).encode()) == ["binding"]
-    # Or the document drops the key to look like a v2 bundle: its report_data is not v2's.
+    # Or the document (and the lock) drop the key to pass for a node without one: what the TEE
+    # signed still commits to it, so the binding fails.
     document = json.loads(node.lock())
     del document["evidence"]["kem_public_key"]
     document.pop("kem"), document.pop("kem_public_key"), document.pop("kem_key_id")
@@ -362,6 +366,8 @@ def test_a_v3_stream_in_order_is_verified_with_one_signature() -> None:
     assert receipt.protocol == "veil-v3" and receipt.signature_verified
     with pytest.raises(errors.StreamCorrupt):
         checker.event(events[1])
+    with pytest.raises(errors.StreamCorrupt):
+        checker.event("[DONE]")  # a second end
 
 
 def test_v3_order_errors_map_to_the_client_errors() -> None:
@@ -410,6 +416,7 @@ def test_v3_tampering_maps_to_the_client_errors() -> None:
     assert refused(lambda d: d.pop("response_hash")) is errors.ResponseHashMismatch
     assert refused(put("response_nonce", b64(bytes(32))), at=1) is errors.StreamCorrupt
     assert refused(lambda d: d.pop("index")) is errors.StreamCorrupt  # not a v3 chunk
+    assert refused(put("index", 1)) is errors.StreamCorrupt  # out of place
     # Only the final chunk is signed, and its signature covers the usage sent beside it.
     assert refused(put("signature", b64(bytes(64))), at=2) is errors.SignatureInvalid
     assert refused(lambda d: d.pop("signature"), at=2) is errors.SignatureInvalid

@@ -19,7 +19,7 @@ from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
 from veil.hazmat import v1
 from veil.node.service import EngineRegistry
-from veil.wire.envelopes import ConfidentialComputeRequest
+from veil.wire.envelopes import RESERVATION_HEADER, ConfidentialComputeRequest
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -99,12 +99,20 @@ class Deployment:
         response = self.post(key, f"/v1/confidential/{route}", envelope)
         return response, session, envelope
 
-    def post(self, key: str, path: str, envelope: ConfidentialComputeRequest) -> httpx.Response:
+    def post(
+        self,
+        key: str,
+        path: str,
+        envelope: ConfidentialComputeRequest,
+        reservation_id: str | None = None,
+    ) -> httpx.Response:
+        """``envelope`` to the gateway; ``reservation_id`` claims that lock's reservation (as
+        Veil's client does), else the caller's oldest held one on the stack (as atoma-sdk)."""
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        if reservation_id is not None:
+            headers[RESERVATION_HEADER] = reservation_id
         return httpx.post(
-            f"{self.url}{path}",
-            content=envelope.model_dump_json(),
-            timeout=120,
-            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+            f"{self.url}{path}", content=envelope.model_dump_json(), timeout=120, headers=headers
         )
 
 

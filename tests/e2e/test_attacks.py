@@ -38,8 +38,11 @@ from tests.node.conftest import RunningNode, start_node
 from tests.servers import ServerThread, wait_until
 from veil.attestation import NoTeeProvider, build_evidence
 from veil.client import errors
-from veil.hazmat import v2
+from veil.hazmat import v3
+from veil.node.keyring import NodeKey
 from veil.node.service import EngineRegistry
+from veil.wire.envelopes import Usage
+from veil.wire.keyid import key_id
 from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, verify_token
 
 LOCK_TTL = 3  # seconds an unused lock holds its units (short, so abandoned locks are seen back)
@@ -236,17 +239,24 @@ def data_positions(blocks: list[str]) -> list[int]:
 
 
 # -- 1. key substitution ------------------------------------------------------------------------
-def substitute_keys(forge: str, attacker_x: bytes, attacker_ed: bytes) -> Callable[..., Any]:
-    """The gateway answers the lock with its own keys, and evidence as ``forge`` says."""
+def substitute_keys(
+    forge: str, attacker_x: bytes, attacker_ed: bytes, attacker_kem: bytes
+) -> Callable[..., Any]:
+    """The gateway answers the lock with its own keys (the X25519 one and the post-quantum one a
+    veil-v3 client seals to), and evidence as ``forge`` says."""
 
     def rewrite(asked: dict[str, Any], lock: dict[str, Any]) -> dict[str, Any]:
         lock["public_key"] = base64.b64encode(attacker_x).decode()
-        lock["key_id"] = v2.key_id_of(attacker_x)
+        lock["key_id"] = key_id(attacker_x)
+        lock["kem_public_key"] = base64.b64encode(attacker_kem).decode()
+        lock["kem_key_id"] = key_id(attacker_kem)
         nonce = base64.b64decode(asked["attestation_nonce"])  # the client's own, fresh nonce
         if forge == "relay_genuine_evidence":
-            return lock  # the node's real evidence: it binds the node's key, not the attacker's
+            return lock  # the node's real evidence: it binds the node's keys, not the attacker's
         lock["node_signing_public_key"] = base64.b64encode(attacker_ed).decode()
-        evidence = build_evidence(NoTeeProvider(), attacker_x, attacker_ed, nonce)
+        evidence = build_evidence(
+            NoTeeProvider(), attacker_x, attacker_ed, nonce, kem_public_key=attacker_kem
+        )
         if forge == "rewrapped_tdx_quote":
             # A genuine Intel TDX quote (from another machine) around the attacker's keys.
             evidence = evidence.model_copy(
@@ -285,7 +295,8 @@ def test_key_substitution_is_refused_before_anything_is_encrypted(
     before = used(deployment, stacks)
     attacker_x = X25519PrivateKey.generate().public_key().public_bytes_raw()
     attacker_ed = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
-    hostile.reset().rewrite_lock = substitute_keys(forge, attacker_x, attacker_ed)
+    attacker_kem = v3.NodeKemKey.generate().public_key
+    hostile.reset().rewrite_lock = substitute_keys(forge, attacker_x, attacker_ed, attacker_kem)
     with (
         client(hostile, key, insecure_no_tee=not strict) as victim,
         pytest.raises(errors.AttestationFailed) as caught,
@@ -408,7 +419,7 @@ def test_the_release_tinfoil_signed_proves_its_enclave_and_still_binds_no_veil_k
     [
         # The honest gateway behind the hostile one already refuses a claim whose model or stack
         # disagrees with the caller's reservation (425, retried with a fresh lock); the node's own
-        # AAD check of the same swaps is tested on the node alone (tests/node/test_v2_node.py).
+        # HPKE info check of the same swaps is tested on the node alone (tests/node/test_v3_node.py).
         ("model_swap", 425, errors.UnavailableStackError),
         ("model_swap_other_kind", 425, errors.UnavailableStackError),
         ("model_swap_unserved", 404, errors.NotFoundError),
@@ -432,7 +443,7 @@ def test_rewritten_envelopes_are_refused_and_nothing_is_charged(
         held = deployment.lock(key, EMBED, max_num_tokens=10_000)
         assert held.status_code == 200 and held.json()["stack_small_id"] == stacks[EMBED]
     rewrites: dict[str, Callable[[dict[str, Any]], None]] = {
-        "model_swap": lambda e: e.update(model_name=OTHER_CHAT),  # served, for chat: the AAD
+        "model_swap": lambda e: e.update(model_name=OTHER_CHAT),  # served, for chat: the info
         "model_swap_other_kind": lambda e: e.update(model_name=EMBED),  # the node's route check
         "model_swap_unserved": lambda e: e.update(model_name="gpt-5-huge"),
         "stack_swap": lambda e: e.update(stack_small_id=stacks[EMBED]),
@@ -462,29 +473,7 @@ def test_rewritten_envelopes_are_refused_and_nothing_is_charged(
     assert_balanced(deployment, before)
 
 
-# -- 3. replay ----------------------------------------------------------------------------------
-def test_a_replayed_envelope_is_refused_and_charged_once(
-    deployment: Deployment, hostile: HostileGateway, user: tuple[str, dict[str, int]]
-) -> None:
-    key, stacks = user
-    before = used(deployment, stacks)
-    hostile.reset()
-    # veil-v2's replay reaches the node (409 REPLAYED); a v3 envelope is bound to its spent
-    # reservation and refused earlier (tests/e2e/test_v3.py).
-    with client(hostile, key, protocol="veil-v2") as victim:
-        answer = victim.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
-    assert answer.veil.signature_verified and answer.veil.units_charged
-    (captured,) = hostile.forwarded
-    # The gateway holds a fresh reservation for the victim and sends the same envelope again.
-    assert deployment.lock(key, CHAT, max_num_tokens=1_000).status_code == 200
-    replayed = httpx.post(
-        f"{deployment.url}{captured.path}",
-        content=captured.body,
-        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
-        timeout=120,
-    )
-    assert replayed.status_code == 409 and replayed.json()["error"]["code"] == "REPLAYED"
-    assert_balanced(deployment, before, {stacks[CHAT]: answer.veil.units_charged})
+# -- 3. replay: tests/e2e/test_v3.py (test_a_replayed_v3_envelope_is_refused_and_charged_once) ---
 
 
 # -- 4. stream edits ----------------------------------------------------------------------------
@@ -571,12 +560,15 @@ def test_edited_streams_are_refused(
 
 # -- 5. an answer from another node key ---------------------------------------------------------
 def other_nodes_stream(node: RunningNode) -> list[str]:
-    """A genuine v2 stream of ``node`` answering the attacker's own request (same shape)."""
+    """A genuine veil-v3 stream of ``node`` answering the attacker's own request (same shape)."""
     body = {"model": CHAT, "messages": MESSAGES, "max_tokens": 6, "stream": True}
     endpoint = "/v1/confidential/chat/completions"
-    envelope, _ = v2.seal_request(
-        node.public_key, v2.key_id_of(node.public_key), json.dumps(body).encode(),
-        endpoint=endpoint, model_name=CHAT, stack_small_id=1, num_compute_units=200, stream=True,
+    hybrid = node.keyring.current.hybrid
+    assert hybrid is not None
+    envelope, _ = v3.seal_request(
+        hybrid.public_key, hybrid.key_id, json.dumps(body).encode(),
+        node_signing_key=node.keyring.signing_public_key, endpoint=endpoint, model_name=CHAT,
+        stack_small_id=1, num_compute_units=200, stream=True,
     )  # fmt: skip
     answer = node.post(endpoint, envelope)
     assert answer.status_code == 200, answer.text
@@ -585,7 +577,11 @@ def other_nodes_stream(node: RunningNode) -> list[str]:
 
 @pytest.mark.parametrize(
     ("substitution", "exception"),
-    [("re_signed", errors.SignatureInvalid), ("whole_answer", errors.DecryptionError)],
+    [
+        ("re_signed", errors.SignatureInvalid),
+        ("signed_early", errors.SignatureInvalid),
+        ("whole_answer", errors.DecryptionError),
+    ],
 )
 def test_an_answer_from_another_node_key_is_refused(
     deployment: Deployment,
@@ -597,26 +593,53 @@ def test_an_answer_from_another_node_key_is_refused(
 ) -> None:
     key, stacks = user
     before = used(deployment, stacks)
+    node_key = deployment.nodes[0].signing_key()
 
     def re_signed(blocks: list[str]) -> list[str]:
-        """The genuine chunks, each signed by the other node instead."""
-        for i in data_positions(blocks):
-            chunk = json.loads(blocks[i][len("data: ") :])
-            digest = base64.b64decode(chunk["response_hash"])
-            chunk["signature"] = base64.b64encode(other_node.keyring.sign(digest)).decode()
-            blocks[i] = "data: " + json.dumps(chunk)
+        """veil-v3 signs once per answer: the final chunk's signature, over the very message the
+        node signed (running hash and usage), made by the other node instead."""
+        final = data_positions(blocks)[-1]
+        chunk = json.loads(blocks[final][len("data: ") :])
+        assert chunk["final"] and chunk.get("signature") is not None
+        usage = None if chunk.get("usage") is None else Usage.model_validate(chunk["usage"])
+        message = v3.signed_message(base64.b64decode(chunk["response_hash"]), usage)
+        node_key.verify(base64.b64decode(chunk["signature"]), message)  # the genuine one does
+        chunk["signature"] = base64.b64encode(other_node.keyring.sign(message)).decode()
+        blocks[final] = "data: " + json.dumps(chunk)
         return blocks
 
-    substitute = other_nodes_stream(other_node) if substitution == "whole_answer" else None
-    hostile.reset().rewrite_stream = re_signed if substitute is None else lambda _: substitute
+    def signed_early(blocks: list[str]) -> list[str]:
+        """The first chunk (AEAD only in veil-v3) given a signature by the other node."""
+        first = data_positions(blocks)[0]
+        chunk = json.loads(blocks[first][len("data: ") :])
+        assert not chunk["final"] and chunk.get("signature") is None
+        digest = base64.b64decode(chunk["response_hash"])
+        chunk["signature"] = base64.b64encode(other_node.keyring.sign(digest)).decode()
+        blocks[first] = "data: " + json.dumps(chunk)
+        return blocks
+
+    edits: dict[str, Callable[[list[str]], list[str]]] = {
+        "re_signed": re_signed,
+        "signed_early": signed_early,
+    }
+    if substitution == "whole_answer":
+        substitute = other_nodes_stream(other_node)
+        edits["whole_answer"] = lambda _: list(substitute)
+    hostile.reset().rewrite_stream = edits[substitution]
     with client(hostile, key) as victim, pytest.raises(exception):
         stream = victim.chat.completions.create(
             model=CHAT, messages=MESSAGES, max_tokens=6, stream=True
         )
         for _ in stream:
             pass
-    assert stream.veil.messages_verified == 0
-    charged = signed_charge(hostile.streams[0], deployment.nodes[0].signing_key())
+    # Only a re-signed final chunk lets the (AEAD-authenticated) chunks before it through; the
+    # answer is refused all the same, and no usage is taken from it.
+    if substitution == "re_signed":
+        assert stream.veil.messages_verified == len(data_positions(hostile.streams[0])) - 1 > 0
+    else:
+        assert stream.veil.messages_verified == 0
+    assert stream.veil.usage is None
+    charged = signed_charge(hostile.streams[0], node_key)
     assert_balanced(deployment, before, {stacks[CHAT]: charged})
 
 
@@ -627,19 +650,20 @@ def test_a_key_rotated_after_the_lock_is_re_locked_and_re_encrypted(
     key, stacks = user
     before = used(deployment, stacks)
     node = deployment.nodes[0]
-    old_key_id, grace = node.keyring.current.key_id, node.keyring.grace_seconds
+    old_key = node.keyring.current
+    assert old_key.hybrid is not None
+    grace = node.keyring.grace_seconds
     node.keyring.grace_seconds = 0  # key_grace_seconds = 0: the old key dies with the rotation
-    rotated: list[str] = []
+    rotated: list[NodeKey] = []
 
     def rotate_once() -> None:
         if not rotated:  # between the client's lock and the node opening the envelope
-            rotated.append(node.keyring.rotate().key_id)
+            rotated.append(node.keyring.rotate())
 
     hostile.reset().before_forward = rotate_once
     try:
         # backoff: time for the gateway (which re-reads node keys every 0.2 s) to see the new key.
-        # veil-v2: the envelopes' key ids are the X25519 ones compared below.
-        with client(hostile, key, backoff=1.0, protocol="veil-v2") as victim:
+        with client(hostile, key, backoff=1.0) as victim:
             answer = victim.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=4)
     finally:
         node.keyring.grace_seconds = grace
@@ -647,11 +671,19 @@ def test_a_key_rotated_after_the_lock_is_re_locked_and_re_encrypted(
     assert first.status == 409 and json.loads(first.answer)["error"]["code"] == "STALE_NODE_KEY"
     assert second.status == 200
     assert answer.veil.attempts == 2 and answer.veil.signature_verified
-    assert answer.veil.node_key_id == rotated[0] != old_key_id
+    (new_key,) = rotated
+    assert new_key.hybrid is not None
+    assert answer.veil.node_key_id == new_key.key_id != old_key.key_id
+    # veil-v3: the envelopes name the post-quantum key they were sealed to.
+    assert answer.veil.kem_key_id == new_key.hybrid.key_id != old_key.hybrid.key_id
     stale, fresh = hostile.envelopes()
-    assert stale["key_id"] == old_key_id and fresh["key_id"] == rotated[0]
+    assert stale["protocol"] == fresh["protocol"] == "veil-v3"
+    assert stale["key_id"] == old_key.hybrid.key_id and fresh["key_id"] == new_key.hybrid.key_id
     assert stale["request_id"] != fresh["request_id"]
-    assert stale["client_dh_public_key"] != fresh["client_dh_public_key"]
+    # Re-encrypted: a new encapsulation, to the new key's X25519 part.
+    assert stale["ciphertext"] != fresh["ciphertext"]
+    assert base64.b64decode(stale["node_dh_public_key"]) == old_key.hybrid.x25519_public_key
+    assert base64.b64decode(fresh["node_dh_public_key"]) == new_key.hybrid.x25519_public_key
     assert hostile.paths().count("/v1/nodes/lock") == 2  # locked (and attested) again
     assert answer.veil.attestation is not None and answer.veil.attestation.ok
     assert_balanced(deployment, before, {stacks[CHAT]: answer.veil.units_charged or 0})

@@ -178,7 +178,8 @@ def test_each_envelope_reaches_the_node_of_its_kem_key(two_nodes: Deployment) ->
         hybrid = node.keyring.current.hybrid
         assert hybrid is not None
         assert base64.b64decode(request.lock["kem_public_key"]) == hybrid.public_key
-        # Routed by node_dh_public_key, the X25519 part of the kem key (not the v2 X25519 key).
+        # Routed by node_dh_public_key, the X25519 part of the kem key (not the generation's
+        # own X25519 key, which atoma-v1 seals to).
         assert request.envelope.node_dh_public_key == hybrid.x25519_public_key
         assert request.envelope.node_dh_public_key != node.keyring.current.public_key
         request.open(request.send())  # the answer verifies under that node's signing key
@@ -190,8 +191,11 @@ def test_a_replayed_v3_envelope_is_refused_and_charged_once(two_nodes: Deploymen
     key, stacks = two_nodes.new_user("v3-replay", {CHAT: 5000})
     request = V3Request(two_nodes, key, chat(max_tokens=2), "chat")
     request.open(request.send())
+    assert request.session.usage is not None  # the genuine answer, signed and verified
     used = settled(two_nodes, stacks[CHAT])["used_units"]
-    # Its lock is spent; under a new lock the node sees another reservation than the sealed one.
+    # Its lock is spent; the gateway holds a fresh reservation for the victim and sends the same
+    # envelope again under it. The node checks its replay cache before the reservation binding,
+    # so the replay is a 409 REPLAYED whichever reservation is claimed for it.
     relock = two_nodes.lock(key, CHAT, max_num_tokens=100, timeout=1).json()
     again = httpx.post(
         f"{two_nodes.url}{confidential_path('chat')}",
@@ -199,7 +203,7 @@ def test_a_replayed_v3_envelope_is_refused_and_charged_once(two_nodes: Deploymen
         headers={**request.headers, RESERVATION_HEADER: relock["reservation_id"]},
         timeout=120,
     )
-    assert again.status_code in (409, 422), again.text
+    assert again.status_code == 409 and again.json()["error"]["code"] == "REPLAYED", again.text
     without_handle = httpx.post(
         f"{two_nodes.url}{confidential_path('chat')}",
         content=request.content,
@@ -207,4 +211,16 @@ def test_a_replayed_v3_envelope_is_refused_and_charged_once(two_nodes: Deploymen
         timeout=120,
     )
     assert without_handle.status_code >= 400, without_handle.text
+    # A gateway claiming the caller's oldest held reservation (no handle, as for atoma-sdk) on a
+    # fresh lock reaches the node all the same, and the node refuses the replay.
+    assert two_nodes.lock(key, CHAT, max_num_tokens=100, timeout=1).status_code == 200
+    unnamed = httpx.post(
+        f"{two_nodes.url}{confidential_path('chat')}",
+        content=request.content,
+        headers={k: v for k, v in request.headers.items() if k != RESERVATION_HEADER},
+        timeout=120,
+    )
+    assert unnamed.status_code == 409 and unnamed.json()["error"]["code"] == "REPLAYED", (
+        unnamed.text
+    )
     assert settled(two_nodes, stacks[CHAT])["used_units"] == used

@@ -30,8 +30,8 @@ import pytest
 from tests.conftest import TEST_MODEL_DIR
 from tests.servers import free_port, stop_process, wait_until
 from veil.gateway.ledger import Ledger, Stack
-from veil.hazmat import v1, v2
-from veil.wire.envelopes import ConfidentialComputeRequest
+from veil.hazmat import v1, v3
+from veil.wire.envelopes import RESERVATION_HEADER, ConfidentialComputeRequest
 from veil.wire.tickets import UsageReceipt, public_key_from_b64, verify_token
 
 T = TypeVar("T")
@@ -223,19 +223,29 @@ def seal_v1(
     )
 
 
-def seal_v2(
+def seal_v3(
     locked: dict[str, Any], body: dict[str, Any], path: str
-) -> tuple[ConfidentialComputeRequest, v2.ClientSession]:
-    return v2.seal_request(
-        base64.b64decode(locked["public_key"]),
-        locked["key_id"],
+) -> tuple[ConfidentialComputeRequest, v3.ClientSession]:
+    """``body`` sealed as a client seals it: veil-v3 to the lock's post-quantum key, bound to the
+    lock's reservation, its answer to be signed by the lock's signing key."""
+    assert locked["kem"] == v3.Kem.HYBRID.value, "the lock names no post-quantum key"
+    return v3.seal_request(
+        base64.b64decode(locked["kem_public_key"]),
+        locked["kem_key_id"],
         json.dumps(body).encode(),
+        node_signing_key=base64.b64decode(locked["node_signing_public_key"]),
         endpoint=path,
         model_name=body["model"],
         stack_small_id=locked["stack_small_id"],
         num_compute_units=locked["reserved_units"],
         stream=body.get("stream"),
+        reservation_id=locked["reservation_id"],
     )
+
+
+def reserved(key: str, locked: dict[str, Any]) -> dict[str, str]:
+    """``auth(key)`` and the lock's handle: the request claims exactly that reservation."""
+    return {**auth(key), RESERVATION_HEADER: locked["reservation_id"]}
 
 
 def receipt_from(token: str, locked: dict[str, Any]) -> UsageReceipt:

@@ -16,13 +16,13 @@ from tests.faults.conftest import (
     GatewayProcess,
     NodeProcess,
     VeilProcess,
-    auth,
     create_account,
     lock,
     receipt_from,
     reconcile,
+    reserved,
     running,
-    seal_v2,
+    seal_v3,
     stacks,
 )
 from tests.servers import wait_until
@@ -70,7 +70,7 @@ def test_sigterm_mid_stream_lets_it_finish_charges_it_exactly_and_exits_0(
             "messages": MESSAGES,
             "temperature": 0,
         }
-        envelope, session = seal_v2(locked, body, CHAT_PATH)
+        envelope, session = seal_v3(locked, body, CHAT_PATH)
 
         events: list[str] = []
         receipts: list[UsageReceipt] = []
@@ -79,7 +79,7 @@ def test_sigterm_mid_stream_lets_it_finish_charges_it_exactly_and_exits_0(
             "POST",
             f"{gateway.url}{CHAT_PATH}",
             content=envelope.model_dump_json(),
-            headers=auth(key),
+            headers=reserved(key, locked),
             timeout=60,
         ) as response:
             assert response.status_code == 200
@@ -103,10 +103,11 @@ def test_sigterm_mid_stream_lets_it_finish_charges_it_exactly_and_exits_0(
         chunks = [ConfidentialComputeResponse.model_validate_json(e) for e in events[:-1]]
         assert len(chunks) > SIGNAL_AFTER + 1
         for chunk in chunks:
-            session.open(chunk)
+            session.open(chunk)  # tag, place and running hash; the final one's signature too
         session.finish()
         final = chunks[-1]
-        assert final.final and final.usage is not None
+        assert final.final and final.usage is not None and final.signature is not None
+        assert session.usage == final.usage
 
         assert stopped.proc is not None
         assert stopped.proc.wait(timeout=60) == 0, stopped.output()[-3000:]

@@ -8,6 +8,7 @@ picks up by itself.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,20 +20,20 @@ from tests.faults.conftest import (
     CHAT_PATH,
     GatewayProcess,
     NodeProcess,
-    auth,
     create_account,
     lock,
     receipt_from,
     reconcile,
+    reserved,
     running,
-    seal_v2,
+    seal_v3,
     stacks,
 )
 from tests.servers import wait_until
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
-from veil.hazmat import v2
+from veil.hazmat import v3
 from veil.wire.envelopes import ConfidentialComputeResponse
-from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, public_key_from_b64
+from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt
 
 RESERVED = 1800
 MAX_TOKENS = 1500
@@ -84,7 +85,7 @@ def test_node_killed_mid_stream_charges_the_last_signed_receipt(deployment: Depl
     used_before = d.used()
     locked = lock(d.gateway.url, d.key, CHAT, max_num_tokens=RESERVED).json()
     body = {"model": CHAT, "max_tokens": MAX_TOKENS, "stream": True, "messages": MESSAGES}
-    envelope, session = seal_v2(locked, body, CHAT_PATH)
+    envelope, session = seal_v3(locked, body, CHAT_PATH)
 
     events: list[str] = []
     receipts: list[UsageReceipt] = []
@@ -92,7 +93,7 @@ def test_node_killed_mid_stream_charges_the_last_signed_receipt(deployment: Depl
         "POST",
         f"{d.gateway.url}{CHAT_PATH}",
         content=envelope.model_dump_json(),
-        headers=auth(d.key),
+        headers=reserved(d.key, locked),
         timeout=30,  # a stream left hanging by the dead node fails the test
     ) as response:
         assert response.status_code == 200
@@ -109,16 +110,24 @@ def test_node_killed_mid_stream_charges_the_last_signed_receipt(deployment: Depl
             pass  # the gateway may also cut the connection: as clear an end as any
     assert not d.node.alive()
 
-    # The client: every chunk that came is genuine, and the answer is visibly cut short.
+    # The client: every chunk that came is genuine (veil-v3: its tag, its place and the running
+    # hash; only a final chunk is signed, and none came), and the answer is visibly cut short.
     assert "[DONE]" not in events
-    signing_key = public_key_from_b64(locked["node_signing_public_key"])
+    hashes: list[bytes | None] = []
     for event in events:
         chunk = ConfidentialComputeResponse.model_validate_json(event)
         session.open(chunk)
-        v2.verify_signature(chunk, signing_key)
-        assert chunk.usage is None and chunk.final is False
-    with pytest.raises(v2.StreamOrderError, match="truncated"):
+        assert chunk.usage is None and chunk.final is False and chunk.signature is None
+        hashes.append(chunk.response_hash)
+    with pytest.raises(v3.StreamOrderError, match="truncated"):
         session.finish()
+    # The node's signature covers what came all the same: each running receipt, signed by the
+    # key the lock announced, vouches for the running hash of a chunk the client opened (none
+    # before the first chunk), and the last one for a chunk at least.
+    assert receipts and receipts[-1].response_hash is not None
+    for receipt in receipts:
+        if receipt.response_hash is not None:
+            assert base64.b64decode(receipt.response_hash) in hashes
 
     # The gateway: charged the last running receipt, handed the rest of the reservation back.
     d.settled()

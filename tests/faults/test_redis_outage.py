@@ -1,5 +1,6 @@
-"""The v2 replay cache's Redis goes away while the node runs: v2 requests are refused with 503
-(never accepted unchecked) until Redis is back, then work again without restarting the node."""
+"""The replay cache's Redis goes away while the node runs: veil-v3 requests (whose request ids it
+holds) are refused with 503 (never accepted unchecked) until Redis is back, then work again without
+restarting the node."""
 
 from __future__ import annotations
 
@@ -11,17 +12,20 @@ import httpx
 from tests.faults.conftest import CHAT, CHAT_PATH, PrivateRedis
 from tests.node.conftest import RunningNode, start_node
 from tests.servers import wait_until
-from veil.hazmat import v2
+from veil.hazmat import v3
 from veil.node.service import EngineRegistry
 from veil.wire.envelopes import ConfidentialComputeRequest
 
 
-def sealed_v2(node: RunningNode) -> ConfidentialComputeRequest:
+def sealed_v3(node: RunningNode) -> ConfidentialComputeRequest:
     body = {"model": CHAT, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
-    envelope, _ = v2.seal_request(
-        node.public_key,
-        node.keyring.current.key_id,
+    hybrid = node.keyring.current.hybrid
+    assert hybrid is not None
+    envelope, _ = v3.seal_request(
+        hybrid.public_key,
+        hybrid.key_id,
         json.dumps(body).encode(),
+        node_signing_key=node.keyring.signing_public_key,
         endpoint=CHAT_PATH,
         model_name=CHAT,
         stack_small_id=1,
@@ -39,17 +43,17 @@ def test_redis_dying_mid_operation_fails_closed_and_recovers(
 ) -> None:
     server, node = start_node(tmp_path / "node", node_registry, replay_cache=private_redis.url)
     with server:
-        accepted = sealed_v2(node)
+        accepted = sealed_v3(node)
         assert code_of(node.post(CHAT_PATH, accepted)) == "OK"
         assert code_of(node.post(CHAT_PATH, accepted)) == "REPLAYED"
 
         private_redis.kill()
-        refused = sealed_v2(node)
-        for envelope in (refused, accepted, sealed_v2(node)):
+        refused = sealed_v3(node)
+        for envelope in (refused, accepted, sealed_v3(node)):
             response = node.post(CHAT_PATH, envelope)
             assert response.status_code == 503, response.text
             assert code_of(response) == "SERVICE_UNAVAILABLE"
-        # v1 carries no replay protection, so it has nothing to fail closed on (atoma compatible).
+        # atoma-v1 carries no replay protection, so it has nothing to fail closed on (atoma compatible).
         v1_envelope, _ = node.seal(
             {"model": CHAT, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]},
             units=200,
@@ -58,9 +62,9 @@ def test_redis_dying_mid_operation_fails_closed_and_recovers(
 
         private_redis.start()  # same port, empty (no persistence)
         wait_until(
-            lambda: code_of(node.post(CHAT_PATH, sealed_v2(node))) == "OK",
+            lambda: code_of(node.post(CHAT_PATH, sealed_v3(node))) == "OK",
             15,
-            "v2 requests after Redis came back",
+            "v3 requests after Redis came back",
         )
         # The request refused while Redis was down was never run: it may be sent again, once.
         assert code_of(node.post(CHAT_PATH, refused)) == "OK"

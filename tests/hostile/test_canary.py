@@ -9,7 +9,7 @@ Topology, all real servers on loopback::
                                                                           images stand-in, echo upstream
 
 Requests carrying the canary go through every confidential route (chat, streamed chat, embeddings,
-images) in both suites (atoma-v1 and veil-v2). Chat goes both to the embedded model and to a small
+images) in both suites (atoma-v1 and veil-v3). Chat goes both to the embedded model and to a small
 echo upstream whose answer repeats the prompt, so the canary travels in both directions.
 
 The canary — raw, hex, and base64 at each of the three byte alignments (standard and URL-safe
@@ -59,7 +59,7 @@ from veil.engines import (
 )
 from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
-from veil.hazmat import v1, v2
+from veil.hazmat import v1, v3
 from veil.node.pipeline import open_request
 from veil.node.replay import make_replay_cache
 from veil.node.service import EngineRegistry
@@ -375,11 +375,10 @@ def send_confidential(
     route = f"/v1/confidential/{ROUTES[ROUTE_OF[model]]}"
     body = json.dumps(confidential_body(model, canary, stream)).encode()
     stream_flag = stream if ROUTE_OF[model] == "chat" else None
-    public_key = base64.b64decode(lock["public_key"])
-    session: v1.Session | v2.ClientSession
+    session: v1.Session | v3.ClientSession
     if suite == "v1":
         envelope, session = v1.seal_request(
-            public_key,
+            base64.b64decode(lock["public_key"]),
             body,
             model_name=model,
             stack_small_id=lock["stack_small_id"],
@@ -387,17 +386,22 @@ def send_confidential(
             stream=stream_flag,
         )
     else:
-        envelope, session = v2.seal_request(
-            public_key,
-            lock["key_id"],
+        assert lock["kem"] == v3.Kem.HYBRID.value
+        envelope, session = v3.seal_request(
+            base64.b64decode(lock["kem_public_key"]),
+            lock["kem_key_id"],
             body,
+            node_signing_key=base64.b64decode(lock["node_signing_public_key"]),
             endpoint=route,
             model_name=model,
             stack_small_id=lock["stack_small_id"],
             num_compute_units=UNITS[model],
             stream=stream_flag,
+            reservation_id=lock["reservation_id"],
         )
-    response = deployment.post(key, route, envelope)
+    # veil-v3 names its lock's reservation, as Veil's client does; atoma-v1 knows no handle.
+    handle = lock["reservation_id"] if suite == "v3" else None
+    response = deployment.post(key, route, envelope, handle)
     assert response.status_code == 200, response.text
     messages = sse_payloads(response.text) if stream else [response.json()]
     sealed = [ConfidentialComputeResponse.model_validate(m) for m in messages]
@@ -485,7 +489,7 @@ def evidence(
         key, stacks = deployment.new_user(
             "canary-user", {CHAT: 10**6, ECHO: 10**6, EMBED: 10**6, IMAGES: 10**6}
         )
-        for suite in ("v1", "v2"):
+        for suite in ("v1", "v3"):
             for model, stream in (
                 (CHAT, False),
                 (CHAT, True),
@@ -554,7 +558,7 @@ def test_the_needles_find_the_canary_in_every_encoding() -> None:
 
 def test_every_confidential_route_ran_in_both_suites(evidence: Evidence) -> None:
     ran = {(s.suite, s.route, s.model, s.stream) for s in evidence.sent}
-    for suite in ("v1", "v2"):
+    for suite in ("v1", "v3"):
         for route in ROUTES.values():
             assert any(r[0] == suite and r[1] == f"/v1/confidential/{route}" for r in ran), route
         assert (suite, "/v1/confidential/chat/completions", CHAT, True) in ran
@@ -565,7 +569,7 @@ def test_the_client_decrypted_the_canary(evidence: Evidence) -> None:
     """The canary really travelled: echoed answers carry it back to the client, and the node's
     keys recover it from every envelope the gateway forwarded."""
     echoed = [s for s in evidence.sent if s.model == ECHO]
-    assert len(echoed) == 4  # v1/v2 x whole/streamed
+    assert len(echoed) == 4  # v1/v3 x whole/streamed
     for sent in echoed:
         answer = b"".join(sent.decrypted)
         texts = []

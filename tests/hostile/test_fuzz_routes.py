@@ -37,7 +37,7 @@ from tests.hostile.conftest import (
     rss_bytes,
     ticket_headers,
 )
-from veil.hazmat import v1, v2
+from veil.hazmat import v1, v3
 from veil.wire.envelopes import MAX_ID, MAX_REQUEST_UNITS, RESERVATION_HEADER
 
 pytestmark = pytest.mark.slow
@@ -359,9 +359,16 @@ def openai_body(draw: st.DrawFn, endpoint: str) -> Any:
 
 
 def seal(
-    target: Target, route: str, plaintext: bytes, suite: str, stack_id: int, units: int
+    target: Target,
+    route: str,
+    plaintext: bytes,
+    suite: str,
+    stack_id: int,
+    units: int,
+    reservation_id: str | None = None,
 ) -> bytes:
-    """A genuine envelope (v1 or v2) around ``plaintext`` for the node's current key."""
+    """A genuine envelope (v1, or v3 bound to ``reservation_id``) around ``plaintext`` for the
+    node's current key (v3: its post-quantum one)."""
     node_key = target.node.public_key
     document: Any = None
     with contextlib.suppress(ValueError, RecursionError):
@@ -380,15 +387,19 @@ def seal(
             stream=stream_flag,
         )
     else:
-        envelope, _ = v2.seal_request(
-            node_key,
-            target.node.keyring.current.key_id,
+        hybrid = target.node.keyring.current.hybrid
+        assert hybrid is not None
+        envelope, _ = v3.seal_request(
+            hybrid.public_key,
+            hybrid.key_id,
             plaintext,
+            node_signing_key=target.node.keyring.signing_public_key,
             endpoint=route,
             model_name=model_name,
             stack_small_id=stack_id,
             num_compute_units=units,
             stream=stream_flag,
+            reservation_id=reservation_id,
         )
     return envelope.model_dump_json().encode()
 
@@ -451,7 +462,7 @@ def test_node_survives_mutated_envelopes(target: Target, data: st.DataObject, ro
 
 
 @MORE
-@given(data=st.data(), route=st.sampled_from(CONFIDENTIAL), suite=st.sampled_from(["v1", "v2"]))
+@given(data=st.data(), route=st.sampled_from(CONFIDENTIAL), suite=st.sampled_from(["v1", "v3"]))
 def test_node_survives_sealed_random_plaintext(
     target: Target, data: st.DataObject, route: str, suite: str
 ) -> None:
@@ -531,7 +542,7 @@ def test_gateway_survives_mutated_envelopes(
 
 
 @FEW
-@given(data=st.data(), route=st.sampled_from(CONFIDENTIAL), suite=st.sampled_from(["v1", "v2"]))
+@given(data=st.data(), route=st.sampled_from(CONFIDENTIAL), suite=st.sampled_from(["v1", "v3"]))
 def test_gateway_forwards_sealed_random_plaintext_safely(
     target: Target, data: st.DataObject, route: str, suite: str
 ) -> None:
@@ -541,12 +552,19 @@ def test_gateway_forwards_sealed_random_plaintext_safely(
     model = {"chat": CHAT, "embeddings": EMBED, "images": CHAT}[endpoint]
     lock = target.lock(model)
     plaintext = data.draw(plaintext_for(endpoint), label="plaintext")
-    body = seal(target, route, plaintext, suite, lock["stack_small_id"], FUZZ_UNITS)
+    body = seal(
+        target, route, plaintext, suite, lock["stack_small_id"], FUZZ_UNITS, lock["reservation_id"]
+    )
     response = target.request(
         "POST",
         f"{target.gateway_url}{route}",
         content=body,
-        headers={**target.auth(), "content-type": "application/json"},
+        # This lock's reservation, the one a v3 envelope is bound to (not an older fuzz lock's).
+        headers={
+            **target.auth(),
+            "content-type": "application/json",
+            RESERVATION_HEADER: lock["reservation_id"],
+        },
     )
     observe(response, suite)
 
@@ -802,7 +820,7 @@ def test_a_prompt_longer_than_the_context_window_is_400_not_502(target: Target) 
     ]
     route = CONFIDENTIAL[0]
     lock = target.lock(CHAT, units=10**6)
-    sealed = seal(target, route, raw, "v2", lock["stack_small_id"], 10**6)
+    sealed = seal(target, route, raw, "v3", lock["stack_small_id"], 10**6, lock["reservation_id"])
     confidential = target.request(
         "POST",
         f"{target.gateway_url}{route}",

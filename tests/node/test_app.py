@@ -42,12 +42,12 @@ def test_only_pipeline_modules_handle_plaintext() -> None:
         for path in NODE.glob("*.py")
         if any(module.startswith(PLAINTEXT) for module in imports_of(path))
     }
-    # boot builds the engines from settings (it never sees a request); the keyring holds veil-v3's
-    # key type (its X-Wing keys), and nothing of any suite that opens or seals.
+    # boot builds the engines from settings (it never sees a request); the keyring holds node keys
+    # (veil.hazmat.kem: X-Wing and X25519 key pairs), and nothing of any suite that opens or seals.
     assert handling - {"boot", "keyring"} <= PIPELINE
     keyring_imports = imports_of(NODE / "keyring.py")
-    assert [m for m in keyring_imports if m.startswith(PLAINTEXT)] == ["veil.hazmat.v3"]
-    assert keyring_imports["veil.hazmat.v3"] <= {"Kem", "NodeKemKey", "SEED_SIZE"}
+    assert [m for m in keyring_imports if m.startswith(PLAINTEXT)] == ["veil.hazmat.kem"]
+    assert keyring_imports["veil.hazmat.kem"] <= {"Kem", "NodeKemKey", "SEED_SIZE"}
     assert {"sealing", "service", "bodies"} <= handling  # the guard looks where it should
 
 

@@ -34,7 +34,7 @@ from veil.engines import LlamaCppChatEngine, UpstreamChatEngine, make_upstream_e
 from veil.engines.upstream_tokens import IMAGE_PART_TOKENS
 from veil.gateway.app import create_gateway_app
 from veil.gateway.identity import public_b64
-from veil.hazmat import v2
+from veil.hazmat import v3
 from veil.node.replay import RedisReplayCache
 from veil.node.service import EngineRegistry
 from veil.wire.errors import TooManyRequests
@@ -120,14 +120,19 @@ def stream_lines(url: str, raw: bytes, token: str | None = None) -> list[str]:
         return [line for line in response.iter_lines() if line]
 
 
-def v2_envelope(
+def v3_envelope(
     node: RunningNode, body: dict[str, Any] | bytes, path: str, *, stack: int, units: int = 100
 ) -> bytes:
+    """A veil-v3 envelope sealed to the node's post-quantum key (bound to no reservation, as the
+    tickets of these tests claim none)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    envelope, _ = v2.seal_request(
-        node.public_key,
-        node.keyring.current.key_id,
+    hybrid = node.keyring.current.hybrid
+    assert hybrid is not None
+    envelope, _ = v3.seal_request(
+        hybrid.public_key,
+        hybrid.key_id,
         raw,
+        node_signing_key=node.keyring.signing_public_key,
         endpoint=path,
         model_name=EMBED,
         stack_small_id=stack,
@@ -379,10 +384,10 @@ def test_pricing_a_request_does_not_wait_for_another_generation(
     assert still_generating
 
 
-# --- #4 v2 ids fill the replay cache; one tenant must not deny another ------------------------
+# --- #4 v3 request ids fill the replay cache; one tenant must not deny another ------------------------
 
 
-def test_a_tenant_flooding_v2_requests_does_not_deny_another_tenant(
+def test_a_tenant_flooding_v3_requests_does_not_deny_another_tenant(
     tmp_path: Path, node_registry: EngineRegistry, gateway_key: Ed25519PrivateKey
 ) -> None:
     # A total of 8 live ids, 3 per tenant: without partitions tenant 1 alone fills the node.
@@ -398,14 +403,14 @@ def test_a_tenant_flooding_v2_requests_does_not_deny_another_tenant(
         replay = server.server.config.app.state.node.replay  # type: ignore[union-attr]
         # 1. Authentic envelopes of garbage never enter the cache.
         for _ in range(10):
-            raw = v2_envelope(node, b"not json at all", CONFIDENTIAL_EMBED, stack=1)
+            raw = v3_envelope(node, b"not json at all", CONFIDENTIAL_EMBED, stack=1)
             response = post(url, raw, ticket(gateway_key, raw, stack=1))
             assert response.status_code == 400 and code_of(response) == "INVALID_BODY"
         assert len(replay) == 0
         # 2. Authentic, parseable requests that fail their budget fill tenant 1's share only.
         codes = []
         for _ in range(10):
-            raw = v2_envelope(
+            raw = v3_envelope(
                 node, {"model": EMBED, "input": "x " * 400}, CONFIDENTIAL_EMBED, stack=1, units=5
             )
             response = post(url, raw, ticket(gateway_key, raw, stack=1))
@@ -414,7 +419,7 @@ def test_a_tenant_flooding_v2_requests_does_not_deny_another_tenant(
         assert codes[3:] == [(429, "TOO_MANY_REQUESTS")] * 7
         # 3. Tenant 2 is served all the while.
         for _ in range(3):
-            raw = v2_envelope(node, {"model": EMBED, "input": "hello"}, CONFIDENTIAL_EMBED, stack=2)
+            raw = v3_envelope(node, {"model": EMBED, "input": "hello"}, CONFIDENTIAL_EMBED, stack=2)
             response = post(url, raw, ticket(gateway_key, raw, stack=2))
             assert response.status_code == 200, response.text
 

@@ -181,7 +181,8 @@ def test_a_keyring_from_before_v3_gains_an_xwing_key_and_keeps_its_x25519_key(
     assert loaded.current.public_key == first.current.public_key
     assert loaded.current.hybrid is not None
     assert stat.S_IMODE((keys / "xwing-current.seed").stat().st_mode) == 0o600
-    # The old previous generation has no post-quantum key: v1/v2 only, and listed without one.
+    # The old previous generation has no post-quantum key: atoma-v1 (and veil-v3 over X25519, where
+    # allowed) only, and listed without one.
     assert loaded.previous is not None and loaded.previous.hybrid is None
     assert [("kem" in e) for e in loaded.describe()["keys"]] == [True, False]
     reloaded = Keyring(tmp_path).current.hybrid

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.node.conftest import CHAT, EMBED
-from veil.hazmat import v1, v2
+from veil.hazmat import v1, v3
 from veil.node.keyring import Keyring
 from veil.node.metrics import NodeMetrics
 from veil.node.pipeline import Pipeline, StreamAnswer, WholeAnswer, _budget
@@ -86,10 +86,13 @@ def test_a_confidential_stream_yields_only_sealed_events_and_receipts(
         "messages": [{"role": "user", "content": f"Say {CANARY}"}],
     }
     path = confidential_path("chat")
-    envelope, session = v2.seal_request(
-        keyring.current.public_key,
-        keyring.current.key_id,
+    hybrid = keyring.current.hybrid
+    assert hybrid is not None
+    envelope, session = v3.seal_request(
+        hybrid.public_key,
+        hybrid.key_id,
         json.dumps(chat).encode(),
+        node_signing_key=keyring.signing_public_key,
         endpoint=path,
         model_name=CHAT,
         stack_small_id=1,
@@ -108,6 +111,7 @@ def test_a_confidential_stream_yields_only_sealed_events_and_receipts(
     events = run(go())
     assert events[-1] == b"data: [DONE]\n\n"
     texts: list[dict[str, Any]] = []
+    sealed_events: list[ConfidentialComputeResponse] = []
     receipts = []
     for event in events[:-1]:
         assert CANARY.encode() not in event
@@ -117,18 +121,26 @@ def test_a_confidential_stream_yields_only_sealed_events_and_receipts(
         assert event.startswith(b"data: ") and event.endswith(b"\n\n")
         sealed = ConfidentialComputeResponse.model_validate_json(event[6:-2])
         texts.append(json.loads(session.open(sealed)))
+        sealed_events.append(sealed)
     session.finish()
     assert texts[-1]["usage"]["completion_tokens"] >= 1
+    # veil-v3 signs once per answer: the final chunk carries the signature and the signed usage.
+    signed = [e.signature is not None for e in sealed_events]
+    assert signed == [False] * (len(signed) - 1) + [True]
+    assert session.usage is not None and session.usage.model_dump() == texts[-1]["usage"]
     assert receipts[-1].final and all(not r.final for r in receipts[:-1])
     assert receipts[-1].request_id is not None and receipts[-1].compute_units <= 500
 
 
-def test_a_v2_envelope_is_opened_once(pipeline: Pipeline, keyring: Keyring) -> None:
+def test_a_v3_envelope_is_opened_once(pipeline: Pipeline, keyring: Keyring) -> None:
     path = confidential_path("embeddings")
-    envelope, _ = v2.seal_request(
-        keyring.current.public_key,
-        keyring.current.key_id,
+    hybrid = keyring.current.hybrid
+    assert hybrid is not None
+    envelope, _ = v3.seal_request(
+        hybrid.public_key,
+        hybrid.key_id,
         json.dumps({"model": EMBED, "input": "once"}).encode(),
+        node_signing_key=keyring.signing_public_key,
         endpoint=path,
         model_name=EMBED,
         stack_small_id=1,
@@ -185,6 +197,6 @@ def test_the_budget_of_a_confidential_request() -> None:
     assert _budget(opened(70, None), None) == 70  # direct use: the envelope's claim
     assert _budget(opened(None, None), None) is None  # the node's default applies
     assert _budget(opened(70, None), ticket(500)) == 500  # v1: the ticket decides
-    assert _budget(opened(70, "rid"), ticket(500)) == 70  # v2: the client's units cap it
+    assert _budget(opened(70, "rid"), ticket(500)) == 70  # v3: the client's units cap it
     assert _budget(opened(900, "rid"), ticket(500)) == 500
     assert _budget(opened(None, "rid"), ticket(500)) == 500

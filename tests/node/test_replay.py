@@ -1,5 +1,5 @@
 """The replay cache: one interface, in memory (bounded, fails closed) and on Redis (shared across
-node processes), used by the node for v2 request ids and for gateway ticket ids.
+node processes), used by the node for veil-v3 request ids and for gateway ticket ids.
 
 The Redis tests use the server at ``VEIL_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379``),
 each under its own random key prefix, deleted afterwards. Without a reachable Redis they are
@@ -18,11 +18,11 @@ from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from veil import config
 from veil.config import NodeSettings
-from veil.hazmat import v2
+from veil.hazmat import v3
 from veil.node.replay import (
     MemoryReplayCache,
     NodeReplayCaches,
@@ -31,7 +31,6 @@ from veil.node.replay import (
     make_replay_cache,
 )
 from veil.wire.errors import Replayed, ServiceUnavailable, TooManyRequests
-from veil.wire.keyid import key_id
 
 REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 UNREACHABLE = "redis://127.0.0.1:1"
@@ -168,14 +167,14 @@ def test_replay_partitions_per_tenant_in_memory() -> None:
 # -- the pipeline's use: open_request, then the cache ---------------------------------------------
 
 
-def test_v2_request_replayed_to_the_same_node_is_refused() -> None:
-    """What the node pipeline does: open (AEAD verifies), then check the id until expires_at."""
-    key = X25519PrivateKey.generate()
-    public = key.public_key().public_bytes_raw()
-    envelope, _ = v2.seal_request(
-        public,
-        key_id(public),
+def test_v3_request_replayed_to_the_same_node_is_refused() -> None:
+    """What the node pipeline does: open (HPKE verifies), then check the id until expires_at."""
+    key = v3.NodeKemKey.generate()
+    envelope, _ = v3.seal_request(
+        key.public_key,
+        key.key_id,
         b"{}",
+        node_signing_key=Ed25519PrivateKey.generate().public_key(),
         endpoint="/v1/confidential/embeddings",
         model_name="m",
         stack_small_id=1,
@@ -183,7 +182,12 @@ def test_v2_request_replayed_to_the_same_node_is_refused() -> None:
     )
 
     async def handle(cache: ReplayCache, now: float) -> None:
-        _, session = v2.open_request(envelope, key, endpoint="/v1/confidential/embeddings", now=now)
+        _, session = v3.open_request(
+            envelope,
+            lambda kid: key if kid == key.key_id else None,
+            endpoint="/v1/confidential/embeddings",
+            now=now,
+        )
         if not await cache.check_and_add(session.request_id, session.expires_at, now):
             raise Replayed("request id already used")
 

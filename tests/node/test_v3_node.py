@@ -1,7 +1,8 @@
 """veil-v3 through a real node behind gateway tickets: the post-quantum key at /v1/keys and in the
 evidence, sealed both ways (whole and streamed, chat and embeddings) with receipts for the signed
-usage, and a hostile gateway's swaps (model, stack, units, stream, reservation), replays and
-disallowed KEMs refused."""
+usage, and a hostile gateway's swaps (model, stack, units, stream, reservation), replays, stale
+timestamps and disallowed KEMs refused; the replay cache shared through the real Redis by two node
+processes, and failing closed when it is unreachable."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ GATEWAY = Ed25519PrivateKey.generate()
 RESERVATION = "ab" * 16
 CHAT_PATH = confidential_path("chat")
 EMBED_PATH = confidential_path("embeddings")
+REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +244,10 @@ def test_a_gateway_swapping_what_it_sees_is_refused_and_burns_nothing(node: Runn
     for what, (response, statuses) in refused.items():
         assert response.status_code in statuses, (what, response.status_code, response.text)
         assert RECEIPT_HEADER not in response.headers, what
+        if what in ("stack", "units", "stream"):  # swaps only the HPKE info gives away
+            assert error_code(response) == "DECRYPTION_FAILED", what
+        if what == "kem name":
+            assert error_code(response) == "INVALID_BODY", what
     # Nothing was remembered for a refused request: the genuine one is still served once.
     genuine = post(node, envelope, units=900)
     assert genuine.status_code == 200, genuine.text
@@ -307,3 +313,46 @@ def test_a_key_retired_past_its_grace_is_409_stale(
         served = post(short, fresh)
         assert served.status_code == 200, served.text
         session.open(ConfidentialComputeResponse.model_validate(served.json()))
+
+
+def test_a_stale_timestamp_is_refused(node: RunningNode) -> None:
+    envelope, _ = seal(node, chat(max_tokens=1), now=time.time() - 3600)
+    response = post(node, envelope)
+    assert response.status_code == 409 and error_code(response) == "REPLAYED"
+    assert "window" in response.json()["error"]["message"]
+    assert RECEIPT_HEADER not in response.headers
+
+
+def test_the_replay_cache_in_redis_is_shared_by_node_processes(
+    tmp_path: Path, node_registry: EngineRegistry
+) -> None:
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis unreachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}")
+    first_server, first = start_node(tmp_path, node_registry, replay_cache=REDIS_URL)
+    second_server, second = start_node(tmp_path, node_registry, replay_cache=REDIS_URL)
+    with first_server, second_server:
+        envelope, session = seal(first, chat(max_tokens=1), reservation_id=None)
+        served = first.post(CHAT_PATH, envelope)
+        assert served.status_code == 200, served.text
+        session.open(ConfidentialComputeResponse.model_validate(served.json()))
+        replayed = second.post(CHAT_PATH, envelope)  # same node identity, other process
+        assert replayed.status_code == 409 and error_code(replayed) == "REPLAYED"
+
+
+def test_an_unreachable_replay_cache_fails_closed(
+    tmp_path: Path, node_registry: EngineRegistry
+) -> None:
+    server, direct = start_node(tmp_path, node_registry, replay_cache="redis://127.0.0.1:1/0")
+    with server:
+        envelope, _ = seal(direct, chat(max_tokens=1), reservation_id=None)
+        response = direct.post(CHAT_PATH, envelope)
+        assert response.status_code == 503 and error_code(response) == "SERVICE_UNAVAILABLE"
+        assert RECEIPT_HEADER not in response.headers
+        # atoma-v1 has no replay protection to fail: it still works (Atoma compatibility).
+        v1_envelope, _ = direct.seal(chat(max_tokens=1), units=500)
+        assert direct.post(CHAT_PATH, v1_envelope).status_code == 200

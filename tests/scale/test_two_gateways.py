@@ -1,5 +1,5 @@
-"""Past one machine: two gateways on one PostgreSQL ledger, three nodes keeping their v2 replay
-state in one Redis, and one node in front of a real ``llama_cpp.server``. v1 and v2 requests, chat
+"""Past one machine: two gateways on one PostgreSQL ledger, three nodes keeping their v3 replay
+state in one Redis, and one node in front of a real ``llama_cpp.server``. v1 and v3 requests, chat
 (whole and streamed) and embeddings, run through both gateways at once, often locking on one
 gateway and sending on the other. Afterwards the books must balance to the unit: each stack was
 charged exactly what the signed usage its clients opened says, nothing is left reserved, and
@@ -10,7 +10,7 @@ charged exactly what the signed usage its clients opened says, nothing is left r
     4 client threads ──┬── gateway A ──┐   PostgreSQL   ┌── node 1: chat from llama_cpp.server
                        └── gateway B ──┴── (one ledger) ┼── node 2: embedded chat + embeddings
       each gateway signs tickets with its own key;      └── node 3: embedded chat + embeddings
-      every node trusts both keys                            (v2 request ids: one Redis)
+      every node trusts both keys                            (v3 request ids: one Redis)
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from benchmarks.confidential import ENDPOINT_OF, Kind, seal, units_of
+from benchmarks.confidential import ENDPOINT_OF, Kind, units_of
 from sqlalchemy import select
 
 from tests.e2e.conftest import CHAT, EMBED
 from tests.engines.test_upstream import start_llama_server
-from tests.harness import SealedRequest, Suite
+from tests.harness import NodeKeys, SealedRequest, Suite, seal_to
 from tests.node.conftest import start_node
 from tests.servers import ServerThread, stop_process
 from veil.client.streaming import StreamChecker
@@ -48,7 +48,7 @@ from veil.node.app import create_app
 from veil.node.keyring import Keyring
 from veil.node.replay import DEFAULT_REDIS_PREFIX, RedisReplayCache
 from veil.node.service import EngineRegistry
-from veil.wire.envelopes import ConfidentialComputeRequest
+from veil.wire.envelopes import RESERVATION_HEADER, ConfidentialComputeRequest
 from veil.wire.routes import confidential_path
 from veil.wire.tickets import RECEIPT_COMMENT, UsageReceipt, public_key_from_b64, verify_token
 
@@ -97,7 +97,7 @@ def plan() -> list[Call]:
         Call(
             index=i,
             user=i % 2,
-            suite="atoma-v1" if (i // 3) % 2 == 0 else "veil-v2",
+            suite="atoma-v1" if (i // 3) % 2 == 0 else "veil-v3",
             kind=kinds[i % 3],
             lock_via=i % 2,
             send_via=(i // 2) % 2,
@@ -110,7 +110,7 @@ def plan() -> list[Call]:
 class Outcome:
     call: Call
     stack_id: int
-    node_key: bytes
+    node_key: bytes  # the X25519 key the lock named: which node served
     units: int  # from the opened, signature-checked usage
     envelope: ConfidentialComputeRequest
 
@@ -140,7 +140,7 @@ def read_stream(response: httpx.Response, sealed: SealedRequest, call: Call, sig
                 last = opened[1]
     assert checker.final, "the stream ended without its final chunk"
     assert last is not None and last["choices"] == []
-    assert checker.done == (call.suite == "veil-v2"), "[DONE] goes to v2 clients only"
+    assert checker.done == (call.suite == "veil-v3"), "[DONE] goes to v3 clients only"
     units = signed_units(sealed, call.kind)
     assert receipt is not None and receipt.final and receipt.compute_units == units
     return units
@@ -155,10 +155,23 @@ def run(call: Call, http: httpx.Client, gateways: list[str], api_keys: list[str]
     )
     assert locked.status_code == 200, locked.text
     lock = locked.json()
-    sealed = seal(call.kind, call.suite, lock, call.body(), UNITS[call.model])
+    keys = NodeKeys.from_lock(lock)
+    v3 = call.suite == "veil-v3"
+    # veil-v3 authenticates its units and is bound to the lock's reservation, which it claims by
+    # name (X-Veil-Reservation); atoma-v1 leaves the units to the lock and knows no handle.
+    sealed = seal_to(
+        keys, call.body(), suite=call.suite, endpoint=ENDPOINT_OF[call.kind],
+        stack_small_id=lock["stack_small_id"], units=UNITS[call.model] if v3 else None,
+        reservation_id=lock["reservation_id"] if v3 else None,
+    )  # fmt: skip
     envelope = ConfidentialComputeRequest.model_validate_json(sealed.content)
+    if v3:  # sealed to the post-quantum key; the gateway routes on its X25519 part
+        assert keys.kem_public_key is not None and envelope.kem == "mlkem768-x25519"
+        assert envelope.node_dh_public_key == keys.kem_public_key[-32:]
     url = f"{gateways[call.send_via]}{call.path}"
     headers = {**auth, "content-type": "application/json"}
+    if v3:
+        headers[RESERVATION_HEADER] = lock["reservation_id"]
     if call.kind == "stream":
         with http.stream("POST", url, content=sealed.content, headers=headers) as response:
             assert response.status_code == 200, response.read()
@@ -169,7 +182,7 @@ def run(call: Call, http: httpx.Client, gateways: list[str], api_keys: list[str]
         assert response.status_code == 200, response.text
         sealed.open(response.content)
         units = signed_units(sealed, call.kind)
-    return Outcome(call, lock["stack_small_id"], envelope.node_dh_public_key, units, envelope)
+    return Outcome(call, lock["stack_small_id"], keys.public_key, units, envelope)
 
 
 # -- the deployment ------------------------------------------------------------------------------
@@ -317,10 +330,11 @@ def test_two_gateways_three_nodes_one_ledger_balance_to_the_unit(cluster: Cluste
     ):
         outcomes = list(pool.map(lambda c: run(c, http, cluster.gateways, api_keys), calls))
 
-        # A v2 envelope replayed through the other gateway, on a fresh lock: the node that
-        # served it remembers its request id in Redis and refuses it; nothing is charged.
+        # A v3 envelope replayed through the other gateway, on a fresh lock: the node that
+        # served it remembers its request id in Redis and refuses it (before it compares the
+        # reservation the envelope is bound to); nothing is charged.
         first = next(
-            o for o in outcomes if o.call.suite == "veil-v2" and o.call.kind == "embeddings"
+            o for o in outcomes if o.call.suite == "veil-v3" and o.call.kind == "embeddings"
         )
         other = cluster.gateways[1 - first.call.send_via]
         auth = {"authorization": f"Bearer {api_keys[first.call.user]}"}
@@ -338,11 +352,11 @@ def test_two_gateways_three_nodes_one_ledger_balance_to_the_unit(cluster: Cluste
     assert set(served) == {0, 1, 2}, served
     assert {o.call.kind for o in chat_on_upstream} <= {"chat", "stream"} and chat_on_upstream
 
-    # Every v2 request id is remembered in the shared Redis, in its tenant's (stack's) space.
+    # Every v3 request id is remembered in the shared Redis, in its tenant's (stack's) space.
     layout = RedisReplayCache(REDIS_URL, DEFAULT_REDIS_PREFIX)
     with redis.Redis.from_url(REDIS_URL) as replay:
         for o in outcomes:
-            if o.call.suite == "veil-v2":
+            if o.call.suite == "veil-v3":
                 assert o.envelope.request_id is not None
                 assert replay.exists(layout.key(o.envelope.request_id, o.stack_id))
 

@@ -45,7 +45,7 @@ def vector(kem: v3.Kem, seed_byte: int) -> dict[str, object]:
         request_id=bytes(range(16)),
         response_secret=secret,
     )
-    info = v3._info_of(envelope, kem, ENDPOINT)
+    info = v3.info_of(envelope, kem, ENDPOINT)
     server = v3.ServerSession(
         response_secret=secret,
         request_id=bytes(range(16)),

@@ -43,9 +43,28 @@ def test_valid_envelope_round_trips_exactly() -> None:
 
 def test_optional_fields_may_be_null_or_absent_and_unknown_fields_are_ignored() -> None:
     parsed = ConfidentialComputeRequest.model_validate(
-        envelope(num_compute_units=None, stream=..., protocol="veil-v2")
+        envelope(num_compute_units=None, stream=..., protocol="veil-v3", x_future_field=1)
     )
     assert parsed.num_compute_units is None and parsed.stream is None
+    assert parsed.protocol == "veil-v3" and not hasattr(parsed, "x_future_field")
+    assert "x_future_field" not in parsed.model_dump_json()
+
+
+@pytest.mark.parametrize("protocol", ["atoma-v1", "veil-v3"])
+def test_the_protocols_spoken(protocol: str) -> None:
+    assert (
+        ConfidentialComputeRequest.model_validate(envelope(protocol=protocol)).protocol == protocol
+    )
+
+
+@pytest.mark.parametrize("protocol", ["veil-v2", "veil-v9", "", "VEIL-V3", 3])
+def test_a_retired_or_unknown_protocol_fails_validation(protocol: object) -> None:
+    """veil-v2 is retired: an envelope that names it is refused like any unknown protocol."""
+    with pytest.raises(ValidationError) as info:
+        ConfidentialComputeRequest.model_validate(envelope(protocol=protocol))
+    (error,) = info.value.errors()
+    assert error["loc"] == ("protocol",) and error["type"] == "literal_error"
+    assert error["ctx"]["expected"] == "'atoma-v1' or 'veil-v3'"
 
 
 @pytest.mark.parametrize(

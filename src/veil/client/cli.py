@@ -2,9 +2,10 @@
 
 ``register(app)`` adds the commands to the ``veil`` Typer app. Every command takes ``--base-url``
 (env ``VEIL_BASE_URL``, default ``http://127.0.0.1:8080``) and ``--api-key`` (env ``VEIL_API_KEY``).
-``chat`` and ``embed`` also take ``--protocol`` (``veil-v3``, the default and post-quantum,
-``veil-v2`` or ``atoma-v1``),
-``--policy FILE`` (the attestation policy, JSON or TOML) and ``--insecure-no-tee`` (env
+``chat`` and ``embed`` also take ``--protocol`` (``veil-v3``, the default and post-quantum, or
+``atoma-v1``),
+``--policy FILE`` (the attestation policy, JSON or TOML), ``--allow-classical-kem`` (env
+``VEIL_ALLOW_CLASSICAL_KEM=1``: the policy's ``allow_classical_kem``) and ``--insecure-no-tee`` (env
 ``VEIL_INSECURE_NO_TEE=1``): accept a node without a TEE, for a local demo such as ``veil serve``
 only. Without it a node whose evidence says "no TEE" is refused before anything is encrypted.
 Answers go to stdout; the receipt line, ``--show-wire`` and errors go to stderr. An error is one
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import httpx
 import typer
@@ -51,7 +52,6 @@ ApiKey = Annotated[
 
 class WireProtocol(StrEnum):
     v3 = "veil-v3"
-    v2 = "veil-v2"
     v1 = "atoma-v1"
 
 
@@ -79,9 +79,18 @@ InsecureNoTee = Annotated[
         "(veil serve): nothing then protects your prompt on the node.",
     ),
 ]
+AllowClassicalKem = Annotated[
+    bool,
+    typer.Option(
+        "--allow-classical-kem",
+        envvar="VEIL_ALLOW_CLASSICAL_KEM",
+        help="Seal with X25519 alone to a node that names no post-quantum key (veil-v3 otherwise "
+        "refuses it). A recording of such a request can be opened by a future quantum computer.",
+    ),
+]
 
 
-def _fail(code: str, message: str) -> NoReturn:
+def fail(code: str, message: str) -> NoReturn:
     err.print(Text.assemble(("error:", "bold red"), f" {code}: {message}"))
     raise typer.Exit(1)
 
@@ -99,18 +108,18 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except VeilClientError as exc:
-        _fail(*_describe(exc))
+        fail(*_describe(exc))
     except ValueError as exc:
         from veil.attestation.policy import PolicyError  # loaded already if it is one
 
-        _fail("INVALID_POLICY" if isinstance(exc, PolicyError) else "INVALID_REQUEST", str(exc))
+        fail("INVALID_POLICY" if isinstance(exc, PolicyError) else "INVALID_REQUEST", str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
-def _require(api_key: str | None) -> str:
+def require_key(api_key: str | None) -> str:
     if not api_key:
-        _fail("AUTH_ERROR", "no API key: pass --api-key or set VEIL_API_KEY")
+        fail("AUTH_ERROR", "no API key: pass --api-key or set VEIL_API_KEY")
     return api_key
 
 
@@ -151,12 +160,15 @@ def _client(
     protocol: WireProtocol = WireProtocol.v3,
     policy_file: Path | None = None,
     insecure_no_tee: bool = False,
+    allow_classical_kem: bool = False,
 ) -> Iterator[Client]:
     from veil.attestation.policy import Policy
     from veil.client.options import check_protocol
     from veil.client.sdk import Client
 
     policy = Policy.load(policy_file) if policy_file is not None else None
+    if allow_classical_kem:
+        policy = (policy or Policy()).model_copy(update={"allow_classical_kem": True})
     with Client(
         base_url,
         api_key,
@@ -181,18 +193,21 @@ def chat(
     protocol: ProtocolOption = WireProtocol.v3,
     policy: PolicyOption = None,
     insecure_no_tee: InsecureNoTee = False,
+    allow_classical_kem: AllowClassicalKem = False,
 ) -> None:
     """Ask a chat model, end-to-end encrypted; prints a verified receipt to stderr."""
     from veil.client.plan import chat_body
 
-    key = _require(api_key)
+    key = require_key(api_key)
     body = chat_body(model, [{"role": "user", "content": prompt}], stream, max_tokens, {})
     if show_wire:
         err.print("--- you sent (plaintext; encrypted on this machine before sending)")
         err.print(json.dumps(body, indent=2, ensure_ascii=False))
     with (
         _reported(),
-        _client(base_url, key, show_wire, protocol, policy, insecure_no_tee) as client,
+        _client(
+            base_url, key, show_wire, protocol, policy, insecure_no_tee, allow_classical_kem
+        ) as client,
     ):
         messages = body["messages"]
         if stream:
@@ -235,12 +250,15 @@ def embed(
     protocol: ProtocolOption = WireProtocol.v3,
     policy: PolicyOption = None,
     insecure_no_tee: InsecureNoTee = False,
+    allow_classical_kem: AllowClassicalKem = False,
 ) -> None:
     """Embed texts, end-to-end encrypted; vectors on stdout (abbreviated unless --json)."""
-    key = _require(api_key)
+    key = require_key(api_key)
     with (
         _reported(),
-        _client(base_url, key, False, protocol, policy, insecure_no_tee) as client,
+        _client(
+            base_url, key, False, protocol, policy, insecure_no_tee, allow_classical_kem
+        ) as client,
     ):
         result = client.embeddings.create(model=model, input=list(texts))
         if as_json:
@@ -262,150 +280,11 @@ def models(base_url: BaseUrl = DEFAULT_BASE_URL, api_key: ApiKey = None) -> None
             sys.stdout.write(f"{model.id}\t{kind}\n" if kind else f"{model.id}\n")
 
 
-USAGE_PAGE = 1000  # rows per GET /v1/usage (the gateway's maximum)
-
-
-def _get_json(http: httpx.Client, url: str, key: str, params: dict[str, Any]) -> Any:
-    from veil.wire.errors import error_from_body
-
-    try:
-        response = http.get(url, params=params, headers={"authorization": f"Bearer {key}"})
-    except httpx.HTTPError as exc:
-        _fail("TRANSPORT_ERROR", f"cannot reach {url}: {type(exc).__name__}")
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
-    if response.status_code != 200:
-        failure = error_from_body(response.status_code, document)
-        _fail(failure.code, failure.message)
-    if not isinstance(document, dict):
-        _fail("MALFORMED_RESPONSE", f"{url} did not answer a JSON object")
-    return document
-
-
-def _usage_rows(
-    http: httpx.Client, root: str, key: str, since: str | None, user: str | None
-) -> list[dict[str, Any]]:
-    """Every row, page after page (the gateway caps a page at USAGE_PAGE rows)."""
-    rows: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        params: dict[str, Any] = {"limit": USAGE_PAGE, "after": after}
-        if since is not None:
-            params["since"] = since
-        if user is not None:
-            params["user"] = user
-        page = _get_json(http, f"{root}/v1/usage", key, params)
-        rows.extend(page.get("usage") or [])
-        following = page.get("next_after")
-        if not isinstance(following, int) or following <= after:
-            return rows
-        after = following
-
-
-def _usage_line(row: dict[str, Any], status: str) -> str:
-    return (
-        f"{row.get('time_iso', '?'):<32} stack {row.get('stack_small_id')!s:>5}  "
-        f"{row.get('model')!s:<20} {row.get('charged_units')!s:>8} units "
-        f"({row.get('prompt_tokens')}+{row.get('completion_tokens')} tokens)  "
-        f"node {row.get('node_small_id')} key {row.get('node_signing_key_id') or '-'}  {status}"
-    )
-
-
-def usage(
-    since: Annotated[
-        str | None,
-        typer.Option("--since", help="Only from this time on: ISO 8601 or Unix seconds."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify",
-            help="Check every receipt's signature against node keys seen in attested locks, "
-            "and every stack's used units against its receipts; exit 1 if anything fails.",
-        ),
-    ] = False,
-    user: Annotated[
-        str | None, typer.Option("--user", help="Another user's usage (admin API key).")
-    ] = None,
-    base_url: BaseUrl = DEFAULT_BASE_URL,
-    api_key: ApiKey = None,
-    insecure_no_tee: InsecureNoTee = False,
-) -> None:
-    """Every charged request with its signed node receipt; --verify checks the bill."""
-    from veil.client.known_nodes import KnownNodes, KnownNodesError
-    from veil.client.options import gateway_root
-    from veil.client.usage import verify_usage
-
-    key = _require(api_key)
-    root = gateway_root(base_url)
-    with httpx.Client(timeout=60) as http:
-        # The stack sums need every row, so --verify reads all of them and filters for display.
-        rows = _usage_rows(http, root, key, None if verify else since, user)
-        if not verify:
-            if as_json:
-                sys.stdout.write(json.dumps({"usage": rows}, indent=2) + "\n")
-            else:
-                for row in rows:
-                    sys.stdout.write(_usage_line(row, "") + "\n")
-            return
-        stacks_url = f"{root}/admin/stacks" if user else f"{root}/v1/stacks"
-        stacks = _get_json(http, stacks_url, key, {"user": user} if user else {})["stacks"]
-        # Which rows to show: the gateway applies --since (one rule for the time formats).
-        wanted = (
-            {r.get("id") for r in _usage_rows(http, root, key, since, user)}
-            if since is not None
-            else {r.get("id") for r in rows}
-        )
-    try:
-        known = KnownNodes().load()
-    except KnownNodesError as exc:
-        _fail("KNOWN_NODES", str(exc))
-    verdict = verify_usage(rows, stacks, known, allow_no_tee=insecure_no_tee)
-    shown = {id(r) for r in rows if r.get("id") in wanted}
-    if as_json:
-        document = {
-            "ok": verdict.ok,
-            "usage": [
-                {**c.row, "verified": c.ok, "problems": list(c.problems)}
-                for c in verdict.rows
-                if id(c.row) in shown
-            ],
-            "stacks": [
-                {
-                    "stack_small_id": s.stack_id,
-                    "used_units": s.used_units,
-                    "signed_units": s.signed_units,
-                    "ok": s.ok,
-                    "problem": s.problem,
-                }
-                for s in verdict.stacks
-            ],
-        }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    else:
-        for check in verdict.rows:
-            if id(check.row) in shown:
-                status = "OK" if check.ok else "FAIL: " + "; ".join(check.problems)
-                sys.stdout.write(_usage_line(dict(check.row), status) + "\n")
-        for stack in verdict.stacks:
-            status = "OK" if stack.ok else f"FAIL: {stack.problem}"
-            sys.stdout.write(
-                f"stack {stack.stack_id}: used {stack.used_units} units, signed "
-                f"{stack.signed_units}  {status}\n"
-            )
-    failures = sum(not c.ok for c in verdict.rows) + sum(not s.ok for s in verdict.stacks)
-    if failures:
-        err.print(f"usage does not verify: {failures} problem(s) ({len(rows)} receipts checked)")
-        raise typer.Exit(1)
-    err.print(f"usage verified: {len(rows)} receipt(s), {len(verdict.stacks)} stack(s)")
-
-
 def register(app: typer.Typer) -> None:
     """Add ``chat``, ``embed``, ``models`` and ``usage`` to the ``veil`` command."""
     app.command("chat")(chat)
     app.command("embed")(embed)
     app.command("models")(models)
+    from veil.client.cli_usage import usage
+
     app.command("usage")(usage)

@@ -4,7 +4,7 @@
 
     VeilClientError                     base: catch this to catch anything the client raises
     +-- APIError                        the gateway or node answered with a wire error
-    |   |                               (.status, .code, .message as sent; PROTOCOL.md section 4)
+    |   |                               (.status, .code, .message as sent; docs/PROTOCOL.md section 10)
     |   +-- InvalidRequestError         400 INVALID_BODY
     |   +-- AuthenticationError         401 AUTH_ERROR
     |   +-- BalanceError                402 BALANCE_ERROR      (.model, .remaining_units)
@@ -27,15 +27,15 @@
     |   |                               the policy does not allow_classical_kem); nothing sent
     |   +-- MalformedResponse           a 200 answer that is not a sealed envelope / expected JSON
     |   +-- DecryptionError             the AES-GCM tag did not verify (alias: TagMismatch)
-    |   +-- ResponseHashMismatch        response_hash missing, or not the hash (v1: BLAKE2b-256,
-    |   |                               v2: HMAC) of the plaintext (v3: the chunks' running hash)
+    |   +-- ResponseHashMismatch        response_hash missing, or not the hash (v1: BLAKE2b-256 of
+    |   |                               the plaintext; v3: the chunks' running hash)
     |   +-- SignatureInvalid            signature missing, or not the node's Ed25519 signature
     |   |                               over response_hash (v3: one, on the final chunk, over
     |   |                               the running hash and the usage)
     |   +-- UsageMismatch               the usage sent in clear differs from the signed usage
     |   +-- StreamTruncated             a stream ended before its final chunk
-    |   +-- StreamCorrupt               a stream event out of place: unparsable, dropped (v2,
-    |                                   v3), duplicated, reordered, foreign, or after the final
+    |   +-- StreamCorrupt               a stream event out of place: unparsable, dropped (v3),
+    |                                   duplicated, reordered, foreign, or after the final
     |                                   chunk
     +-- PlaintextRefused                the openai drop-in was asked to send a body it cannot
     |                                   seal (a route other than chat, embeddings, images)

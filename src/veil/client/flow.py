@@ -2,14 +2,14 @@
 
 Like httpx's ``auth_flow``, ``confidential()`` is a generator: it yields what it needs done
 (``Send`` a request, ``Wait`` before retrying) and is sent the responses back; ``run`` drives it
-over a sync transport and ``arun`` over an async one. One call (PROTOCOL.md sections 1-6)::
+over a sync transport and ``arun`` over an async one. One call (docs/PROTOCOL.md sections 4-8)::
 
     POST /v1/nodes/lock        -> node X25519 key, post-quantum key (v3), node signing key,
       + attestation_nonce         stack, reserved units, and the node's evidence for a fresh
                                   random 32-byte nonce
     accept_lock(...)           -> the evidence satisfies the policy and binds every node key and
                                   the nonce; otherwise AttestationFailed and nothing is sealed
-    seal(...)                  -> HPKE (fresh encapsulation; v2, v3: request id and timestamp;
+    seal(...)                  -> HPKE (fresh encapsulation; v3: request id and timestamp,
                                   v3: ML-KEM-768 + X25519, a new response secret); the metadata
                                   the gateway could swap is authenticated (v3: in HPKE's info)
     POST /v1/confidential/...  -> sealed answer, every message opened and verified before any of

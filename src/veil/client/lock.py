@@ -27,7 +27,7 @@ from veil.attestation.policy import Policy
 from veil.attestation.report import verify_evidence
 from veil.client.errors import AttestationFailed, UnverifiableNode
 from veil.client.receipt import AttestationVerdict
-from veil.hazmat.v3 import Kem
+from veil.hazmat.kem import Kem
 from veil.wire.envelopes import RESERVATION_HEADER, NodesCreateLockResponse
 from veil.wire.keyid import key_id as node_key_id
 

@@ -13,25 +13,16 @@ its own exception:
   usage, with the key the lock named (``SignatureInvalid`` if it is missing or does not verify,
   or if an earlier chunk carries one; ``UsageMismatch`` for usage beside an earlier chunk). A
   stream must end with its final chunk (``StreamTruncated`` otherwise).
-- **veil-v2** (``V2ResponseOpener``): the message carries the v2 fields
-  (``MalformedResponse`` / ``StreamCorrupt`` otherwise); ``v2.ClientSession.open`` checks its
-  index is the next one, its response nonce is this answer's, nothing follows the final chunk
-  (``StreamCorrupt``), the AES-GCM tag with the request id, index and final flag in the AAD
-  (``DecryptionError``) and ``response_hash``, an HMAC under a key only the two ends hold
-  (``ResponseHashMismatch``); then the node's Ed25519 ``signature`` over ``response_hash``, with
-  the key the lock named (``SignatureInvalid``). A stream must end with the chunk the node sealed
-  as final (``StreamTruncated`` otherwise); ``data: [DONE]`` after it is accepted and ignored.
 - **atoma-v1** (``ResponseOpener``): the AES-GCM tag (``DecryptionError``), ``response_hash`` equal
   to BLAKE2b-256 of the decrypted bytes (``ResponseHashMismatch``), then the signature as above.
   v1 chunks carry no sequence number, so what can be caught is what their content and nonces
   reveal: a repeated chunk (same nonce), anything after the final usage chunk, a chunk from
   another completion (``id``), the opening ``role`` chunk moved later, content after a
   ``finish_reason``, and a stream that ends before its usage chunk. Two content chunks swapped
-  in the middle are not detectable in v1; v2 binds each chunk's index for that.
+  in the middle are not detectable in v1; v3 binds each chunk's index for that.
 
-For all, usage sent in clear must equal the usage in the signed plaintext (``UsageMismatch``; in
-v3 the node's signature covers it as well), and the content checks of v1 run on v2 and v3
-streams too. Comment lines (``: veil-receipt ...``) are ignored. Compared
+For both, usage sent in clear must equal the usage in the signed plaintext (``UsageMismatch``; in
+v3 the node's signature covers it as well), and the content checks of v1 run on v3 streams too. Comment lines (``: veil-receipt ...``) are ignored. Compared
 hashes and nonces are compared in constant time; no message carries plaintext or key material.
 """
 
@@ -57,14 +48,13 @@ from veil.client.errors import (
     UsageMismatch,
 )
 from veil.client.receipt import Receipt
-from veil.hazmat import v1, v2, v3
+from veil.hazmat import v1, v3
 from veil.wire.envelopes import ConfidentialComputeResponse, Usage
 from veil.wire.errors import DecryptionFailed
 
 __all__ = [
     "Opener",
     "ResponseOpener",
-    "V2ResponseOpener",
     "V3ResponseOpener",
     "open_single",
     "parse_json_object",
@@ -77,7 +67,7 @@ class Opener:
 
     __slots__ = ("_key", "receipt")
     protocol: str = ""
-    #: v1 only: refuse a chunk whose nonce was already seen (v2 binds each chunk's index).
+    #: v1 only: refuse a chunk whose nonce was already seen (v3 binds each chunk's index).
     dedupe_nonces: bool = False
 
     def __init__(self, signing_key: Ed25519PublicKey, receipt: Receipt) -> None:
@@ -158,64 +148,6 @@ class ResponseOpener(Opener):
 
     def is_final(self, sealed: ConfidentialComputeResponse, usage: Usage | None) -> bool:
         return usage is not None
-
-
-class V2ResponseOpener(Opener):
-    """veil-v2: ``v2.ClientSession`` checks place, tag and HMAC; then the node's signature."""
-
-    __slots__ = ("_session",)
-    protocol = v2.SUITE
-
-    def __init__(
-        self, session: v2.ClientSession, signing_key: Ed25519PublicKey, receipt: Receipt
-    ) -> None:
-        super().__init__(signing_key, receipt)
-        self._session = session
-
-    def open(
-        self,
-        sealed: ConfidentialComputeResponse,
-        *,
-        malformed: type[IntegrityError] = MalformedResponse,
-    ) -> bytes:
-        started = time.thread_time()
-        if sealed.response_nonce is None or sealed.index is None or sealed.final is None:
-            raise malformed(
-                "the answer is not a veil-v2 message (response_nonce, index or final missing)"
-            )
-        if sealed.response_hash is None:
-            raise ResponseHashMismatch("the response carries no response_hash")
-        if sealed.signature is None:
-            raise SignatureInvalid("the response is not signed by the node")
-        try:
-            plaintext = self._session.open(sealed)
-        except v2.StreamOrderError as exc:
-            raise StreamCorrupt(exc.message) from None
-        except v2.ResponseHashMismatch:
-            raise ResponseHashMismatch(
-                "response_hash is not the HMAC of the decrypted response"
-            ) from None
-        except DecryptionFailed:
-            raise DecryptionError(
-                "the response's AES-GCM tag did not verify: it was altered on the way, belongs to "
-                "another request or position, or was sealed by another node"
-            ) from None
-        self._verify_signature(sealed)
-        self._verified(started)
-        return plaintext
-
-    def is_final(self, sealed: ConfidentialComputeResponse, usage: Usage | None) -> bool:
-        return bool(sealed.final)
-
-    def whole(self) -> None:
-        if not self._session.complete:
-            raise MalformedResponse("the answer is not the node's complete (final) message")
-
-    def ended(self, final_seen: bool) -> None:
-        try:
-            self._session.finish()
-        except v2.StreamOrderError as exc:
-            raise StreamTruncated(exc.message) from None
 
 
 class V3ResponseOpener(Opener):

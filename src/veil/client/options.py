@@ -33,14 +33,14 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = config.CLIENT_BASE_URL
-DEFAULT_CHAT_MAX_TOKENS = config.CLIENT_CHAT_MAX_TOKENS
+DEFAULT_CHAT_MAX_TOKENS = config.DEFAULT_CHAT_COMPLETION_TOKENS
 DEFAULT_TIMEOUT = httpx.Timeout(
     config.CLIENT_TIMEOUT_SECONDS, connect=config.CLIENT_CONNECT_TIMEOUT_SECONDS
 )
 DEFAULT_MAX_ATTEMPTS = config.CLIENT_MAX_ATTEMPTS
 DEFAULT_BACKOFF = config.CLIENT_BACKOFF_SECONDS
 
-ProtocolName = Literal["veil-v3", "veil-v2", "atoma-v1"]
+ProtocolName = Literal["veil-v3", "atoma-v1"]
 PROTOCOLS: tuple[ProtocolName, ...] = get_args(ProtocolName)
 DEFAULT_PROTOCOL: ProtocolName = "veil-v3"
 
@@ -49,6 +49,8 @@ def check_protocol(protocol: str) -> ProtocolName:
     for known in PROTOCOLS:
         if protocol == known:
             return known
+    if protocol == "veil-v2":
+        raise ValueError("protocol veil-v2 was replaced by veil-v3 (the default): use veil-v3")
     raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
 
 
@@ -107,7 +109,7 @@ class ClientOptions:
 
         ``protocol``: ``"veil-v3"`` (default: post-quantum, sealed to the node's ML-KEM-768 +
         X25519 key; a node without one is refused unless ``policy.allow_classical_kem``),
-        ``"veil-v2"`` or ``"atoma-v1"`` (the Atoma-compatible suite; the lock is attested all the
+        or ``"atoma-v1"`` (the Atoma-compatible suite; the lock is attested all the
         same). ``policy``: what attestation evidence is acceptable (default ``Policy()``: a real
         TEE, TCB UpToDate, a post-quantum key). ``insecure_no_tee=True`` also accepts a
         node without any TEE (evidence "none"): **only for a local demo** - nothing then protects

@@ -28,10 +28,10 @@ from pydantic import ValidationError
 
 from veil.client.errors import NoPostQuantumKey, UnverifiableNode
 from veil.client.lock import Lock
-from veil.client.opening import Opener, ResponseOpener, V2ResponseOpener, V3ResponseOpener
+from veil.client.opening import Opener, ResponseOpener, V3ResponseOpener
 from veil.client.options import DEFAULT_CHAT_MAX_TOKENS, DEFAULT_PROTOCOL, ProtocolName
 from veil.client.receipt import Receipt
-from veil.hazmat import v1, v2, v3
+from veil.hazmat import v1, v3
 from veil.wire.errors import InvalidBody
 from veil.wire.openai import ImageGenerationRequest
 from veil.wire.routes import ROUTES, Endpoint
@@ -113,7 +113,7 @@ def v3_target(lock: Lock, allow_classical_kem: bool) -> tuple[v3.Kem, bytes, str
         raise NoPostQuantumKey(
             f"the lock names no post-quantum ({v3.Kem.HYBRID.value}) key, so the node is unusable "
             "for veil-v3: nothing was encrypted or sent (a policy with allow_classical_kem = true "
-            "seals with X25519 instead; protocol veil-v2 or atoma-v1 does too)"
+            "seals with X25519 instead; protocol atoma-v1 does too, without veil-v3's guarantees)"
         )
     return v3.Kem.X25519, lock.node_public_key, lock.key_id
 
@@ -127,8 +127,8 @@ def seal(
     *,
     allow_classical_kem: bool = False,
 ) -> tuple[bytes, Opener]:
-    """A fresh envelope (new ephemeral key; v2 and v3: new request id and timestamp; v3: new
-    response secret) and the opener of its answer. ``allow_classical_kem``: the policy's."""
+    """A fresh envelope (new ephemeral key; v3: new request id, timestamp and response
+    secret) and the opener of its answer. ``allow_classical_kem``: the policy's."""
     receipt = Receipt(
         endpoint=plan.endpoint,
         model=plan.model,
@@ -163,7 +163,7 @@ def seal(
             )
             receipt.kem, receipt.kem_key_id = kem.value, key_id
             opener = V3ResponseOpener(v3_session, lock.signing_key, receipt)
-        elif protocol == "atoma-v1":
+        else:  # atoma-v1 (options.check_protocol admits nothing else)
             envelope, session = v1.seal_request(
                 lock.node_public_key,
                 plan.body,
@@ -173,18 +173,6 @@ def seal(
                 stream=stream,
             )
             opener = ResponseOpener(session, lock.signing_key, receipt)
-        else:
-            envelope, v2_session = v2.seal_request(
-                lock.node_public_key,
-                lock.key_id,
-                plan.body,
-                endpoint=ROUTES[plan.endpoint].confidential,
-                model_name=plan.model,
-                stack_small_id=lock.stack_small_id,
-                num_compute_units=plan.units,
-                stream=stream,
-            )
-            opener = V2ResponseOpener(v2_session, lock.signing_key, receipt)
     except (InvalidBody, ValueError):
         # ValueError: cryptography refusing the key itself (an X25519 point of low order).
         raise UnverifiableNode("the node public key in the lock response is unusable") from None

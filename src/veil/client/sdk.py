@@ -15,7 +15,7 @@ request's ``Receipt``, read from the transport's response, and Veil's own except
 pass-through request (``models.list()``) met is mapped by its wire code.
 
 Options are ``ClientOptions.resolve``'s (``veil.client.options``): ``protocol`` (default
-``"veil-v3"``, post-quantum; ``"veil-v2"``, ``"atoma-v1"``), ``policy``,
+``"veil-v3"``, post-quantum; or ``"atoma-v1"``), ``policy``,
 ``insecure_no_tee`` (a local demo only), ``timeout``, ``max_attempts``, ``backoff``; ``transport``
 is what talks to the network (default ``httpx.HTTPTransport()``).
 """

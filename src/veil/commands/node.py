@@ -86,8 +86,16 @@ def node(
     replay_cache: Annotated[
         str | None,
         typer.Option(
-            help="Where v2 request ids are remembered: memory, or redis://HOST:PORT/DB "
+            help="Where v3 request ids are remembered: memory, or redis://HOST:PORT/DB "
             "shared by several node processes."
+        ),
+    ] = None,
+    kem: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kem",
+            help="A KEM veil-v3 requests may be sealed with, repeatable: mlkem768-x25519 "
+            "(post-quantum, the default) and/or x25519 (classical) [env: VEIL_KEMS, a JSON list].",
         ),
     ] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help="Largest accepted body.")] = None,
@@ -126,6 +134,7 @@ def node(
         release_bundle=release_bundle,
         event_log=event_log,
         replay_cache=replay_cache,
+        kems=kem or None,
         max_body_bytes=max_body_bytes,
         key_grace_seconds=key_grace_seconds,
         log_level=log_level,

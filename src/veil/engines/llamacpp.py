@@ -307,6 +307,11 @@ class LlamaCppChatEngine(ChatEngine):
 
         llama = self._llama
         llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(32))
+        if sampling.seed is not None:
+            # llama-cpp-python reuses the cached prompt and re-decodes only its last token, whose
+            # logits then differ in the last bits from a whole-prompt decode: at temperature > 0
+            # the same seed would sample differently. A seeded request decodes its prompt afresh.
+            llama.reset()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         scanner = StopScanner(prompt.stops)
         previous = prompt.tokens[-1]

@@ -317,10 +317,8 @@ def run_gateway(
 ) -> None:
     from veil.gateway.app import create_gateway_app
     from veil.gateway.identity import load_or_create_gateway_key
-    from veil.logs import configure_logging
-    from veil.serving import serve
+    from veil.serving import serve  # it configures logging (settings.log_format) before serving
 
-    configure_logging(settings.log_level, settings.log_format)
     key = load_or_create_gateway_key(settings.data_dir)
     app = create_gateway_app(
         settings, key, on_admin_key=on_admin_key, bootstrap_units=bootstrap_units

@@ -104,7 +104,7 @@ class NodeInfo:
 
     def holds_key(self, x25519_public_key: bytes) -> bool:
         """Whether an envelope's ``node_dh_public_key`` names one of this node's keys: an X25519
-        key (v1, v2, v3's classical KEM) or the X25519 part (the last 32 bytes) of a v3 hybrid
+        key (v1, v3's classical KEM) or the X25519 part (the last 32 bytes) of a v3 hybrid
         key."""
         keys = [*self.public_keys.values()]
         keys += [key[-len(x25519_public_key) :] for key in self.kem_public_keys.values()]

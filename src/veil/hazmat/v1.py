@@ -1,4 +1,4 @@
-"""The atoma-v1 suite (PROTOCOL.md section 2), byte-compatible with atoma-sdk 0.1.3.
+"""The atoma-v1 suite (docs/PROTOCOL.md section 6), byte-compatible with atoma-sdk 0.1.3.
 
     shared = X25519(sk, peer_pk)
     key    = HKDF-SHA256(ikm=shared, salt=salt, info=b"", length=32)

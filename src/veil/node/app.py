@@ -93,7 +93,7 @@ class NodeApp:
 
     @property
     def replay(self) -> ReplayCache:
-        """The v2 request-id cache (what tests and operators inspect)."""
+        """The v3 request-id cache (what tests and operators inspect)."""
         return self.replay_caches.requests
 
     async def handle(self, route: str, work: Callable[[], Awaitable[Response]]) -> Response:

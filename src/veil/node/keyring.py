@@ -14,7 +14,7 @@ Layout under ``DATA_DIR/keys/`` (directory 0700, every key file 0600)::
     keyring.json           public metadata: key ids, creation and rotation times
 
 A keyring written before veil-v3 gains its current X-Wing seed the first time it is loaded; its
-previous generation (if any) then has none and serves v1/v2 requests only.
+previous generation (if any) then has none and serves atoma-v1 requests (and veil-v3 sealed to its X25519 key) only.
 
 ``Keyring.rotate()`` may run in another process (``veil node rotate-key``) while the node serves:
 the serving keyring notices ``keyring.json`` changed and reloads. A request sealed to the previous
@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from veil.hazmat.v3 import SEED_SIZE, Kem, NodeKemKey
+from veil.hazmat.kem import SEED_SIZE, Kem, NodeKemKey
 from veil.keyfiles import read_secret, write_secret
 from veil.wire.envelopes import b64encode
 from veil.wire.errors import StaleNodeKey
@@ -53,7 +53,7 @@ _NO_ENC = serialization.NoEncryption()
 
 @dataclass(frozen=True)
 class NodeKey:
-    """One key generation: the X25519 key (v1, v2 and v3's classical KEM) and, since veil-v3,
+    """One key generation: the X25519 key (atoma-v1 and v3's classical KEM) and, since veil-v3,
     the post-quantum ``hybrid`` key beside it."""
 
     private_key: X25519PrivateKey

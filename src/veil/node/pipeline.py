@@ -6,7 +6,7 @@ an iterator of already-framed SSE events. Decrypted request bodies and model ans
 pipeline's modules and the engines it drives, and nowhere else on the node:
 
     pipeline   this file: one request from bytes to an Answer, for confidential and plain routes
-    sealing    open an envelope (atoma-v1, veil-v2, veil-v3), check it, refuse replays; seal answers
+    sealing    open an envelope (atoma-v1, veil-v3), check it, refuse replays; seal answers
     frames     an answer as sealed envelopes or plain OpenAI JSON
     streams    a chat stream: running receipts, budget and deadline stops, mid-stream failures
     receipts   the signed usage receipts the gateway settles from
@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from veil.hazmat.v3 import Kem
+from veil.hazmat.kem import Kem
 from veil.node.bodies import OpenAIRequest, parse_openai_request, wire_usage
 from veil.node.frames import Frame, PlainFrame, SealedFrame
 from veil.node.keyring import Keyring
@@ -75,7 +75,7 @@ class Pipeline:
         # What veil-v3 requests may be sealed with (NodeSettings.kems; the default: hybrid only).
         self.allowed_kems = DEFAULT_KEMS if kems is None else frozenset(Kem(k) for k in kems)
         self.engines = engines
-        self.replay = replay  # v2 and v3 request ids, partitioned per tenant
+        self.replay = replay  # v3 request ids, partitioned per tenant
         self.metrics = metrics
         self.service = NodeService(engines, default_units)
         self.request_timeout_seconds = request_timeout_seconds
@@ -167,7 +167,7 @@ def _budget(opened: OpenedRequest, ticket: Ticket | None) -> int | None:
     Without a ticket (a node used directly) the envelope's ``num_compute_units`` is the budget.
     With one, the ticket decides for v1: atoma-sdk puts ``max_tokens`` in ``num_compute_units``,
     which caps the completion (the body's ``max_tokens`` does that already), not prompt +
-    completion. In v2 and v3 the client's ``num_compute_units`` is authenticated, so it also caps
+    completion. In v3 the client's ``num_compute_units`` is authenticated, so it also caps
     the ticket: a gateway cannot make the node spend more than the client agreed to.
     """
     if ticket is None:

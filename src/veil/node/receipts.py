@@ -1,6 +1,6 @@
 """Signed usage receipts of one request: what the gateway settles from.
 
-A receipt names the gateway ticket, the v2 request id and the ``response_hash`` of the last
+A receipt names the gateway ticket, the v3 request id and the ``response_hash`` (v3: the running hash) of the last
 message sent, and charges at most the request's budget. Streams get a running receipt after each
 content chunk, so a client that hangs up pays what it got, and a final one at the end.
 """

@@ -1,5 +1,5 @@
-"""One replay cache for everything a node must accept at most once: veil-v2 request ids
-(PROTOCOL.md section 5, item 4) and gateway ticket ids.
+"""One replay cache for everything a node must accept at most once: veil-v3 request ids
+(docs/PROTOCOL.md section 9) and gateway ticket ids.
 
 The rules, the same for every implementation (they live in :class:`ReplayCache`):
 
@@ -61,7 +61,7 @@ __all__ = [
 
 # Kept under its historical name: deployments and tests read their Redis keys through it.
 DEFAULT_REDIS_PREFIX = REPLAY_PREFIX
-MAX_ID_SIZE = 64  # a v2 request id is 16 bytes, a hashed ticket id 32
+MAX_ID_SIZE = 64  # a v3 request id is 16 bytes, a hashed ticket id 32
 
 Tenant = int | str | None
 
@@ -272,7 +272,7 @@ def make_replay_cache(
 @dataclass(frozen=True)
 class NodeReplayCaches:
     """A node's two uses of the one cache, side by side in one store (memory or one Redis):
-    v2 request ids (per-tenant shares) and gateway ticket ids (their own bound and key prefix,
+    v3 request ids (per-tenant shares) and gateway ticket ids (their own bound and key prefix,
     so a flood of one never fills the other)."""
 
     requests: ReplayCache

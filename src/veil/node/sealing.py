@@ -1,4 +1,4 @@
-"""Open and seal: the node's side of every suite (atoma-v1, veil-v2, veil-v3), over ``veil.hazmat``.
+"""Open and seal: the node's side of both suites (atoma-v1, veil-v3), over ``veil.hazmat``.
 
 ``open_request`` turns an envelope into a validated OpenAI request and the ``Sealer`` that will
 seal its answer, whole or chunk by chunk, into signed envelopes. Plaintext: part of the pipeline.
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from veil.hazmat import v1, v2, v3
+from veil.hazmat import v1, v3
 from veil.node.bodies import OpenAIRequest, encode_json, parse_openai_request
 from veil.node.keyring import Keyring
 from veil.node.replay import ReplayCache, Tenant
@@ -30,7 +30,6 @@ __all__ = [
     "OpenedRequest",
     "Sealer",
     "V1Sealer",
-    "V2Sealer",
     "V3Sealer",
     "open_request",
     "sse_event",
@@ -61,7 +60,7 @@ class OpenedRequest:
     key_id: str
     units: int | None
     stream: bool
-    request_id: str | None  # v2 and v3 (base64); v1 has none
+    request_id: str | None  # v3 (base64); v1 has none
 
 
 async def open_request(
@@ -80,7 +79,7 @@ async def open_request(
     holds its share of the replay space, 503 when the replay cache cannot answer); never returns
     unchecked plaintext.
 
-    A v2/v3 request id enters the replay cache only once the envelope authenticated and its body
+    A v3 request id enters the replay cache only once the envelope authenticated and its body
     parsed, in ``tenant``'s partition (the ticket's stack), so a tenant's garbage fills at most
     its own share. veil-v3: a KEM outside ``allowed_kems`` is a 400 before any decryption, and
     ``reservation_id`` (the gateway ticket's) must be the one the client sealed the request to
@@ -104,13 +103,6 @@ async def open_request(
         request_id = b64encode(server3.request_id)
         replay_id = (server3.request_id, server3.expires_at)
         key_id = server3.key_id
-    elif envelope.protocol == v2.SUITE:
-        node_key = keyring.lookup(envelope.node_dh_public_key, now)
-        plaintext, server = v2.open_request(envelope, node_key.private_key, endpoint=path, now=now)
-        sealer = V2Sealer(server, keyring)
-        request_id = b64encode(server.request_id)
-        replay_id = (server.request_id, server.expires_at)
-        key_id = node_key.key_id
     else:
         node_key = keyring.lookup(envelope.node_dh_public_key, now)
         session = v1.Session.from_exchange(
@@ -171,30 +163,6 @@ class V1Sealer:
             signature=self._keyring.sign(digest),
             usage=Usage(**usage) if usage is not None else None,
         )
-
-
-class V2Sealer:
-    """veil-v2: response key exported from the HPKE context, counter nonces, index and final
-    flag in the AAD, HMAC response hash (PROTOCOL.md section 5)."""
-
-    def __init__(self, session: v2.ServerSession, keyring: Keyring) -> None:
-        self.done: bytes | None = b"data: [DONE]\n\n"
-        self._session = session
-        self._keyring = keyring
-        self.last_hash: bytes | None = None
-
-    def seal(
-        self, payload: Any, usage: dict[str, int] | None = None, *, final: bool = True
-    ) -> ConfidentialComputeResponse:
-        sealed = self._session.seal(
-            encode_json(payload),
-            index=self._session.next_index,
-            final=final,
-            sign=self._keyring.sign,
-            usage=usage if final else None,
-        )
-        self.last_hash = sealed.response_hash
-        return sealed
 
 
 class V3Sealer:

@@ -2,9 +2,10 @@
 
 Plaintext: part of the node's pipeline (``veil.node.pipeline``), for the confidential and the
 plain routes alike, so both meter the same way. The budget rule: a request never spends more than
-the units it carries (``num_compute_units``; the node's ``default_units`` when it carries none). Chat: prompt + completion <= units, so ``max_tokens`` is
-capped to what is left after the prompt, and a prompt that alone exceeds the units is refused with
-402 before any generation. Embeddings: input tokens <= units. Images: n x width x height <= units.
+the units it carries (``num_compute_units``; the node's ``default_units`` when it carries none).
+Chat: prompt + completion <= units, so ``max_tokens`` (``config.DEFAULT_CHAT_COMPLETION_TOKENS``
+when the request names none, as at the client and the gateway) is capped to what is left after the
+prompt, and a prompt that alone exceeds the units is refused with 402 before any generation. Embeddings: input tokens <= units. Images: n x width x height <= units.
 
 The engine prices the whole request (messages, tools, schemas, images: ``count_prompt_tokens``), and
 a request whose serialised size alone exceeds ``MAX_BYTES_PER_TOKEN`` bytes per unit is refused
@@ -18,6 +19,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from veil.config import DEFAULT_CHAT_COMPLETION_TOKENS
 from veil.engines.base import (
     ChatEngine,
     EmbeddingEngine,
@@ -139,7 +141,7 @@ class NodeService:
                 f"{request.n} choices leave no completion tokens in {budget} compute units"
             )
         wanted = request.requested_max_tokens()
-        max_tokens = left if wanted is None else min(wanted, left)
+        max_tokens = min(DEFAULT_CHAT_COMPLETION_TOKENS if wanted is None else wanted, left)
         return ChatPlan(engine, prompt_tokens, max_tokens, budget)
 
     async def chat(

@@ -7,7 +7,7 @@ without tickets, and says so loudly at start. A node with neither refuses every 
 
 A ticket is checked on the raw request bytes (its ``envelope_sha256``), before anything is
 decrypted. Ticket ids are remembered until the ticket expires in a ``veil.node.replay`` cache, the
-same abstraction as v2 request ids: bounded and fail-closed in memory, or shared by every node
+same abstraction as v3 request ids: bounded and fail-closed in memory, or shared by every node
 process on one Redis when ``--replay-cache redis://...`` is given, so a ticket replayed to a second
 process behind the same URL is refused too.
 """

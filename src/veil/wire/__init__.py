@@ -1,2 +1,2 @@
 """What travels, and all the gateway may import: envelopes, error codes, tickets and receipts,
-OpenAI bodies (see PROTOCOL.md). Nothing here can decrypt; that is ``veil.hazmat``."""
+OpenAI bodies (see docs/PROTOCOL.md). Nothing here can decrypt; that is ``veil.hazmat``."""

@@ -1,4 +1,4 @@
-"""The wire objects of PROTOCOL.md sections 1-3, as strict pydantic models.
+"""The wire objects of docs/PROTOCOL.md sections 4, 5 and 8, as strict pydantic models.
 
 Binary fields travel as standard base64 (RFC 4648, ``+/``, padded). On the way in they are decoded
 with ``validate=True`` and their length is checked before anything uses them; on the way out they are
@@ -99,15 +99,15 @@ RequestUnits = Annotated[StrictInt, Field(ge=0, le=MAX_REQUEST_UNITS)]
 ReservationId = Annotated[str, Field(pattern=RESERVATION_ID_PATTERN)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 KeyId = Annotated[str, Field(min_length=1, max_length=64)]
-Protocol = Literal["atoma-v1", "veil-v2", "veil-v3"]
+Protocol = Literal["atoma-v1", "veil-v3"]  # veil-v2 was replaced by veil-v3 before any release
 KemName = Literal["mlkem768-x25519", "x25519"]
 
 
 def _omit_absent(
     model: BaseModel, handler: SerializerFunctionWrapHandler, fields: tuple[str, ...]
 ) -> Any:
-    """Serialize as usual, then drop the named (v2-only) fields while they are None, so a v1
-    object serializes exactly as it did before v2 existed."""
+    """Serialize as usual, then drop the named (Veil-only) fields while they are None, so an
+    atoma-v1 object serializes exactly as Atoma's does."""
     data = handler(model)
     if isinstance(data, dict):
         for name in fields:
@@ -120,12 +120,12 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-_REQUEST_V2_FIELDS = ("protocol", "key_id", "request_id", "timestamp", "kem", "reservation_id")
-_RESPONSE_V2_FIELDS = ("response_nonce", "index", "final")
+_REQUEST_VEIL_FIELDS = ("protocol", "key_id", "request_id", "timestamp", "kem", "reservation_id")
+_RESPONSE_VEIL_FIELDS = ("response_nonce", "index", "final")
 
 
 class ConfidentialComputeRequest(_Wire):
-    """What a client sends to a ``/v1/confidential/*`` route (PROTOCOL.md section 1)."""
+    """What a client sends to a ``/v1/confidential/*`` route (docs/PROTOCOL.md section 5)."""
 
     ciphertext: Ciphertext
     client_dh_public_key: Key32
@@ -137,18 +137,18 @@ class ConfidentialComputeRequest(_Wire):
     stack_small_id: SmallId
     num_compute_units: Units | None = None
     stream: StrictBool | None = None
-    # veil-v2 only (PROTOCOL.md section 5); omitted from the output while unset.
+    # veil-v3 only (docs/PROTOCOL.md); omitted from the output while unset.
     protocol: Protocol | None = None
     key_id: KeyId | None = None
     request_id: RequestId16 | None = None
     timestamp: Units | None = None
-    # veil-v3 only: the KEM the request was sealed with, and the lock's reservation it is bound to.
+    # The KEM the request was sealed with, and the lock's reservation it is bound to.
     kem: KemName | None = None
     reservation_id: ReservationId | None = None
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _omit_absent(self, handler, _REQUEST_V2_FIELDS)
+        return _omit_absent(self, handler, _REQUEST_VEIL_FIELDS)
 
 
 class Usage(_Wire):
@@ -158,21 +158,21 @@ class Usage(_Wire):
 
 
 class ConfidentialComputeResponse(_Wire):
-    """A sealed response, or one sealed chunk of a stream (PROTOCOL.md section 2)."""
+    """A sealed response, or one sealed chunk of a stream (docs/PROTOCOL.md section 5)."""
 
     ciphertext: Ciphertext
     nonce: Nonce12
     response_hash: Hash32 | None = None
     signature: Signature64 | None = None
     usage: Usage | None = None
-    # veil-v2 only (PROTOCOL.md section 5); omitted from the output while unset.
+    # veil-v3 only (docs/PROTOCOL.md); omitted from the output while unset.
     response_nonce: ResponseNonce32 | None = None
     index: Units | None = None
     final: StrictBool | None = None
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        return _omit_absent(self, handler, _RESPONSE_V2_FIELDS)
+        return _omit_absent(self, handler, _RESPONSE_VEIL_FIELDS)
 
 
 AttestationNonce = Annotated[bytes, _at_least(16), _AS_B64, _B64_SCHEMA]

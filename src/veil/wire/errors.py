@@ -22,7 +22,7 @@ The hierarchy, with the HTTP status each class answers with::
     +-- EngineError          502  ENGINE_ERROR         the model backend failed while answering
     +-- ServiceUnavailable   503  SERVICE_UNAVAILABLE  backend or dependency unreachable
 
-The codes Atoma uses keep Atoma's spelling and status (PROTOCOL.md section 4); Veil adds
+The codes Atoma uses keep Atoma's spelling and status (docs/PROTOCOL.md section 10); Veil adds
 STALE_NODE_KEY, REPLAYED, CONFLICT, PAYLOAD_TOO_LARGE, DECRYPTION_FAILED, ENGINE_ERROR and
 INTERNAL_ERROR.
 No other module invents a status code: routes raise one of these and the app renders it.

@@ -1,4 +1,4 @@
-"""Key ids: how every party names a public key (PROTOCOL.md section 6).
+"""Key ids: how every party names a public key (docs/PROTOCOL.md section 2).
 
 One rule for every key Veil shows (a node's X25519 or ML-KEM keys, its Ed25519 signing key, a
 gateway's ticket key): the first 8 bytes of BLAKE2b-256 of the raw public key, in hex. A key id

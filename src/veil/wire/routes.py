@@ -8,7 +8,7 @@ here, so adding a surface is one row in ``ROUTES``.
     embeddings   /v1/embeddings                /v1/confidential/embeddings
     images       /v1/images/generations        /v1/confidential/images/generations
 
-The confidential path is also what veil-v2 binds into a request's HPKE ``info`` and AAD, so a
+The confidential path is also what veil-v3 binds into a request's HPKE ``info``, so a
 sealed request cannot be replayed against another endpoint.
 """
 

@@ -59,7 +59,7 @@ class UsageReceipt(BaseModel):
     completion_tokens: Count = 0
     compute_units: Count = 0
     final: bool = True
-    # veil-v2: the request's id and the response_hash of the last sealed message (base64).
+    # veil-v3: the request's id and the running hash of the answer so far (base64).
     request_id: str | None = None
     response_hash: str | None = None
 
