@@ -10,7 +10,8 @@
    Ed25519 signature of every chunk, envelope parsing), for the whole per-event cost.
 2. Client crypto time per request against the request's total time, with the embedded models
    (``veil serve`` on loopback, its own process tree, as ``benchmarks/load.py`` (a) starts it,
-   unless ``--base-url`` and ``--api-key`` name a running gateway). Requests are veil-v2 and attested; the local deployment
+   unless ``--base-url`` and ``--api-key`` name a running gateway). Requests are veil-v3 (the
+   client's default: hybrid KEM, one signature per answer) and attested; the local deployment
    has no TEE, so the client opts in with ``insecure_no_tee`` for it (``--insecure-no-tee`` does
    the same for a ``--base-url`` gateway whose nodes have no TEE). "Crypto" is the CPU time the
    client's thread spends sealing, opening and verifying (``Receipt.crypto_seconds``, measured

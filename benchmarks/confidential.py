@@ -22,6 +22,7 @@ from tests.harness import NodeKeys, SealedRequest, Suite, seal_to
 
 from veil.client.errors import IntegrityError, VeilClientError
 from veil.gateway.ledger import Ledger
+from veil.wire.envelopes import RESERVATION_HEADER
 from veil.wire.routes import Endpoint, confidential_path
 
 CHAT = "smollm2-135m-instruct"
@@ -34,7 +35,7 @@ PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}
 
 Kind = Literal["embeddings", "chat", "stream"]
 KINDS: tuple[Kind, ...] = ("embeddings", "chat", "stream")
-SUITES: tuple[Suite, ...] = ("atoma-v1", "veil-v2")
+SUITES: tuple[Suite, ...] = ("atoma-v1", "veil-v3")
 ENDPOINT_OF: dict[Kind, Endpoint] = {"embeddings": "embeddings", "chat": "chat", "stream": "chat"}
 
 
@@ -53,11 +54,14 @@ def request_body(kind: Kind) -> dict[str, Any]:
 def seal(
     kind: Kind, suite: Suite, lock: dict[str, Any], body: dict[str, Any], units: int
 ) -> SealedRequest:
-    """``body`` sealed to the node of ``lock``; veil-v2 carries ``units`` as its authenticated
-    ``num_compute_units``, atoma-v1 leaves them to the lock."""
+    """``body`` sealed to the node of ``lock``; veil-v3 (to the node's post-quantum key) carries
+    ``units`` as its authenticated ``num_compute_units`` and is bound to the lock's reservation,
+    atoma-v1 leaves both to the lock."""
+    v3 = suite != "atoma-v1"  # veil-v3 (a caller still naming the deleted v2 gets v3)
     return seal_to(
         NodeKeys.from_lock(lock), body, suite=suite, endpoint=ENDPOINT_OF[kind],
-        stack_small_id=lock["stack_small_id"], units=units if suite == "veil-v2" else None,
+        stack_small_id=lock["stack_small_id"], units=units if v3 else None,
+        reservation_id=lock.get("reservation_id") if v3 else None,
     )  # fmt: skip
 
 
@@ -121,6 +125,8 @@ async def one_request(
             sealed = seal(kind, suite, lock, request_body(kind), UNITS[model])
             url = f"{pick()}{confidential_path(ENDPOINT_OF[kind])}"
             headers = {"content-type": "application/json"}
+            if lock.get("reservation_id"):  # the request claims exactly this lock's reservation
+                headers[RESERVATION_HEADER] = lock["reservation_id"]
             if kind == "stream":
                 async with http.stream(
                     "POST", url, content=sealed.content, headers=headers

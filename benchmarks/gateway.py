@@ -4,7 +4,7 @@ One ``veil node`` on the embedded models, and in front of it one ``veil gateway`
 database, one after the other: first on SQLite (a file in a temporary directory), then on a fresh
 PostgreSQL database (created here and dropped afterwards). Every part is its own process on
 loopback, started here from the ``veil`` command. Every request is a confidential embeddings
-request (model ``all-minilm-l6-v2``, one short sentence, sealed with **veil-v2**, 128 units per
+request (model ``all-minilm-l6-v2``, one short sentence, sealed with **veil-v3**, 128 units per
 lock): cheap on purpose, so that what is measured is the gateway (authentication, ledger writes,
 tickets, receipts, one more hop), not the model.
 
@@ -15,9 +15,11 @@ tickets, receipts, one more hop), not the model.
    (``tests.harness.sign_ticket``, from ``veil.wire.tickets``' pieces), and their signed
    usage receipts are checked. Client crypto (seal, open, signature checks) and ticket signing
    for the direct path are outside every timing: only the HTTP exchanges are timed. Reported:
-   p50/p95 of the direct request, of the gateway's request leg and of lock + request; the
-   **overhead** is p50(gateway request leg) - p50(direct), **target <= 3 ms**. The baseline, the
-   direct request, is measured in the same run, against the same node, in the same rounds.
+   p50/p95/p99 of the direct request, of the gateway's request leg and of lock + request; the
+   **overhead** is p50(gateway request leg) - p50(direct), **target <= 3 ms**; at the tail, the
+   p99 over the rounds of (request leg - direct request of the same round), **target <= 6 ms**.
+   The baseline, the direct request, is measured in the same run, against the same node, in the
+   same rounds.
 2. **Lock + request throughput**: 32 concurrent clients (one asyncio loop, one ``httpx.AsyncClient``
    pool) each looping lock -> seal -> request -> open and verify (AEAD, response hash, the node's
    Ed25519 signature, clear usage == sealed usage) for T seconds; requests/s, p50/p95 latency and
@@ -75,6 +77,7 @@ from benchmarks.confidential import (
 from benchmarks.gateway_requests import (
     BREAKDOWN_OPS,
     CLIENTS,
+    OVERHEAD_P99_TARGET_MS,
     OVERHEAD_TARGET_MS,
     RSS_TARGET_MB,
     UNITS,
@@ -101,7 +104,7 @@ from veil.gateway.identity import load_or_create_gateway_key, public_b64
 TITLE = "Gateway: the latency it adds, lock + request throughput, memory"
 DESCRIPTION = (
     "One `veil node` and one `veil gateway` per ledger database (SQLite, then a fresh PostgreSQL "
-    "database); confidential veil-v2 embeddings requests, cheap so that the gateway and not the "
+    "database); confidential veil-v3 embeddings requests, cheap so that the gateway and not the "
     "model is measured. 1) Latency of the request leg through the gateway against the same "
     "request sent straight to the node with a ticket the benchmark signs, rounds interleaved; "
     "2) 32 clients looping lock + request for T seconds (requests/s, p50/p95, errors by code, "
@@ -128,6 +131,13 @@ class Run:
         return (
             percentile_or_nan(self.latency.request, 50) - percentile_or_nan(self.latency.direct, 50)
         ) * 1000
+
+    @property
+    def overhead_p99_ms(self) -> float:
+        """p99 of what each round's request leg took over that round's direct request (a
+        difference of two p99s of a few dozen noisy samples says little, and can go negative)."""
+        paired = [g - d for g, d in zip(self.latency.request, self.latency.direct, strict=False)]
+        return percentile_or_nan(paired, 99) * 1000
 
     @property
     def failed(self) -> bool:
@@ -159,6 +169,8 @@ async def measure(
             lock={
                 "public_key": base64.b64encode(current.public_key).decode(),
                 "key_id": current.key_id,
+                "kem_public_key": base64.b64encode(current.kem_public_key or b"").decode(),
+                "kem_key_id": current.kem_key_id,
                 "node_signing_public_key": keys["signing_public_key"],
                 "stack_small_id": lock["stack_small_id"],
             },
@@ -235,8 +247,8 @@ def report_gateway(
     latency = report.table(
         f"1. Latency the gateway adds: {rounds} rounds per gateway, one request through the "
         "gateway (lock, then request) and one straight to the node, order alternating",
-        [("path", ""), ("n", "d"), ("p50 ms", ".2f"), ("p95 ms", ".2f")],
-        notes=f"Every request: confidential embeddings ({EMBED}, one short sentence), veil-v2, "
+        [("path", ""), ("n", "d"), ("p50 ms", ".2f"), ("p95 ms", ".2f"), ("p99 ms", ".2f")],
+        notes=f"Every request: confidential embeddings ({EMBED}, one short sentence), veil-v3, "
         f"{UNITS} units per lock. Timed: the HTTP exchanges only (client crypto and ticket "
         "signing excluded from both paths).",
     )
@@ -247,7 +259,7 @@ def report_gateway(
             (f"via gateway, request leg, {r.label} ledger", lat.request),
             (f"via gateway, lock + request, {r.label} ledger", lat.lock_request),
         ):
-            latency.row(name, len(values), p_ms(values, 50), p_ms(values, 95))
+            latency.row(name, len(values), p_ms(values, 50), p_ms(values, 95), p_ms(values, 99))
         for key, count in lat.errors.items():
             report.fail(f"{r.label} latency {key}", count)
     overhead = report.table(
@@ -301,13 +313,16 @@ def report_gateway(
     for r in runs:
         memory.row(r.label, r.rss_before_mb, r.rss_after_mb)
 
-    if runs:
-        others = ", ".join(f"{r.label} {r.overhead_ms:.1f} ms" for r in runs[1:])
+    for r in runs:  # one headline per ledger (stable ids: benchmarks/report.py KNOWN_IDS)
         report.measure(
             "latency the gateway adds to a confidential embeddings request (p50, request leg "
-            f"against the same request sent to the node directly), {runs[0].label} ledger",
-            runs[0].overhead_ms, "ms", baseline=direct, target=("<=", OVERHEAD_TARGET_MS),
-            detail=f"also {others}" if others else "",
+            f"against the same request sent to the node directly), {r.label} ledger",
+            r.overhead_ms, "ms", baseline=direct, target=("<=", OVERHEAD_TARGET_MS),
+        )  # fmt: skip
+        report.measure(
+            "p99 latency the gateway adds to a confidential embeddings request (p99 over the "
+            f"rounds of request leg - direct in the same round), {r.label} ledger",
+            r.overhead_p99_ms, "ms", baseline=direct, target=("<=", OVERHEAD_P99_TARGET_MS),
         )  # fmt: skip
     rates = {r.label: r.load.rate for r in runs}
     alone = next((r.alone.rate for r in runs if r.alone), None)

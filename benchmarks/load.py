@@ -3,14 +3,14 @@
 N concurrent clients for T seconds, each looping: lock -> seal -> confidential request -> open
 and check every message (AEAD tag, response hash, the node's Ed25519 signature, clear usage equal
 to the sealed usage). The mix rotates per client: embeddings, short chat (``max_tokens`` 4) and
-streamed chat (``max_tokens`` 8), alternating the atoma-v1 and veil-v2 suites. Clients are one
+streamed chat (``max_tokens`` 8), alternating the atoma-v1 and veil-v3 suites. Clients are one
 asyncio process with one bounded ``httpx.AsyncClient`` pool; every call is bounded in time.
 
 Two setups, each started here from the ``veil`` command, every part its own process on loopback:
 
 (a) ``veil serve``: one gateway (SQLite ledger) and one node on the embedded models. The baseline.
 (b) two ``veil gateway`` on one fresh PostgreSQL database (dropped afterwards) in front of two
-    ``veil node`` that keep v2 replay state in one Redis; the clients spread their HTTP calls over
+    ``veil node`` that keep v3 replay state in one Redis; the clients spread their HTTP calls over
     the gateways round-robin, as a load balancer would, so a lock and its request often go
     through different gateways.
 
@@ -71,7 +71,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TITLE = "Load: concurrent clients against one and against several gateways"
 DESCRIPTION = (
     "N concurrent clients, each looping lock + sealed request + open/verify over a mix of "
-    "embeddings, short chat and streamed chat (atoma-v1 and veil-v2), for T seconds; "
+    "embeddings, short chat and streamed chat (atoma-v1 and veil-v3), for T seconds; "
     "requests/s, latency percentiles, errors by code, and the ledger afterwards."
 )
 
@@ -247,7 +247,7 @@ def report_load(report: Report, results: list[Result], clients: int, seconds: fl
             ("errors", ""),
         ],
         notes="One request = lock + sealed request + open and verify. Mix per client: "
-        "embeddings, chat (max_tokens 4), streamed chat (max_tokens 8); atoma-v1 and veil-v2 "
+        "embeddings, chat (max_tokens 4), streamed chat (max_tokens 8); atoma-v1 and veil-v3 "
         "alternating. req/s = requests completed OK / time from the first request until the last "
         "in-flight one ended; latency = from the lock to the last byte, checked.",
     )

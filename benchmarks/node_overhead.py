@@ -7,14 +7,14 @@ gateway is involved: the same requests go to the node's confidential routes and 
 OpenAI routes, and the plain route of the same node, in the same run, is the baseline.
 
 1. Embeddings: one input to ``POST /v1/confidential/embeddings``, sealed client-side with
-   ``veil.hazmat.v1.seal_request`` (atoma-v1) and, separately, ``veil.hazmat.v2.seal_request``
-   (veil-v2), against ``POST /v1/embeddings``. Latency is client-side, from before the request
+   ``veil.hazmat.v1.seal_request`` (atoma-v1) and, separately, ``veil.hazmat.v3.seal_request``
+   (veil-v3), against ``POST /v1/embeddings``. Latency is client-side, from before the request
    body is built (and sealed) until the answer has been read and, for the confidential routes,
    opened and checked (AEAD tag, response hash, the node's Ed25519 signature from ``GET /v1/keys``,
    clear usage equal to the signed usage); every vector must equal the plain route's (within
    1e-4). p50 and p95 per variant; target: confidential p50 / plain p50 <= 1.10, for each suite.
 2. Streamed chat: the same prompt, ``max_tokens`` 32, ``temperature`` 0, streamed through
-   ``/v1/confidential/chat/completions`` (v1 and v2) and the plain ``/v1/chat/completions``.
+   ``/v1/confidential/chat/completions`` (v1 and v3) and the plain ``/v1/chat/completions``.
    tokens/s = the completion tokens the node reports in usage (signed usage on the confidential
    routes) / client-side time from before the request is built until the stream has ended and
    every sealed chunk was opened and checked. Median per variant; target: confidential / plain
@@ -80,9 +80,9 @@ EMBED_TARGET = 1.10  # confidential p50 / plain p50, at most
 STREAM_TARGET = 0.97  # confidential tokens/s / plain tokens/s, at least
 JSON = {"content-type": "application/json"}
 
-Variant = Literal["plain", "atoma-v1", "veil-v2"]
-VARIANTS: tuple[Variant, ...] = ("plain", "atoma-v1", "veil-v2")
-SUITES: tuple[Variant, ...] = ("atoma-v1", "veil-v2")
+Variant = Literal["plain", "atoma-v1", "veil-v3"]
+VARIANTS: tuple[Variant, ...] = ("plain", "atoma-v1", "veil-v3")
+SUITES: tuple[Variant, ...] = ("atoma-v1", "veil-v3")
 
 
 class Failed(Exception):

@@ -23,7 +23,7 @@ from benchmarks.report import Report
 TITLE = "Node: confidential routes against the plain routes of the same node"
 DESCRIPTION = (
     "One `veil node` (embedded models, no gateway): 1) latency (p50/p95) of one embeddings "
-    "request sealed with atoma-v1 and with veil-v2 to /v1/confidential/embeddings, client-side "
+    "request sealed with atoma-v1 and with veil-v3 to /v1/confidential/embeddings, client-side "
     "from building/sealing to the opened, signature-checked answer; 2) tokens/s of the same "
     "streamed chat (max_tokens 32, temperature 0) through /v1/confidential/chat/completions "
     "(both suites), from the usage the node reports; 3) the node's RSS with both models loaded."

@@ -8,15 +8,19 @@ person reads and what a program reads cannot disagree. The document::
 
     {"schema": "veil-benchmark/1", "benchmark", "title", "description", "arguments",
      "started_at", "seconds", "machine": {...}, "baselines": [{"id", "description"}],
-     "headlines": [{"what", "kind", "value", "unit", "format", "baseline", "target",
-                    "verdict", "compared", "detail"}],
+     "headlines": [{"id", "what", "kind", "value", "unit", "format", "baseline", "ratio",
+                    "target", "met", "verdict", "compared", "detail"}],
      "tables": [{"title", "columns": [{"name", "format"}], "rows": [[cell, ...]], "notes"}],
      "notes": [...], "failures": {label: count}, "ok": bool}
 
-``kind`` is ``"ratio"`` (``value`` = measured / baseline, unit ``x``) or ``"measure"``; a target
-is ``{"relation": "<=" | ">=" | "<" | "==", "value"}``; the verdict is ``"met"``, ``"NOT MET"`` or
-null (no target, or nothing measured). Verdicts are decided on the value as displayed, so the
-printed figure and the verdict always agree.
+``id`` is stable across runs (``veil bench --json`` and tests key on it; a headline that names
+none gets one from ``KNOWN_IDS`` or a slug of its text). ``kind`` is ``"ratio"`` (``value`` =
+measured / baseline, unit ``x``) or ``"measure"``; ``baseline`` is the id of the same-run baseline
+it is compared with; ``ratio`` is the value for a ratio, and for a measure with ``compared`` its
+numerator / denominator (else null). A target is ``{"relation": "<=" | ">=" | "<" | "==",
+"value"}``; the verdict is ``"met"``, ``"NOT MET"``, ``"not measured"`` (a target but no value:
+never a made-up number) or null (no target), and ``met`` the same as true / false / null. Verdicts
+are decided on the value as displayed, so the printed figure and the verdict always agree.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import operator
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -42,7 +47,7 @@ RELATIONS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "==": operator.eq,
 }
-MET, NOT_MET = "met", "NOT MET"
+MET, NOT_MET, NOT_MEASURED = "met", "NOT MET", "not measured"
 Cell = float | int | str | None
 
 
@@ -89,9 +94,54 @@ def shown(value: float, fmt: str) -> float:
     return float(format(value, fmt))
 
 
+# Headlines of benchmarks that name no id themselves: (benchmark, text the ``what`` starts with,
+# text it ends with, id). Their ``what`` strings are these modules' own; keep the two in step.
+KNOWN_IDS: tuple[tuple[str, str, str, str], ...] = (
+    ("gateway", "latency the gateway adds", "SQLite ledger", "gateway_overhead_p50_ms_sqlite"),
+    ("gateway", "latency the gateway adds", "PostgreSQL ledger",
+     "gateway_overhead_p50_ms_postgres"),
+    ("gateway", "p99 latency the gateway adds", "SQLite ledger", "gateway_overhead_p99_ms_sqlite"),
+    ("gateway", "p99 latency the gateway adds", "PostgreSQL ledger",
+     "gateway_overhead_p99_ms_postgres"),
+    ("gateway", "lock + request through the gateway", "PostgreSQL / SQLite",
+     "gateway_throughput_postgres_vs_sqlite"),
+    ("gateway", "gateway memory", "", "gateway_rss_mb"),
+    ("gateway", "ledgers that balance", "", "gateway_ledgers_balanced"),
+    ("client", "opening a 500-chunk stream", "", "client_stream_open_vs_atoma_sdk"),
+    ("client", "client crypto as a share", "", "client_crypto_share_pct"),
+    ("node_overhead", "node, embeddings p50 latency, confidential atoma-v1", "",
+     "node_embeddings_p50_atoma_v1_vs_plain"),
+    ("node_overhead", "node, embeddings p50 latency, confidential veil-v3", "",
+     "node_embeddings_p50_v3_vs_plain"),
+    ("node_overhead", "node, streamed chat tokens/s, confidential atoma-v1", "",
+     "node_stream_tokens_atoma_v1_vs_plain"),
+    ("node_overhead", "node, streamed chat tokens/s, confidential veil-v3", "",
+     "node_stream_tokens_v3_vs_plain"),
+    ("node_overhead", "node RSS", "", "node_rss_mb"),
+    ("ledger", "ledger reserve + settle", "", "ledger_postgres_vs_sqlite"),
+    ("ledger", "ledger overspend", "", "ledger_overspend_units"),
+    ("load", "load, `veil serve`", "", "load_serve_rps"),
+    ("load", "load, 2 gateways", "", "load_cluster_vs_serve"),
+    ("load", "ledger setups that balance", "", "load_ledgers_balanced"),
+    ("ratelimit", "rate limiter in process", "", "ratelimit_in_process_vs_unlimited"),
+    ("ratelimit", "rate limiter on Redis", "", "ratelimit_redis_vs_unlimited"),
+)  # fmt: skip
+
+
+def headline_id(benchmark: str, what: str) -> str:
+    """The stable id of a headline that names none: from ``KNOWN_IDS``, else a slug of ``what``."""
+    for name, start, end, known in KNOWN_IDS:
+        if name == benchmark and what.startswith(start) and what.endswith(end):
+            return known
+    slug = re.sub(r"[^a-z0-9]+", "_", what.lower()).strip("_")
+    return f"{benchmark}_{slug}"[:80]
+
+
 def verdict(value: float | None, fmt: str, target: dict[str, Any] | None) -> str | None:
-    if target is None or value is None:
-        return None if target is None else NOT_MET
+    if target is None:
+        return None
+    if value is None:
+        return NOT_MEASURED
     ok = RELATIONS[target["relation"]](shown(value, fmt), float(target["value"]))
     return MET if ok else NOT_MET
 
@@ -164,12 +214,15 @@ class Report:
         target: tuple[Relation, float] | None = None,
         fmt: str = ".2f",
         detail: str = "",
+        id: str | None = None,
     ) -> dict[str, Any]:
         """A headline ``numerator / denominator`` (in ``x``), one side of it being the same-run
         baseline ``baseline``; ``what`` says which way round (``unit``: the two sides' unit)."""
         value = numerator / denominator if numerator is not None and denominator else None
         compared = {"numerator": numerator, "denominator": denominator, "unit": unit}
-        return self._headline(what, "ratio", value, "x", fmt, baseline, target, detail, compared)
+        return self._headline(
+            what, "ratio", value, "x", fmt, baseline, target, detail, compared, id
+        )
 
     def measure(
         self,
@@ -181,9 +234,14 @@ class Report:
         target: tuple[Relation, float] | None = None,
         fmt: str = ".1f",
         detail: str = "",
+        id: str | None = None,
+        compared: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A headline that is a measured value (a latency, a rate, a size) rather than a ratio."""
-        return self._headline(what, "measure", value, unit, fmt, baseline, target, detail, None)
+        """A headline that is a measured value (a latency, a rate, a size) rather than a ratio;
+        ``compared`` (``numerator``, ``denominator``, ``unit``) gives it a ratio to its baseline."""
+        return self._headline(
+            what, "measure", value, unit, fmt, baseline, target, detail, compared, id
+        )
 
     def _headline(
         self,
@@ -196,19 +254,31 @@ class Report:
         target: tuple[Relation, float] | None,
         detail: str,
         compared: dict[str, Any] | None,
+        id: str | None,
     ) -> dict[str, Any]:
         if baseline is not None and baseline not in {b["id"] for b in self.baselines}:
             raise ValueError(f"headline {what!r} names an unknown baseline {baseline!r}")
+        stable = id or headline_id(self.benchmark, what)
+        if stable in {h["id"] for h in self.headlines}:
+            raise ValueError(f"headline id {stable!r} used twice")
         goal = None if target is None else {"relation": target[0], "value": target[1]}
+        decided = verdict(value, fmt, goal)
+        ratio: float | None = value if kind == "ratio" else None
+        if kind == "measure" and compared is not None:
+            top, bottom = compared.get("numerator"), compared.get("denominator")
+            ratio = top / bottom if top is not None and bottom else None
         headline = {
+            "id": stable,
             "what": what,
             "kind": kind,
             "value": value,
             "unit": unit,
             "format": fmt,
             "baseline": baseline,
+            "ratio": ratio,
             "target": goal,
-            "verdict": verdict(value, fmt, goal),
+            "met": None if decided in (None, NOT_MEASURED) else decided == MET,
+            "verdict": decided,
             "compared": compared,
             "detail": detail,
         }

@@ -24,9 +24,12 @@ def find_checkout(start: Path | None = None) -> Path | None:
     return None
 
 
-def run_all(out: Path | None, quick: bool, only: list[str] | None = None) -> int:
-    """Run every benchmark and write the Markdown report to ``out``; the runner's exit code
-    (0: every benchmark ran cleanly; 1: one failed, still reported; 2: no checkout found)."""
+def run_all(
+    out: Path | None, quick: bool, only: list[str] | None = None, json_out: Path | None = None
+) -> int:
+    """Run every benchmark and write the Markdown report to ``out`` and the run's JSON to
+    ``json_out`` (default: ``out`` with ``.json``); the runner's exit code (0: every benchmark ran
+    cleanly; 1: one failed, still reported; 2: no checkout found)."""
     root = find_checkout()
     if root is None:
         print(
@@ -37,6 +40,8 @@ def run_all(out: Path | None, quick: bool, only: list[str] | None = None) -> int
         return 2
     report = (root / "docs" / "BENCHMARKS.md") if out is None else Path(out).resolve()
     command = [sys.executable, "-m", "benchmarks", "--out", str(report)]
+    if json_out is not None:
+        command += ["--json", str(Path(json_out).resolve())]
     if quick:
         command.append("--quick")
     for name in only or []:

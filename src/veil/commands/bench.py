@@ -19,6 +19,13 @@ def bench(
             "--out", help="The Markdown report (default: docs/BENCHMARKS.md in the checkout)."
         ),
     ] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="The run's JSON: every headline by stable id (default: --out with .json).",
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="Fewer iterations and a short load run (minutes).")
     ] = False,
@@ -31,4 +38,4 @@ def bench(
     require_extras("bench", *SERVE_EXTRAS)
     from veil.bench import run_all
 
-    raise typer.Exit(run_all(out, quick, only or []))
+    raise typer.Exit(run_all(out, quick, only or [], json_out))
