@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.config import GatewaySettings
+from veil.console import mount_console
 from veil.gateway.identity import public_b64
 from veil.gateway.ledger import Ledger
 from veil.gateway.routes import ROUTERS
@@ -98,6 +99,7 @@ def create_gateway_app(
     app.add_exception_handler(RequestValidationError, _parameter_error)  # type: ignore[arg-type]
     for router in ROUTERS:
         app.include_router(router)
+    mount_console(app)
     return app
 
 

@@ -1,0 +1,1 @@
+export{i as AnswerCipher,a as ClientSession,o as IntegrityError,s as SUITE,m as canonicalJson,n as checkTdx,g as expectedReportData,c as importSigningKey,h as keyId,l as parseUsage,r as renderMarkdown,u as requestInfo,d as sealRequest,f as signedMessage,p as suiteOf,_ as verifyEvidence}from"./tdx.js";

@@ -1,0 +1,8 @@
+// The page's protocol code as one module (assets/veil.js), the same code the console runs: what
+// tests/web drives against tests/vectors/veil-v3.json, and what a reviewer can import to check.
+export * from "./v3";
+export { keyId } from "./keyid";
+export { canonicalJson } from "./canonical";
+export { expectedReportData, verifyEvidence } from "./attest";
+export { checkTdx } from "./tdx";
+export { renderMarkdown } from "./markdown";
