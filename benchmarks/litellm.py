@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,11 +37,9 @@ from tests.harness import free_port, stop_session
 from benchmarks.confidential import p_ms
 from benchmarks.report import Report
 from benchmarks.standin_deploy import Deployment, cpu_seconds, deployment, node_on
+from benchmarks.tool_venv import ensure_tool
 from benchmarks.upstream_standin import EMBED_MODEL, MODEL
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "litellm-venv"
-LITELLM = VENV / "bin" / "litellm"
 MASTER_KEY = "sk-veil-bench"
 LATENCY_TARGET = 0.5  # Veil's added p50 / LiteLLM's, at most
 THROUGHPUT_TARGET = 2.0  # Veil's requests/s per gateway core / LiteLLM's, at least
@@ -54,20 +51,7 @@ BODIES = {
 
 
 def ensure_litellm() -> tuple[Path | None, str]:
-    if LITELLM.exists():
-        return LITELLM, "litellm[proxy] in .cache/litellm-venv"
-    try:
-        VENV.parent.mkdir(parents=True, exist_ok=True)
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-        subprocess.run(
-            [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "litellm[proxy]"],
-            check=True, capture_output=True, timeout=1800,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"litellm[proxy] could not be installed ({type(exc).__name__})"
-    if not LITELLM.exists():
-        return None, "litellm[proxy] installed no `litellm` command"
-    return LITELLM, "litellm[proxy] installed in .cache/litellm-venv"
+    return ensure_tool("litellm[proxy]", "litellm-venv", "litellm", timeout=1800)
 
 
 @contextlib.contextmanager

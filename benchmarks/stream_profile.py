@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import venv
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "py-spy-venv"
-PY_SPY = VENV / "bin" / "py-spy"
+from benchmarks.tool_venv import ensure_tool
+
 RATE_HZ = 97
 
 # Inclusive shares: a sample counts for a part when any frame of its stack matches the part.
@@ -36,20 +34,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def ensure_py_spy() -> tuple[Path | None, str]:
     """The py-spy executable, or None and why not."""
-    if PY_SPY.exists():
-        return PY_SPY, "py-spy in .cache/py-spy-venv"
-    try:
-        VENV.parent.mkdir(parents=True, exist_ok=True)
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-        subprocess.run(
-            [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "py-spy"],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"py-spy could not be installed in .cache/py-spy-venv ({type(exc).__name__})"
-    return (PY_SPY, "py-spy installed in .cache/py-spy-venv") if PY_SPY.exists() else (
-        None, "py-spy installed no executable"
-    )  # fmt: skip
+    return ensure_tool("py-spy", "py-spy-venv", "py-spy", timeout=600)
 
 
 def start(py_spy: Path, pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
