@@ -1,7 +1,7 @@
 """One request before any I/O (``Plan``: the exact plaintext, and what to reserve for it), and
 its sealing to an accepted lock (``seal``: a fresh envelope and the opener of its answer).
 
-What is reserved: chat holds ``max_tokens`` (default ``DEFAULT_CHAT_MAX_TOKENS``) plus the request's
+What is reserved: chat holds ``max_tokens`` (default ``config.DEFAULT_CHAT_COMPLETION_TOKENS``; ``wire.openai.chat_reservation``) plus the request's
 size in bytes, because the node's budget covers prompt and completion together and a byte bounds a
 token from above for byte-level tokenizers (the gateway's plain route holds the same); the gateway
 charges the node's signed usage and releases the rest. Images hold n x width x height. Embeddings
@@ -29,11 +29,11 @@ from pydantic import ValidationError
 from veil.client.errors import NoPostQuantumKey, UnverifiableNode
 from veil.client.lock import Lock
 from veil.client.opening import Opener, ResponseOpener, V3ResponseOpener
-from veil.client.options import DEFAULT_CHAT_MAX_TOKENS, DEFAULT_PROTOCOL, ProtocolName
+from veil.client.options import DEFAULT_PROTOCOL, ProtocolName
 from veil.client.receipt import Receipt
 from veil.hazmat import v1, v3
 from veil.wire.errors import InvalidBody
-from veil.wire.openai import ImageGenerationRequest
+from veil.wire.openai import ImageGenerationRequest, chat_reservation
 from veil.wire.routes import ROUTES, Endpoint
 
 __all__ = ["Plan", "chat_body", "encode_json", "plan_body", "plan_request", "seal", "v3_target"]
@@ -80,7 +80,7 @@ def _plan(endpoint: Endpoint, body: Mapping[str, Any], raw: bytes) -> Plan:
         wanted = body.get("max_completion_tokens") or body.get("max_tokens")
         if wanted is not None and (not isinstance(wanted, int) or wanted < 1):
             raise ValueError("max_tokens must be a positive integer")
-        units = (wanted or DEFAULT_CHAT_MAX_TOKENS) + len(raw)
+        units = chat_reservation(wanted, len(raw))
     elif endpoint == "images":
         try:
             units = ImageGenerationRequest.model_validate(dict(body)).compute_units()

@@ -21,7 +21,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Response
 
-from veil.config import DEFAULT_CHAT_COMPLETION_TOKENS, GatewaySettings
+from veil.config import GatewaySettings
 from veil.gateway.forward import Forwarder, new_request_id
 from veil.gateway.ledger import Ledger, NodeRecord, Reservation, User, node_url
 from veil.gateway.metrics import GatewayMetrics
@@ -41,7 +41,12 @@ from veil.wire.errors import (
     ServiceUnavailable,
     StaleNodeKey,
 )
-from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
+from veil.wire.openai import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    ImageGenerationRequest,
+    chat_reservation,
+)
 from veil.wire.routes import ROUTES, Endpoint
 
 __all__ = ["Gateway"]
@@ -260,10 +265,7 @@ class Gateway:
             parse_model(raw, EmbeddingRequest, "embeddings request")
             return self.settings.default_embedding_units
         chat = parse_model(raw, ChatCompletionRequest, "chat request")
-        wanted = chat.requested_max_tokens()
-        # Bytes bound the prompt's tokens from above for byte-level tokenizers; a chat naming no
-        # max_tokens gets the one default completion budget, as the client reserves it.
-        return (DEFAULT_CHAT_COMPLETION_TOKENS if wanted is None else wanted) + len(raw)
+        return chat_reservation(chat.requested_max_tokens(), len(raw))
 
     def models(self) -> dict[str, Any]:
         """``GET /v1/models``: what the healthy nodes serve, OpenAI's list shape plus the kind."""

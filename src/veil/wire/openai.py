@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from veil.config import DEFAULT_CHAT_COMPLETION_TOKENS
 from veil.wire.envelopes import MAX_REQUEST_UNITS, ModelName
 
 # Token budgets are reserved in the ledger (plus the prompt's bytes): capped so the sum still fits
@@ -58,6 +59,13 @@ class ChatCompletionRequest(_Body):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+
+def chat_reservation(max_tokens: int | None, body_size: int) -> int:
+    """Units to hold for a chat request whose body is ``body_size`` bytes: its ``max_tokens``
+    (the one default completion budget when it names none) plus the body's size, an upper bound of
+    its prompt's tokens for byte-level tokenizers. The client and the gateway both reserve this."""
+    return (DEFAULT_CHAT_COMPLETION_TOKENS if max_tokens is None else max_tokens) + body_size
 
 
 class EmbeddingRequest(_Body):
