@@ -234,3 +234,44 @@ def test_verify_fails_after_a_stacks_used_units_are_altered(traffic: Traffic) ->
             traffic.database, "UPDATE stacks SET used_units = used_units - 7 WHERE id = ?", stack_id
         )
     assert traffic.usage("--verify", "--insecure-no-tee").exit_code == 0
+
+
+def _saved_page(traffic: Traffic, path: Path) -> Path:
+    """The file the console's Usage page downloads: the gateway's rows and stacks as they are."""
+    headers = {"authorization": f"Bearer {traffic.key}"}
+    usage = httpx.get(f"{traffic.deployment.url}/v1/usage", headers=headers).json()
+    stacks = httpx.get(f"{traffic.deployment.url}/v1/stacks", headers=headers).json()["stacks"]
+    path.write_text(json.dumps({**usage, "stacks": stacks, "attested_nodes": []}))
+    return path
+
+
+def test_verify_reads_the_consoles_receipts_file(traffic: Traffic, tmp_path: Path) -> None:
+    saved = _saved_page(traffic, tmp_path / "receipts.json")
+    result = traffic.usage("--verify", "--insecure-no-tee", "--json", "--file", str(saved))
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    assert verdict["ok"] and len(verdict["usage"]) == 3
+    assert all(s["ok"] for s in verdict["stacks"])
+    listed = traffic.usage("--file", str(saved))
+    assert listed.exit_code == 0 and listed.stdout.count(" units ") == 3
+
+
+def test_verify_of_a_file_fails_once_a_charge_in_it_is_altered(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    saved = _saved_page(traffic, tmp_path / "receipts.json")
+    document = json.loads(saved.read_text())
+    document["usage"][0]["charged_units"] += 1
+    saved.write_text(json.dumps(document))
+    result = traffic.usage("--verify", "--insecure-no-tee", "--json", "--file", str(saved))
+    assert result.exit_code == 1, result.output
+    failed = [r for r in json.loads(result.stdout)["usage"] if not r["verified"]]
+    assert len(failed) == 1 and "the signed receipt says" in failed[0]["problems"][0]
+
+
+def test_a_file_refuses_options_that_ask_the_gateway(traffic: Traffic, tmp_path: Path) -> None:
+    saved = _saved_page(traffic, tmp_path / "receipts.json")
+    result = traffic.usage("--verify", "--file", str(saved), "--since", "0")
+    assert result.exit_code != 0 and "--since and --user ask the gateway" in result.output
+    result = traffic.usage("--verify", "--trust-page-nodes")
+    assert result.exit_code != 0 and "give --file FILE" in result.output

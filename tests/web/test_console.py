@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from tests.harness import ServerThread
 from tests.web.browser import Page
 from tests.web.conftest import CHAT, EMBED, Served, sign_in
 from tests.web.tamper import TamperingProxy
+from veil.cli import app as veil_app
 
 QUESTION = "What is the capital of France? Answer in one word."
 VERIFIED = "() => document.querySelector('[data-testid=answer]')?.dataset.verified ?? null"
@@ -189,7 +192,9 @@ def test_an_exhausted_stack_says_how_many_units_are_left(page: Page, served: Ser
     assert "Stack exhausted" in page.text("balance-error")
 
 
-def test_usage_chart_shows_the_units_the_chat_used(page: Page, served: Served) -> None:
+def test_usage_chart_shows_the_units_the_chat_used(
+    page: Page, served: Served, tmp_path: Path
+) -> None:
     key = user(served)
     sign_in(page, served.url, key)
     page.check("allow-no-tee")
@@ -212,6 +217,22 @@ def test_usage_chart_shows_the_units_the_chat_used(page: Page, served: Served) -
     assert receipts["usage"][0]["receipt"]  # the node's signed token, for `veil usage --verify`
     [node] = receipts["attested_nodes"]
     assert node["node_signing_key"] == charged[0]["node_signing_key"] and node["insecure"] is True
+    # The download is what `veil usage --verify --file` reads, in a client that never attested
+    # the node itself: only the page's record of the key (trusted on request) lets it verify.
+    saved = tmp_path / name
+    saved.write_text(text)
+    home = {"VEIL_HOME": str(tmp_path / "home")}
+    command = ["usage", "--verify", "--file", str(saved), "--insecure-no-tee"]
+    alone = CliRunner().invoke(veil_app, command, env=home)
+    assert alone.exit_code == 1, alone.output
+    assert "the page attested 1 node key(s) this client never saw" in alone.output
+    trusted = CliRunner().invoke(veil_app, [*command, "--trust-page-nodes"], env=home)
+    assert trusted.exit_code == 0, trusted.output
+    assert "usage verified: 1 receipt(s)" in trusted.output
+    # Without --insecure-no-tee, a key the page accepted only on the no-TEE acknowledgement is
+    # not trusted either.
+    strict = CliRunner().invoke(veil_app, [*command[:-1], "--trust-page-nodes"], env=home)
+    assert strict.exit_code == 1 and "only ever attested with 'none' evidence" in strict.output
 
 
 def test_admin_creates_a_user_and_a_stack(page: Page, served: Served) -> None:

@@ -1,17 +1,24 @@
 """``veil usage``: every charged request with its node's signed receipt; ``--verify`` checks
 every receipt's signature against node keys seen in attested locks, and every stack's used units
-against its receipts (``veil.client.usage``)."""
+against its receipts (``veil.client.usage``). ``--file FILE`` reads the receipts the web console
+downloaded instead of the gateway (``veil.client.usage_file``); ``--trust-page-nodes`` adds the
+keys that page attested to this client's own."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 
 from veil.client.cli import DEFAULT_BASE_URL, ApiKey, BaseUrl, InsecureNoTee, err, fail, require_key
+
+if TYPE_CHECKING:
+    from veil.client.known_nodes import KnownNode
 
 USAGE_PAGE = 1000  # rows per GET /v1/usage (the gateway's maximum)
 
@@ -81,6 +88,22 @@ def usage(
     user: Annotated[
         str | None, typer.Option("--user", help="Another user's usage (admin API key).")
     ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="Read the receipts the web console's Usage page downloaded, not the gateway.",
+            dir_okay=False,
+        ),
+    ] = None,
+    trust_page_nodes: Annotated[
+        bool,
+        typer.Option(
+            "--trust-page-nodes",
+            help="With --file: also trust the node keys the page attested (only if you trust "
+            "the page that wrote the file, e.g. one `veil console` served).",
+        ),
+    ] = False,
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
     insecure_no_tee: InsecureNoTee = False,
@@ -88,8 +111,14 @@ def usage(
     """Every charged request with its signed node receipt; --verify checks the bill."""
     from veil.client.known_nodes import KnownNodes, KnownNodesError
     from veil.client.options import gateway_root
-    from veil.client.usage import verify_usage
 
+    if trust_page_nodes and file is None:
+        fail("USAGE", "--trust-page-nodes applies to a receipts file: give --file FILE")
+    if file is not None:
+        if since is not None or user is not None:
+            fail("USAGE", "--since and --user ask the gateway; --file reads what the page saved")
+        _from_file(file, verify, as_json, trust_page_nodes, insecure_no_tee)
+        return
     key = require_key(api_key)
     root = gateway_root(base_url)
     with httpx.Client(timeout=60) as http:
@@ -114,6 +143,57 @@ def usage(
         known = KnownNodes().load()
     except KnownNodesError as exc:
         fail("KNOWN_NODES", str(exc))
+    _report(rows, stacks, known, wanted, as_json, insecure_no_tee)
+
+
+def _from_file(
+    path: Path, verify: bool, as_json: bool, trust_page_nodes: bool, insecure_no_tee: bool
+) -> None:
+    """``--file``: the console's download, listed or verified like a live read."""
+    from veil.client.known_nodes import KnownNodes, KnownNodesError
+    from veil.client.usage_file import ReceiptsFileError, read_receipts_file
+
+    try:
+        saved = read_receipts_file(path)
+    except ReceiptsFileError as exc:
+        fail("RECEIPTS_FILE", str(exc))
+    if not verify:
+        if as_json:
+            sys.stdout.write(json.dumps({"usage": saved.rows}, indent=2) + "\n")
+        else:
+            for row in saved.rows:
+                sys.stdout.write(_usage_line(row, "") + "\n")
+        return
+    try:
+        known = KnownNodes().load()
+    except KnownNodesError as exc:
+        fail("KNOWN_NODES", str(exc))
+    if trust_page_nodes:
+        err.print(
+            f"trusting {len(saved.page_nodes)} node key(s) the page attested, beside "
+            f"{len(known)} this client attested itself"
+        )
+        known = {**saved.page_nodes, **known}  # this client's own record wins on a shared key
+    elif saved.page_nodes.keys() - known.keys():
+        err.print(
+            f"the page attested {len(saved.page_nodes.keys() - known.keys())} node key(s) this "
+            "client never saw; pass --trust-page-nodes if you trust the page that saved the file"
+        )
+    wanted = {r.get("id") for r in saved.rows}
+    _report(saved.rows, saved.stacks, known, wanted, as_json, insecure_no_tee)
+
+
+def _report(
+    rows: list[dict[str, Any]],
+    stacks: list[dict[str, Any]],
+    known: Mapping[bytes, KnownNode],
+    wanted: set[Any],
+    as_json: bool,
+    insecure_no_tee: bool,
+) -> None:
+    """The verdict on ``rows`` and ``stacks``, shown for the ``wanted`` rows; exit 1 on a failure."""
+    from veil.client.usage import verify_usage
+
     verdict = verify_usage(rows, stacks, known, allow_no_tee=insecure_no_tee)
     shown = {id(r) for r in rows if r.get("id") in wanted}
     if as_json:
