@@ -192,14 +192,19 @@ def seal_request(
         timestamp=timestamp,
         reservation_id=reservation_id,
     )
+    # The v1 shape's fields v3 does not use carry random bytes (drawn at once), nothing else.
+    filler = memoryview(os.urandom(X25519_KEY_SIZE + NONCE_SIZE + HASH_SIZE + SALT_SIZE))
+    unused_dh, filler = bytes(filler[:X25519_KEY_SIZE]), filler[X25519_KEY_SIZE:]
+    unused_nonce, filler = bytes(filler[:NONCE_SIZE]), filler[NONCE_SIZE:]
+    unused_hash, unused_salt = bytes(filler[:HASH_SIZE]), bytes(filler[HASH_SIZE:])
     envelope = ConfidentialComputeRequest(
         ciphertext=SUITES[kem].encrypt(secret + body, public, info),
-        client_dh_public_key=os.urandom(X25519_KEY_SIZE),  # unused by v3 (v1 shape only)
+        client_dh_public_key=unused_dh,
         model_name=model_name,
         node_dh_public_key=node_public_key[-X25519_KEY_SIZE:],
-        nonce=os.urandom(NONCE_SIZE),  # unused by v3 (v1 shape only)
-        plaintext_body_hash=os.urandom(HASH_SIZE),  # unused by v3 (v1 shape only)
-        salt=os.urandom(SALT_SIZE),  # unused by v3 (v1 shape only)
+        nonce=unused_nonce,
+        plaintext_body_hash=unused_hash,
+        salt=unused_salt,
         stack_small_id=stack_small_id,
         num_compute_units=num_compute_units,
         stream=stream,
