@@ -3,6 +3,10 @@
 //   format        a CPU TEE the page verifies; "none" only with the session's explicit
 //                 "development node: no TEE" acknowledgement (the client's insecure_no_tee)
 //   quote         TDX: the quote's signatures and collateral (tdx.ts, dcap-qvl in WebAssembly)
+//   SNP steps     SEV-SNP: VCEK signature, VCEK <- ASK <- AMD's pinned ARK, VCEK extensions,
+//                 guest policy, TCB minimums, measurement pinned (snp.ts, WebCrypto + PKI.js)
+//   GPU steps     each GPU: SPDM signature, device chain to NVIDIA's pinned root, FWID, nonce =
+//                 gpu_nonce, firmware versions pinned; RIMs and OCSP fail closed (gpu.ts)
 //   binding       report_data = SHA-512("veil-v2 report" || x25519 || ed25519 || gpu_digest ||
 //                 nonce), or with a post-quantum key SHA-512("veil-v3 report" || x25519 ||
 //                 ed25519 || SHA-256(kem_public_key) || gpu_digest || nonce), computed here
@@ -10,6 +14,7 @@
 //   nonce         the evidence answers the page's own fresh nonce
 
 import { concat, fromB64, same, sha256, sha512, toHex, utf8 } from "./bytes";
+import { gpuNonce } from "./gpu";
 
 export interface Step {
   name: string;
@@ -37,6 +42,10 @@ export interface Options {
   allowNoTee: boolean;
   /** Verifies a TDX quote (tdx.ts); returns the report_data it signs, adding its own steps. */
   verifyTdx?: (quote: Uint8Array, evidence: Record<string, unknown>, steps: Step[]) => Promise<Uint8Array | null>;
+  /** Verifies an SEV-SNP report (snp.ts); returns the report_data it signs, adding its own steps. */
+  verifySnp?: (report: Uint8Array, evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>) => Promise<Uint8Array | null>;
+  /** Verifies the bundle's GPU reports against gpu_nonce (gpu.ts), adding their steps. */
+  verifyGpus?: (gpus: unknown[], gpuNonce: Uint8Array, steps: Step[], facts: Record<string, string>) => Promise<void>;
 }
 
 const V2_LABEL = utf8.encode("veil-v2 report");
@@ -105,6 +114,10 @@ export async function verifyEvidence(document: unknown, expected: Expected, opti
     reportData = bytesOf(doc, "report_data", 64);
     if (doc.kem_public_key != null) kem = bytesOf(doc, "kem_public_key", KEM_SIZE);
     if (doc.gpus != null && !Array.isArray(doc.gpus)) throw new Error("gpus must be a list");
+    for (const g of (doc.gpus as unknown[] | undefined) ?? []) {
+      if (g === null || typeof g !== "object") throw new Error("a GPU's evidence must be an object");
+      fromB64((g as Record<string, unknown>).report);
+    }
   } catch (e) {
     add("format", false, `the evidence is malformed (${(e as Error).message})`);
     return done(format);
@@ -126,30 +139,27 @@ export async function verifyEvidence(document: unknown, expected: Expected, opti
         : "no TEE: development only; nothing protects this node's keys. Refused (tick the development-node acknowledgement to accept it for this session)",
     );
     signed = reportData; // only the document's own consistency: with no TEE nothing vouches for it
-  } else if (format === "tdx") {
-    add("format", true, gpus.length ? `Intel TDX quote with ${gpus.length} GPU report(s)` : "Intel TDX quote");
-    if (!options.verifyTdx) {
-      add("quote", false, "this console cannot verify TDX quotes");
+  } else if (format === "tdx" || format === "sev-snp") {
+    const name = format === "tdx" ? "Intel TDX quote" : "AMD SEV-SNP attestation report";
+    add("format", true, gpus.length ? `${name} with ${gpus.length} GPU report(s)` : name);
+    const verify = format === "tdx" ? options.verifyTdx : options.verifySnp;
+    if (!verify) {
+      add(format === "tdx" ? "quote" : "SNP signature", false, `this console cannot verify ${name}s`);
       return done(format);
     }
     let quote: Uint8Array;
     try {
       quote = fromB64(doc.quote);
     } catch {
-      add("quote", false, "the quote is not base64");
+      add(format === "tdx" ? "quote" : "SNP signature", false, `the ${format === "tdx" ? "quote" : "report"} is not base64`);
       return done(format);
     }
-    signed = await options.verifyTdx(quote, doc, steps);
-    if (gpus.length) add("gpus", false, "GPU evidence is not verified in the page: use veil attest verify");
+    signed = await verify(quote, doc, steps, facts);
+    if (options.verifyGpus) await options.verifyGpus(gpus, await gpuNonce(x25519, ed25519, nonce), steps, facts);
+    else if (gpus.length) add("gpus", false, "this console cannot verify GPU evidence: use `veil attest verify`");
     if (signed === null) return done(format);
   } else {
-    add(
-      "format",
-      false,
-      format === "sev-snp"
-        ? "AMD SEV-SNP evidence is not verified in the page: use `veil attest verify`"
-        : `${format} evidence alone has no CPU TEE to bind the node's keys`,
-    );
+    add("format", false, `${format} evidence alone has no CPU TEE to bind the node's keys: GPU evidence is accepted only inside a TDX or SEV-SNP bundle`);
     return done(format);
   }
   const want = await expectedReportData(x25519, ed25519, nonce, await gpuDigest(gpus), kem);

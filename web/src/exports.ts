@@ -5,4 +5,6 @@ export { keyId } from "./keyid";
 export { canonicalJson } from "./canonical";
 export { expectedReportData, verifyEvidence } from "./attest";
 export { checkTdx } from "./tdx";
+export { checkSnp, parseSnpReport, vcekExtensionsProblem } from "./snp";
+export { checkGpu, checkGpus, gpuNonce, parseGpuReport } from "./gpu";
 export { renderMarkdown } from "./markdown";

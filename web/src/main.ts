@@ -11,6 +11,9 @@ import { renderUsage } from "./usage";
 import { renderAdmin } from "./admin";
 import { IntegrityError } from "./v3";
 import { checkTdx, MEASUREMENTS, type Pins } from "./tdx";
+import { checkSnp, type SnpPins } from "./snp";
+import { checkGpus, type GpuPins } from "./gpu";
+import { extraPinProblem } from "./pins";
 
 const NO_TEE_STORAGE = "veil.allow_no_tee";
 const app = document.getElementById("app") as HTMLElement;
@@ -40,6 +43,8 @@ function loadPins(): Pins {
 const trustHooks = () => ({
   allowNoTee: allowNoTee(),
   verifyTdx: (quote: Uint8Array, evidence: Record<string, unknown>, steps: import("./attest").Step[]) => checkTdx(quote, evidence, steps, { pins: loadPins() }),
+  verifySnp: (report: Uint8Array, evidence: Record<string, unknown>, steps: import("./attest").Step[], facts: Record<string, string>) => checkSnp(report, evidence, steps, { pins: loadPins() as SnpPins, facts }),
+  verifyGpus: (gpus: unknown[], nonce: Uint8Array, steps: import("./attest").Step[], facts: Record<string, string>) => checkGpus(gpus, nonce, steps, { pins: loadPins() as GpuPins, facts }),
   onAttestation: (r: Report) => {
     state.report = r;
   },
@@ -53,15 +58,17 @@ function pinsEditor(): HTMLElement {
     try {
       const pins = JSON.parse(area.value || "{}") as Record<string, unknown>;
       for (const [k, v] of Object.entries(pins)) {
-        if (!(MEASUREMENTS as readonly string[]).includes(k) || typeof v !== "string" || !/^[0-9a-f]{96}$/i.test(v)) throw new Error(`${k}: expected one of ${MEASUREMENTS.join(", ")} with 48 bytes of hex`);
+        const extra = extraPinProblem(k, v);
+        if (extra) throw new Error(extra);
+        if (extra === undefined && (!(MEASUREMENTS as readonly string[]).includes(k) || typeof v !== "string" || !/^[0-9a-f]{96}$/i.test(v))) throw new Error(`${k}: expected one of ${MEASUREMENTS.join(", ")} with 48 bytes of hex (or snp_measurement, snp_min_tcb, gpu_driver_versions, gpu_vbios_versions)`);
       }
       localStorage.setItem(PINS_STORAGE, JSON.stringify(pins));
-      clear(out, h("span", { class: "ok" }, "saved: TDX nodes must match these"));
+      clear(out, h("span", { class: "ok" }, "saved: nodes must match these"));
     } catch (e) {
       clear(out, h("span", { class: "error" }, String((e as Error).message)));
     }
   };
-  return h("div", {}, h("h2", {}, "Pinned TDX measurements"), h("p", { class: "muted" }, "Strict means pinned: a TDX node is accepted only if its MRTD and RTMRs equal these (JSON, hex)."), area, h("button", { type: "button", testid: "save-pins", onclick: save }, "Save pins"), out);
+  return h("div", {}, h("h2", {}, "Pinned measurements"), h("p", { class: "muted" }, "Strict means pinned: a TDX node is accepted only if its MRTD and RTMRs equal these, an SEV-SNP node only if its measurement is snp_measurement (and its TCB meets snp_min_tcb), a GPU only if its driver and VBIOS are among gpu_driver_versions and gpu_vbios_versions (JSON, hex)."), area, h("button", { type: "button", testid: "save-pins", onclick: save }, "Save pins"), out);
 }
 
 /** An error as the user can act on it; integrity failures name the check and show no text. */

@@ -1,1 +1,1 @@
-import{S as e}from"./tdx.js";var t=e(((e,t)=>{t.exports={}}));export default t();
+import{A as e}from"./snp.js";var t=e(((e,t)=>{t.exports={}}));export default t();
