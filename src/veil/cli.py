@@ -1,8 +1,9 @@
 """The ``veil`` command.
 
 Every command a client user runs (chat, embed, models, usage, attest, release) works in a plain
-``pip install veil``; the server commands (serve, node, gateway, users, stacks, bench) import their
-modules only when they run, after ``veil.extras`` has checked that their extra is installed.
+``pip install veil``; the server commands (serve, node, gateway, console, users, stacks, bench)
+import their modules only when they run, after ``veil.extras`` has checked that their extra is
+installed.
 
 The commands live in ``veil.commands`` (one module per command group); this module builds the
 ``veil`` group from them, in the order ``veil --help`` lists them.
@@ -15,6 +16,7 @@ import typer
 from veil.commands.bench import bench
 from veil.commands.common import fail, load_or_fail
 from veil.commands.config import config_app
+from veil.commands.console import console
 from veil.commands.gateway import gateway
 from veil.commands.node import node_app
 from veil.commands.serve import DEMO_QUESTION, DEMO_STACK_UNITS, serve
@@ -41,6 +43,7 @@ def _mount_client_commands() -> None:
 _mount_client_commands()
 app.command("gateway")(gateway)
 app.command("serve")(serve)
+app.command("console")(console)
 app.command("bench")(bench)
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -164,11 +166,30 @@ class GatewaySettings(BaseSettings):
     # redis://HOST:PORT/DB: rate limits shared by every gateway on it (none: in process only).
     redis_url: str | None = None
     rate_limit_prefix: str = Field(default="veil:rl:", min_length=1, max_length=64)
+    # Origins (scheme://host[:port], exactly; never "*") of consoles served elsewhere (`veil
+    # console --gateway URL`) whose pages may call the API: CORS headers for them only. None by
+    # default: no CORS headers at all. VEIL_CONSOLE_ORIGINS: comma-separated or a JSON list.
+    console_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
     # "text" for people, "json" for log pipelines: one object per line, never a body.
     log_format: Literal["text", "json"] = "text"
     # On SIGTERM: how long requests and streams in flight may take to finish before they are cut.
     drain_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+
+    @field_validator("console_origins", mode="before")
+    @classmethod
+    def _console_origins(cls, value: Any) -> Any:
+        from veil.gateway.cors import parse_origin
+
+        if isinstance(value, str):  # VEIL_CONSOLE_ORIGINS
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith("[") else text.split(",")
+            except json.JSONDecodeError:
+                raise ValueError(f"{text[:80]!r} is not a JSON list") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of origins such as http://127.0.0.1:8090")
+        return sorted({parse_origin(v) for v in value if v.strip()})
 
     @property
     def resolved_database_url(self) -> str:

@@ -55,7 +55,7 @@ export class Gateway {
       response = await fetch(`${this.base}${path}`, { method, headers, body, signal: init.signal, credentials: "omit", cache: "no-store" });
     } catch (e) {
       if ((e as Error).name === "AbortError") throw e;
-      throw new Unreachable(`the gateway at ${this.base || location.origin} did not answer (${(e as Error).message})`);
+      throw new Unreachable(`the gateway at ${this.base || location.origin} did not answer (${(e as Error).message})${corsHint(this.base)}`);
     }
     if (!response.ok) throw await apiError(response);
     return response;
@@ -65,6 +65,19 @@ export class Gateway {
     const response = await this.request(method, path, json === undefined ? {} : { json });
     return (await response.json()) as T;
   }
+}
+
+/** A browser reports a gateway that refuses this page's origin (CORS) as it reports a network
+ * failure; for a gateway on another origin, name the setting that allows this page. */
+function corsHint(base: string): string {
+  let origin: string;
+  try {
+    origin = new URL(base).origin;
+  } catch {
+    return "";
+  }
+  if (origin === location.origin) return "";
+  return `; if it is running, it may not allow this console's origin: its operator must allow ${location.origin} (veil gateway --console-origin ${location.origin})`;
 }
 
 export async function apiError(response: Response): Promise<ApiError> {

@@ -208,6 +208,8 @@ def _emit(as_json: bool, result: VerifiedRelease | None, error: str | None) -> N
             f"  {len(result.manifest.tdx)} TDX, {len(result.manifest.sev_snp)} SEV-SNP, "
             f"{len(result.manifest.gpu)} GPU measurement set(s); {len(result.manifest.models)} model(s)"
         )
+        if result.manifest.console_bundle_sha256 is not None:
+            typer.echo(f"  console bundle sha256 {result.manifest.console_bundle_sha256}")
     else:
         typer.echo(f"FAIL: {error}")
 

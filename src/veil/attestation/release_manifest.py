@@ -187,6 +187,9 @@ class ReleaseManifest(BaseModel):
     models: dict[str, str] = Field(
         default_factory=dict, description='model id -> "sha256:<64 hex>" of the weights file'
     )
+    # SHA-256 (hex) of the web console bundle the release ships (`veil console --print-hash`),
+    # so a user can check the page they run: `veil console --manifest FILE`.
+    console_bundle_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     created_at: datetime | None = None
 
     @field_validator("models")
@@ -235,6 +238,13 @@ class ReleaseManifest(BaseModel):
         for candidate in self.gpu:
             ok |= candidate.matches(driver, vbios)
         return ok
+
+    def console_bundle_matches(self, sha256: str) -> bool:
+        """True when the release lists a console bundle and ``sha256`` (hex) is its digest."""
+        expected = self.console_bundle_sha256
+        return expected is not None and same_bytes(
+            sha256.strip().lower().encode(), expected.encode()
+        )
 
     def model_match(self, model_id: str, digest: str) -> bool:
         """True when ``digest`` ("sha256:<hex>") is the release's digest for ``model_id``."""

@@ -20,7 +20,7 @@ from veil.commands.common import (
 from veil.extras import require_extras
 from veil.logs import configure_logging
 
-__all__ = ["check_ledger", "gateway", "gateway_public_key"]
+__all__ = ["check_ledger", "gateway", "gateway_public_key", "print_console_lines"]
 
 
 def gateway(
@@ -60,6 +60,14 @@ def gateway(
             "[env: VEIL_REDIS_URL]; none: per process."
         ),
     ] = None,
+    console_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--console-origin",
+            help="Origin (scheme://host[:port]) of a console served elsewhere (veil console) whose "
+            "page may call this API: CORS for it only (repeatable) [env: VEIL_CONSOLE_ORIGINS].",
+        ),
+    ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="debug, info [default], warning, error")
     ] = None,
@@ -83,6 +91,7 @@ def gateway(
         node_policy=node_policy,
         insecure_nodes_no_tee=insecure_nodes_no_tee,
         redis_url=redis_url,
+        console_origins=console_origin or None,
         log_level=log_level,
         log_format=log_format,
         drain_timeout_seconds=drain_timeout,
@@ -96,7 +105,19 @@ def gateway(
         f"Nodes must trust its ticket key: veil node --gateway-key {gateway_public_key(settings)}",
         highlight=False,
     )
+    print_console_lines(settings)
     run_gateway(settings)
+
+
+def print_console_lines(settings: Any) -> None:
+    """The console bundle's SHA-256 (to compare with the release manifest) and the origins of
+    consoles served elsewhere that this gateway answers (CORS)."""
+    from veil.console.serve import bundle_line
+
+    origins = (
+        ", ".join(settings.console_origins) or "none (--console-origin or VEIL_CONSOLE_ORIGINS)"
+    )
+    err.print(f"{bundle_line()}\nConsoles elsewhere allowed (CORS): {origins}", highlight=False)
 
 
 def gateway_public_key(settings: Any) -> str:

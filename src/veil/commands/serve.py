@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from veil.commands.common import DataDir, check_data_dir, err, fail
-from veil.commands.gateway import check_ledger, gateway_public_key
+from veil.commands.common import DataDir, check_data_dir, err, fail, load_or_fail
+from veil.commands.gateway import check_ledger, gateway_public_key, print_console_lines
 from veil.extras import SERVE_EXTRAS, require_extras
 
 __all__ = ["DEMO_QUESTION", "DEMO_STACK_UNITS", "serve"]
@@ -33,9 +33,13 @@ def serve(
     require_extras("serve", *SERVE_EXTRAS)
     import subprocess
 
-    from veil.gateway.cli import gateway_settings, run_gateway
+    from veil.config import GatewaySettings
+    from veil.gateway.cli import run_gateway
 
-    settings = gateway_settings(
+    # VEIL_ variables (e.g. VEIL_CONSOLE_ORIGINS) below these flags; a bad one is one error line.
+    settings = load_or_fail(
+        GatewaySettings,
+        None,
         host=host,
         port=port,
         data_dir=data_dir,
@@ -77,6 +81,7 @@ def serve(
             "(or set VEIL_INSECURE_NO_TEE=1).",
             highlight=False,
         )
+        print_console_lines(settings)
         run_gateway(
             settings,
             bootstrap_units=DEMO_STACK_UNITS,

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.config import GatewaySettings
 from veil.console import mount_console
+from veil.gateway.cors import add_console_cors
 from veil.gateway.identity import public_b64
 from veil.gateway.ledger import Ledger
 from veil.gateway.routes import ROUTERS
@@ -100,6 +101,7 @@ def create_gateway_app(
     for router in ROUTERS:
         app.include_router(router)
     mount_console(app)
+    add_console_cors(app, settings.console_origins)  # none by default: no CORS headers
     return app
 
 
