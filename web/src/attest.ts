@@ -6,7 +6,8 @@
 //   SNP steps     SEV-SNP: VCEK signature, VCEK <- ASK <- AMD's pinned ARK, VCEK extensions,
 //                 guest policy, TCB minimums, measurement pinned (snp.ts, WebCrypto + PKI.js)
 //   GPU steps     each GPU: SPDM signature, device chain to NVIDIA's pinned root, FWID, nonce =
-//                 gpu_nonce, firmware versions pinned; RIMs and OCSP fail closed (gpu.ts)
+//                 gpu_nonce, RIMs (XML-DSig, versions, measurements), OCSP replies, versions
+//                 pinned (gpu.ts, rim.ts, ocsp.ts)
 //   binding       report_data = SHA-512("veil-v2 report" || x25519 || ed25519 || gpu_digest ||
 //                 nonce), or with a post-quantum key SHA-512("veil-v3 report" || x25519 ||
 //                 ed25519 || SHA-256(kem_public_key) || gpu_digest || nonce), computed here

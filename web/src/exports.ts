@@ -7,4 +7,7 @@ export { expectedReportData, verifyEvidence } from "./attest";
 export { checkTdx } from "./tdx";
 export { checkSnp, parseSnpReport, vcekExtensionsProblem } from "./snp";
 export { checkGpu, checkGpus, gpuNonce, parseGpuReport } from "./gpu";
+export { loadRim } from "./rim";
+export { checkOcsp, loadReply } from "./ocsp";
+export { parseDer, parsePem } from "./x509";
 export { renderMarkdown } from "./markdown";

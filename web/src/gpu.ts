@@ -7,19 +7,24 @@
 //   GPU FWID               the leaf's DICE TcbInfo FWID equals the FWID the report names
 //   GPU nonce              the request's nonce is gpu_nonce = SHA-256("veil gpu nonce" || x25519
 //                          || ed25519 || nonce) of this bundle
-//   GPU RIM signatures     NOT verified in the page: RIMs are XML-DSig (C14N 1.1) documents and no
-//                          faithful verifier runs here. A bundle with RIMs fails this step (and so
-//                          the firmware versions and measurements against them): fail closed,
-//                          `veil attest verify` checks them. Without RIMs: not checked, as Python.
-//   GPU firmware versions  the driver and VBIOS versions the report signs are among the pins
-//   GPU measurements       without RIMs, accepted only by pinned driver and VBIOS versions
-//   GPU OCSP, GPU RIM OCSP recorded OCSP replies are NOT verified in the page: a bundle with any
-//                          fails closed (use `veil attest verify`); without any: not checked.
+//   GPU RIM signatures     each RIM's XML-DSig (xmldsigjs, ECDSA P-384 / SHA-384) by the first
+//                          KeyInfo certificate, whose chain ends at NVIDIA's pinned RIM root and
+//                          is valid at the verification time (rim.ts); no RIMs: not checked
+//   GPU firmware versions  the driver RIM is for the reported driver, the VBIOS RIM for the
+//                          reported VBIOS, and both versions are among the pins, if any
+//   GPU measurements       every active RIM measurement equals the report's block at its index;
+//                          without RIMs, accepted only by pinned driver and VBIOS versions
+//   GPU OCSP, GPU RIM OCSP the bundle's recorded OCSP replies (ocsp.ts, PKI.js) say GOOD at the
+//                          verification time for the device chain (leaf excluded: NVIDIA's
+//                          responders do not know it) and the RIM chains (root excluded); a reply
+//                          for no given certificate fails "GPU OCSP"; no replies: not checked.
 // The report layout is SPDM 1.1 GET_MEASUREMENTS || MEASUREMENTS, as abi_nvidia.py reads it.
 import * as asn1js from "asn1js";
 import type { Step } from "./attest";
 import { buf, fromB64, fromHex, fromUtf8, same, sha256, toHex, utf8 } from "./bytes";
-import { curveOf, decodeOne, ecdsaIssued, ecKey, extension, isCa, label, OID, parsePem, stamp, validity, type Cert } from "./x509";
+import { DEFAULT_OCSP_MAX_AGE, loadReplies, ocspStep, rimChainPairs } from "./ocsp";
+import { checkMeasurements, checkVersions, loadRims } from "./rim";
+import { chainProblem, curveOf, decodeOne, ecKey, extension, label, OID, parsePem, stamp, type Cert } from "./x509";
 
 // SHA-256 of the DER of NVIDIA's device identity root (pki_nvidia.DEVICE_ROOT_SHA256).
 const DEVICE_ROOT_SHA256 = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48";
@@ -27,7 +32,6 @@ const TCB_INFO_OID = "2.23.133.5.4.1";
 const REQUEST_SIZE = 37, NONCE_SIZE = 32, SIGNATURE_SIZE = 96, RESPONSE_HEADER_SIZE = 8;
 const OPAQUE_DRIVER = 3, OPAQUE_VBIOS = 6, OPAQUE_FWID = 20;
 const GPU_NONCE_LABEL = utf8.encode("veil gpu nonce");
-const VERIFY = "use `veil attest verify`";
 
 export interface GpuPins {
   gpu_driver_versions?: string[];
@@ -132,25 +136,6 @@ export async function gpuNonce(x25519: Uint8Array, ed25519: Uint8Array, nonce: U
   return sha256(all);
 }
 
-async function chainProblem(chain: Cert[], at: Date): Promise<string | null> {
-  const what = "GPU device chain";
-  for (const c of chain) {
-    const [start, end] = validity(c);
-    if (at < start) return `${what}: certificate '${label(c)}' is not valid before ${stamp(start)} (verification time ${stamp(at)})`;
-    if (at > end) return `${what}: certificate '${label(c)}' expired on ${stamp(end)} (verification time ${stamp(at)})`;
-  }
-  for (let i = 0; i + 1 < chain.length; i++) {
-    const [cert, issuer] = [chain[i], chain[i + 1]];
-    if (!isCa(issuer)) return `${what}: '${label(issuer)}' issued '${label(cert)}' but is not a CA`;
-    if (!(await ecdsaIssued(cert, issuer))) return `${what}: '${label(cert)}' is not signed by the next certificate '${label(issuer)}'`;
-  }
-  const root = chain[chain.length - 1];
-  if (!(await ecdsaIssued(root, root))) return `${what}: the last certificate '${label(root)}' is not self-signed`;
-  const seen = toHex(await sha256(root.der));
-  if (!same(fromHex(seen), fromHex(DEVICE_ROOT_SHA256))) return `${what}: ends at '${label(root)}' (SHA-256 ${seen.slice(0, 16)}...), not the pinned NVIDIA root`;
-  return null;
-}
-
 /** verify_nvidia_device.leaf_fwid: the one SHA-384 FWID among the TcbInfo SEQUENCE's members. */
 function leafFwid(leaf: Cert): Uint8Array | string {
   const raw = extension(leaf, TCB_INFO_OID);
@@ -168,13 +153,12 @@ function leafFwid(leaf: Cert): Uint8Array | string {
   return found[0];
 }
 
-const sameVersion = (a: string, b: string) => a.trim().toLowerCase() === b.trim().toLowerCase();
-
 interface GpuOptions {
   at: Date;
   expectedNonce: Uint8Array;
-  rims: number;
-  ocsp: number;
+  rims: Array<[string, Uint8Array]>; // name -> bytes (verify_gpu_report names a list "RIM 1", ...)
+  ocsp: Array<[string, Uint8Array]>; // DER or base64 text ("reply 1", ...)
+  rimRoots?: string[]; // SHA-256 (hex) of the pinned RIM roots; NVIDIA's by default
   drivers: string[];
   vbios: string[];
 }
@@ -204,7 +188,7 @@ export async function checkGpu(data: Uint8Array, chainPem: string, steps: Step[]
     const ok = await crypto.subtle.verify({ name: "ECDSA", hash: "SHA-384" }, await ecKey(leaf), buf(report.signature), buf(report.signed));
     add("GPU signature", ok, ok ? `ECDSA P-384/SHA-384 by the device leaf over the ${report.signed.length} signed bytes` : `the report's signature does not verify with the leaf '${label(leaf)}': the report was altered or not made by this GPU`);
   }
-  const problem = await chainProblem(chain, o.at);
+  const problem = await chainProblem(chain, o.at, [DEVICE_ROOT_SHA256], "GPU device chain");
   add("GPU certificate chain", problem === null, problem ?? `${chain.length} certificates, each signed by the next and valid at ${stamp(o.at)}, ending at the pinned '${label(chain[chain.length - 1])}'`);
   const fwid = leafFwid(leaf);
   if (typeof fwid === "string") add("GPU FWID", false, fwid);
@@ -213,29 +197,28 @@ export async function checkGpu(data: Uint8Array, chainPem: string, steps: Step[]
   else add("GPU FWID", true, `the leaf's TcbInfo FWID equals the report's (${toHex(report.fwid).slice(0, 16)}...)`);
   const fresh = same(o.expectedNonce, report.nonce);
   add("GPU nonce", fresh, fresh ? "the report answers this bundle's gpu_nonce (its keys and the page's nonce)" : "the report was made for another nonce (stale or replayed)");
-  if (o.rims) add("GPU RIM signatures", false, `the bundle's ${o.rims} RIM(s) are not verified in the page (XML-DSig with C14N 1.1): refused, ${VERIFY}`);
-  else skip("GPU RIM signatures", "no RIMs given");
-  // firmware versions (verify_nvidia_rim.check_versions, with no RIM verified)
-  const actual = `driver ${report.driver}, VBIOS ${report.vbios}`;
-  if (!o.rims && !o.drivers.length && !o.vbios.length) {
-    skip("GPU firmware versions", `no RIMs and no version pins (${actual})`);
-  } else {
-    const problems: string[] = [];
-    if (report.driver === null || report.vbios === null) problems.push("the report does not state its driver and VBIOS versions");
-    if (o.rims) problems.push("no valid driver RIM given", "no valid VBIOS RIM given");
-    if (o.drivers.length && !o.drivers.some((p) => report.driver !== null && sameVersion(report.driver, p))) problems.push(`driver ${report.driver} is not among the pinned ${o.drivers.join(", ")}`);
-    if (o.vbios.length && !o.vbios.some((p) => report.vbios !== null && sameVersion(report.vbios, p))) problems.push(`VBIOS ${report.vbios} is not among the pinned ${o.vbios.join(", ")}`);
-    add("GPU firmware versions", !problems.length, problems.join("; ") || `${actual} match the version pins`);
+  // RIMs (verify_nvidia_rim), then OCSP (verify_nvidia_ocsp), as verify_gpu_report
+  const [loaded, rimProblems] = await loadRims(o.rims, o.at, o.rimRoots);
+  if (!o.rims.length) skip("GPU RIM signatures", "no RIMs given");
+  else if (rimProblems.length) add("GPU RIM signatures", false, rimProblems.join("; "));
+  else add("GPU RIM signatures", true, `${loaded.length} RIM(s) signed by NVIDIA (XML-DSig, chain to the pinned RIM root valid at ${stamp(o.at)})`);
+  const unpinned = `no RIM given and the firmware versions are not pinned, so nothing vouches for the GPU's measurements: pin gpu_driver_versions = ["${report.driver}"] and gpu_vbios_versions = ["${report.vbios}"] in the Attestation panel`;
+  const [measured, matched] = checkMeasurements(report, loaded, rimProblems, o.drivers, o.vbios, unpinned);
+  const [replies, replyProblems] = loadReplies(o.ocsp);
+  const used = new Set<number>();
+  const devicePairs = chain.slice(1, -1).map((c, i): [Cert, Cert] => [c, chain[i + 2]]); // not the leaf, which NVIDIA's OCSP does not know
+  let device = await ocspStep("GPU OCSP", "device chain", devicePairs, replies, used, o.at, DEFAULT_OCSP_MAX_AGE, replyProblems);
+  const rimOcsp = await ocspStep("GPU RIM OCSP", "RIM chains", rimChainPairs(loaded.map((r) => r.chain)), replies, used, o.at, DEFAULT_OCSP_MAX_AGE, []);
+  const stray = replies.filter((_, i) => !used.has(i)).map((r) => `'${r.name}'`);
+  if (stray.length) {
+    const detail = `OCSP reply(ies) ${stray.join(", ")} match no certificate given`;
+    device = { name: "GPU OCSP", ok: false, detail: device.ok === null ? detail : `${device.detail}; ${detail}` };
   }
-  // measurements (check_measurements): without a verified RIM only the version pins vouch
-  if (o.rims) add("GPU measurements", false, `no valid RIM to compare with (the bundle's RIMs are not verified in the page: ${VERIFY})`);
-  else if (o.drivers.length && o.vbios.length) add("GPU measurements", true, `no RIM given: the ${report.measurements.size} measurements are not compared; the firmware is accepted by its signed versions (${actual}), which the version pins decide`);
-  else add("GPU measurements", false, `no RIM given and the firmware versions are not pinned, so nothing vouches for the GPU's measurements: pin gpu_driver_versions = ["${report.driver}"] and gpu_vbios_versions = ["${report.vbios}"] in the Attestation panel`);
-  if (o.ocsp) add("GPU OCSP", false, `the bundle's ${o.ocsp} OCSP reply(ies) are not verified in the page: refused, ${VERIFY}`);
-  else skip("GPU OCSP", "no OCSP replies for the device chain: revocation not checked");
-  if (o.ocsp && o.rims) add("GPU RIM OCSP", false, `the RIM chains and their OCSP replies are not verified in the page: refused, ${VERIFY}`);
-  else skip("GPU RIM OCSP", "no OCSP replies for the RIM chains: revocation not checked");
-  return { gpu_driver: String(report.driver), gpu_vbios: String(report.vbios), gpu_nonce: toHex(report.nonce), gpu_measurements_matched: "0" };
+  for (const c of [checkVersions(report, loaded, o.rims.length, o.drivers, o.vbios), measured, device, rimOcsp]) {
+    if (c.ok === null) skip(c.name, c.detail);
+    else add(c.name, c.ok, c.detail);
+  }
+  return { gpu_driver: String(report.driver), gpu_vbios: String(report.vbios), gpu_nonce: toHex(report.nonce), gpu_measurements_matched: String(matched) };
 }
 
 /** report_gpus.check_gpus: every GPU of the bundle, named "GPU signature 0", ... when several. */
@@ -251,8 +234,8 @@ export async function checkGpus(gpus: unknown[], expectedNonce: Uint8Array, step
     const sub: Step[] = [];
     let facts: Record<string, string> | null = null;
     try {
-      const count = (v: unknown) => (Array.isArray(v) ? v.length : 0);
-      facts = await checkGpu(fromB64(g.report), String(g.cert_chain ?? ""), sub, { at: options.at ?? new Date(), expectedNonce, rims: count(g.rims), ocsp: count(g.ocsp), drivers, vbios });
+      const blobs = (v: unknown, prefix: string): Array<[string, Uint8Array]> => (Array.isArray(v) ? v.map((b, i) => [`${prefix} ${i + 1}`, fromB64(b)]) : []);
+      facts = await checkGpu(fromB64(g.report), String(g.cert_chain ?? ""), sub, { at: options.at ?? new Date(), expectedNonce, rims: blobs(g.rims, "RIM"), ocsp: blobs(g.ocsp, "reply"), drivers, vbios });
     } catch (e) {
       sub.push({ name: "GPU report", ok: false, detail: `the GPU evidence is malformed (${(e as Error).message})` });
     }

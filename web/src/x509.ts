@@ -4,7 +4,7 @@
 //   - an X.509 ECDSA signature is DER (ECDSA-Sig-Value); WebCrypto takes raw r || s
 import * as asn1js from "asn1js";
 import { AlgorithmIdentifier, BasicConstraints, Certificate, RSASSAPSSParams } from "pkijs";
-import { buf, concat, fromB64 } from "./bytes";
+import { buf, concat, fromB64, fromHex, same, sha256, toHex } from "./bytes";
 
 export const OID = {
   rsaPss: "1.2.840.113549.1.1.10",
@@ -21,6 +21,8 @@ export const OID = {
   p521: "1.3.132.0.35",
   commonName: "2.5.4.3",
   basicConstraints: "2.5.29.19",
+  extKeyUsage: "2.5.29.37",
+  ocspSigning: "1.3.6.1.5.5.7.3.9",
 } as const;
 
 const CURVES: Record<string, { name: string; size: number }> = {
@@ -123,7 +125,7 @@ export function fixed(value: Uint8Array, size: number): Uint8Array | null {
 }
 
 /** ECDSA-Sig-Value (DER SEQUENCE of two INTEGERs) -> raw r || s for WebCrypto. */
-function rawEcdsa(der: Uint8Array, size: number): Uint8Array | null {
+export function rawEcdsa(der: Uint8Array, size: number): Uint8Array | null {
   const seq = decodeOne(der);
   if (!(seq instanceof asn1js.Sequence) || seq.valueBlock.value.length !== 2) return null;
   const [r, s] = seq.valueBlock.value;
@@ -178,4 +180,46 @@ export async function ecdsaIssued(cert: Cert, issuer: Cert): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** A certificate PKI.js parsed inside another structure (an OCSP reply's certs), with its DER. */
+export function fromCertificate(cert: Certificate): Cert {
+  return { der: new Uint8Array(cert.toSchema().toBER(false)), cert };
+}
+
+/** Does the certificate's extended key usage name ``oid``? */
+export function hasEku(c: Cert, oid: string): boolean {
+  const raw = extension(c, OID.extKeyUsage);
+  const value = raw === null ? null : decodeOne(raw);
+  if (!(value instanceof asn1js.Sequence)) return false;
+  return value.valueBlock.value.some((v) => v instanceof asn1js.ObjectIdentifier && v.valueBlock.toString() === oid);
+}
+
+/** The key's curve size in bytes (48 for P-384), or null for a key that is not EC. */
+export function curveSize(c: Cert): number | null {
+  const curve = curveOf(c);
+  return Object.values(CURVES).find((x) => x.name === curve)?.size ?? null;
+}
+
+/**
+ * pki_nvidia.verify_chain: ``chain`` leaf first, each valid at ``at`` and signed by the next (a
+ * CA), the last self-signed with a SHA-256 fingerprint among ``pins`` (hex). Why not, or null.
+ */
+export async function chainProblem(chain: Cert[], at: Date, pins: string[], what: string): Promise<string | null> {
+  if (!chain.length) return `${what}: no certificates`;
+  for (const c of chain) {
+    const [start, end] = validity(c);
+    if (at < start) return `${what}: certificate '${label(c)}' is not valid before ${stamp(start)} (verification time ${stamp(at)})`;
+    if (at > end) return `${what}: certificate '${label(c)}' expired on ${stamp(end)} (verification time ${stamp(at)})`;
+  }
+  for (let i = 0; i + 1 < chain.length; i++) {
+    const [cert, issuer] = [chain[i], chain[i + 1]];
+    if (!isCa(issuer)) return `${what}: '${label(issuer)}' issued '${label(cert)}' but is not a CA`;
+    if (!(await ecdsaIssued(cert, issuer))) return `${what}: '${label(cert)}' is not signed by the next certificate '${label(issuer)}'`;
+  }
+  const root = chain[chain.length - 1];
+  if (!(await ecdsaIssued(root, root))) return `${what}: the last certificate '${label(root)}' is not self-signed`;
+  const seen = await sha256(root.der);
+  if (!pins.some((pin) => same(seen, fromHex(pin)))) return `${what}: ends at '${label(root)}' (SHA-256 ${toHex(seen).slice(0, 16)}...), not the pinned NVIDIA root`;
+  return null;
 }

@@ -1,1 +1,1 @@
-import{A as e}from"./snp.js";var t=e(((e,t)=>{t.exports={}}));export default t();
+import{F as e}from"./snp.js";var t=e(((e,t)=>{t.exports={}}));export default t();
