@@ -1,5 +1,7 @@
 // The node's evidence, checked in the page before anything is sealed: the same steps, names and
 // formulas as veil.attestation.report.verify_evidence, for the formats the page can verify.
+//   release       a signed release (references.ts, release.ts), when the user configured a release
+//                 key: its measurement sets join the pins in the steps below
 //   format        a CPU TEE the page verifies; "none" only with the session's explicit
 //                 "development node: no TEE" acknowledgement (the client's insecure_no_tee)
 //   quote         TDX: the quote's signatures and collateral (tdx.ts, dcap-qvl in WebAssembly)
@@ -16,6 +18,7 @@
 
 import { concat, fromB64, same, sha256, sha512, toHex, utf8 } from "./bytes";
 import { gpuNonce } from "./gpu";
+import type { ReleaseRefs } from "./references";
 
 export interface Step {
   name: string;
@@ -42,11 +45,13 @@ export interface Expected {
 export interface Options {
   allowNoTee: boolean;
   /** Verifies a TDX quote (tdx.ts); returns the report_data it signs, adding its own steps. */
-  verifyTdx?: (quote: Uint8Array, evidence: Record<string, unknown>, steps: Step[]) => Promise<Uint8Array | null>;
+  verifyTdx?: (quote: Uint8Array, evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>, release: ReleaseRefs | null) => Promise<Uint8Array | null>;
   /** Verifies an SEV-SNP report (snp.ts); returns the report_data it signs, adding its own steps. */
-  verifySnp?: (report: Uint8Array, evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>) => Promise<Uint8Array | null>;
+  verifySnp?: (report: Uint8Array, evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>, release: ReleaseRefs | null) => Promise<Uint8Array | null>;
   /** Verifies the bundle's GPU reports against gpu_nonce (gpu.ts), adding their steps. */
-  verifyGpus?: (gpus: unknown[], gpuNonce: Uint8Array, steps: Step[], facts: Record<string, string>) => Promise<void>;
+  verifyGpus?: (gpus: unknown[], gpuNonce: Uint8Array, steps: Step[], facts: Record<string, string>, release: ReleaseRefs | null) => Promise<void>;
+  /** Step "release" (references.checkRelease with the user's release keys); null: pins alone. */
+  checkRelease?: (evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>) => Promise<ReleaseRefs | null>;
 }
 
 const V2_LABEL = utf8.encode("veil-v2 report");
@@ -143,6 +148,7 @@ export async function verifyEvidence(document: unknown, expected: Expected, opti
   } else if (format === "tdx" || format === "sev-snp") {
     const name = format === "tdx" ? "Intel TDX quote" : "AMD SEV-SNP attestation report";
     add("format", true, gpus.length ? `${name} with ${gpus.length} GPU report(s)` : name);
+    const release = options.checkRelease ? await options.checkRelease(doc, steps, facts) : null;
     const verify = format === "tdx" ? options.verifyTdx : options.verifySnp;
     if (!verify) {
       add(format === "tdx" ? "quote" : "SNP signature", false, `this console cannot verify ${name}s`);
@@ -155,8 +161,8 @@ export async function verifyEvidence(document: unknown, expected: Expected, opti
       add(format === "tdx" ? "quote" : "SNP signature", false, `the ${format === "tdx" ? "quote" : "report"} is not base64`);
       return done(format);
     }
-    signed = await verify(quote, doc, steps, facts);
-    if (options.verifyGpus) await options.verifyGpus(gpus, await gpuNonce(x25519, ed25519, nonce), steps, facts);
+    signed = await verify(quote, doc, steps, facts, release);
+    if (options.verifyGpus) await options.verifyGpus(gpus, await gpuNonce(x25519, ed25519, nonce), steps, facts, release);
     else if (gpus.length) add("gpus", false, "this console cannot verify GPU evidence: use `veil attest verify`");
     if (signed === null) return done(format);
   } else {

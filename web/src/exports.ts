@@ -11,3 +11,5 @@ export { loadRim } from "./rim";
 export { checkOcsp, loadReply } from "./ocsp";
 export { parseDer, parsePem } from "./x509";
 export { renderMarkdown } from "./markdown";
+export { parseManifest, verifyEd25519, verifyRelease, parseKeys } from "./release";
+export { checkRelease } from "./references";

@@ -51,6 +51,7 @@ export interface Hooks {
   verifyTdx?: Parameters<typeof verifyEvidence>[2]["verifyTdx"];
   verifySnp?: Parameters<typeof verifyEvidence>[2]["verifySnp"];
   verifyGpus?: Parameters<typeof verifyEvidence>[2]["verifyGpus"];
+  checkRelease?: Parameters<typeof verifyEvidence>[2]["checkRelease"];
   onAttestation?: (report: Report) => void;
   /** A verified chunk's JSON (never called for a chunk that failed a check). */
   onChunk?: (chunk: Record<string, unknown>) => void;
@@ -177,7 +178,7 @@ async function lockAndAttest(gw: Gateway, p: ReturnType<typeof plan>, hooks: Hoo
   } else if (lock.kem != null || lock.kem_key_id != null) {
     throw new UnverifiableNode("the lock names a KEM but no post-quantum key");
   }
-  const report = await verifyEvidence(lock.evidence ?? null, { x25519, ed25519: signing, kem, nonce }, { allowNoTee: hooks.allowNoTee, verifyTdx: hooks.verifyTdx, verifySnp: hooks.verifySnp, verifyGpus: hooks.verifyGpus });
+  const report = await verifyEvidence(lock.evidence ?? null, { x25519, ed25519: signing, kem, nonce }, { allowNoTee: hooks.allowNoTee, verifyTdx: hooks.verifyTdx, verifySnp: hooks.verifySnp, verifyGpus: hooks.verifyGpus, checkRelease: hooks.checkRelease });
   hooks.onAttestation?.(report);
   if (!report.ok) throw new AttestationFailed(report);
   if (!attestedNodes.some((n) => n.node_signing_key === lock.node_signing_public_key)) {

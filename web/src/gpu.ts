@@ -21,6 +21,7 @@
 // The report layout is SPDM 1.1 GET_MEASUREMENTS || MEASUREMENTS, as abi_nvidia.py reads it.
 import * as asn1js from "asn1js";
 import type { Step } from "./attest";
+import type { ReleaseRefs } from "./references";
 import { buf, fromB64, fromHex, fromUtf8, same, sha256, toHex, utf8 } from "./bytes";
 import { DEFAULT_OCSP_MAX_AGE, loadReplies, ocspStep, rimChainPairs } from "./ocsp";
 import { checkMeasurements, checkVersions, loadRims } from "./rim";
@@ -222,11 +223,14 @@ export async function checkGpu(data: Uint8Array, chainPem: string, steps: Step[]
 }
 
 /** report_gpus.check_gpus: every GPU of the bundle, named "GPU signature 0", ... when several. */
-export async function checkGpus(gpus: unknown[], expectedNonce: Uint8Array, steps: Step[], options: { at?: Date; pins?: GpuPins; facts?: Record<string, string> } = {}): Promise<void> {
+export async function checkGpus(gpus: unknown[], expectedNonce: Uint8Array, steps: Step[], options: { at?: Date; pins?: GpuPins; facts?: Record<string, string>; release?: ReleaseRefs | null } = {}): Promise<void> {
   const pins = options.pins ?? {};
-  const drivers = (pins.gpu_driver_versions ?? []).map(String), vbios = (pins.gpu_vbios_versions ?? []).map(String);
+  // A verified release's GPU firmware pairs join the pinned versions (report_gpus.check_gpus).
+  const sets = options.release?.gpuSets ?? [];
+  const drivers = [...(pins.gpu_driver_versions ?? []).map(String), ...sets.map(([d]) => d)];
+  const vbios = [...(pins.gpu_vbios_versions ?? []).map(String), ...sets.map(([, v]) => v)];
   if (!gpus.length) {
-    if (drivers.length) steps.push({ name: "GPU evidence", ok: false, detail: "the pins expect confidential GPUs, and the bundle has none" });
+    if (drivers.length) steps.push({ name: "GPU evidence", ok: false, detail: sets.length ? "the pins or release expect confidential GPUs, and the bundle has none" : "the pins expect confidential GPUs, and the bundle has none" });
     return;
   }
   for (const [index, gpu] of gpus.entries()) {

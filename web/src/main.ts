@@ -1,7 +1,8 @@
 // Veil's console: sign in, chat and embeddings sealed in this page (veil-v3), the node's
 // attestation verified here before anything is sealed, usage, and admin for admin keys.
 import "./style.css";
-import type { Report } from "./attest";
+import type { Report, Step } from "./attest";
+import type { ReleaseRefs } from "./references";
 import { clear, h } from "./dom";
 import { AttestationFailed, confidential, UnverifiableNode, type Receipt } from "./flow";
 import { ApiError, Gateway, storedKey, storeKey, Unreachable } from "./gateway";
@@ -14,6 +15,8 @@ import { checkTdx, MEASUREMENTS, type Pins } from "./tdx";
 import { checkSnp, type SnpPins } from "./snp";
 import { checkGpus, type GpuPins } from "./gpu";
 import { extraPinProblem } from "./pins";
+import { checkRelease } from "./references";
+import { releaseConfig, releaseEditor } from "./release_panel";
 
 const NO_TEE_STORAGE = "veil.allow_no_tee";
 const app = document.getElementById("app") as HTMLElement;
@@ -42,9 +45,10 @@ function loadPins(): Pins {
 
 const trustHooks = () => ({
   allowNoTee: allowNoTee(),
-  verifyTdx: (quote: Uint8Array, evidence: Record<string, unknown>, steps: import("./attest").Step[]) => checkTdx(quote, evidence, steps, { pins: loadPins() }),
-  verifySnp: (report: Uint8Array, evidence: Record<string, unknown>, steps: import("./attest").Step[], facts: Record<string, string>) => checkSnp(report, evidence, steps, { pins: loadPins() as SnpPins, facts }),
-  verifyGpus: (gpus: unknown[], nonce: Uint8Array, steps: import("./attest").Step[], facts: Record<string, string>) => checkGpus(gpus, nonce, steps, { pins: loadPins() as GpuPins, facts }),
+  checkRelease: (evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>) => checkRelease(evidence, releaseConfig(), steps, facts),
+  verifyTdx: (quote: Uint8Array, evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>, release: ReleaseRefs | null) => checkTdx(quote, evidence, steps, { pins: loadPins(), facts, release }),
+  verifySnp: (report: Uint8Array, evidence: Record<string, unknown>, steps: Step[], facts: Record<string, string>, release: ReleaseRefs | null) => checkSnp(report, evidence, steps, { pins: loadPins() as SnpPins, facts, release }),
+  verifyGpus: (gpus: unknown[], nonce: Uint8Array, steps: Step[], facts: Record<string, string>, release: ReleaseRefs | null) => checkGpus(gpus, nonce, steps, { pins: loadPins() as GpuPins, facts, release }),
   onAttestation: (r: Report) => {
     state.report = r;
   },
@@ -133,7 +137,7 @@ async function start(gw: Gateway): Promise<void> {
     try {
       if (name === "attestation") {
         renderReport(views.attestation, state.report);
-        views.attestation.append(pinsEditor());
+        views.attestation.append(pinsEditor(), releaseEditor());
       }
       if (name === "usage") await renderUsage(views.usage, gw);
       if (name === "admin") await renderAdmin(views.admin, gw);

@@ -7,10 +7,12 @@
 //   SNP VCEK extensions    the VCEK's chip id and TCB extensions equal CHIP_ID and REPORTED_TCB
 //   SNP policy             the guest policy forbids debugging and a migration agent
 //   SNP TCB                REPORTED_TCB meets the pinned per-component minimums (if any)
-//   measurements           MEASUREMENT equals a pinned snp_measurement; none pinned fails
+//   measurements           MEASUREMENT equals a pinned snp_measurement, or with a verified release
+//                          one of its sev_snp measurements that the pins (if any) allow; none fails
 // The report layout is AMD's ABI spec (publication 56860), as abi_snp.py reads it.
 import * as asn1js from "asn1js";
 import type { Step } from "./attest";
+import type { ReleaseRefs } from "./references";
 import { buf, concat, fromB64, fromHex, same, sha256, toHex } from "./bytes";
 import { commonNames, curveOf, decodeOne, ecKey, extension, fixed, parseDer, parsePem, pssProblem, stamp, validity, type Cert } from "./x509";
 
@@ -250,7 +252,7 @@ export async function checkSnp(
   raw: Uint8Array,
   evidence: Record<string, unknown>,
   steps: Step[],
-  options: { at?: Date; pins?: SnpPins; facts?: Record<string, string>; allowDebug?: boolean; allowMigrationAgent?: boolean } = {},
+  options: { at?: Date; pins?: SnpPins; facts?: Record<string, string>; allowDebug?: boolean; allowMigrationAgent?: boolean; release?: ReleaseRefs | null } = {},
 ): Promise<Uint8Array | null> {
   const at = options.at ?? new Date();
   const pins = options.pins ?? {};
@@ -305,15 +307,24 @@ export async function checkSnp(
   const reported = tcbText(report.reported_tcb);
   if (low.length) add("SNP TCB", false, `reported TCB below the minimum: ${low.join("; ")}`);
   else add("SNP TCB", true, shown ? `reported TCB ${reported} meets ${shown}` : `reported TCB ${reported}; no minimum is set`);
-  const accepted = pinnedList(pins);
-  if (!accepted.length) {
-    add("measurements", false, `no SNP measurement pinned: pin snp_measurement = "${report.measurement}" in the Attestation panel`);
+  let accepted = pinnedList(pins);
+  const release = options.release ?? null;
+  if (release) {
+    // report_snp: a verified release's sets, narrowed by any measurement pinned as well.
+    const pinnedNow = accepted;
+    accepted = release.snpMeasurements.filter((m) => !pinnedNow.length || pinnedNow.some((p) => p === m));
+  }
+  if (!accepted.length && release) {
+    add("measurements", false, `release ${release.name} lists no SEV-SNP measurement${pinnedList(pins).length ? " that the pinned snp_measurement allows" : ""}: the node's ${report.measurement} is not part of it`);
+  } else if (!accepted.length) {
+    add("measurements", false, `no SNP measurement pinned: pin snp_measurement = "${report.measurement}" in the Attestation panel, or load a signed release`);
   } else if (accepted.some((m) => !/^[0-9a-f]{96}$/.test(m))) {
     add("measurements", false, "a pinned snp_measurement must be 48 bytes of hex");
   } else {
     let matched = false;
     for (const pin of accepted) matched = same(fromHex(pin), fromHex(report.measurement)) || matched; // every pin compared
     add("measurements", matched, matched ? "snp_measurement matches a pinned value" : `snp_measurement is ${report.measurement}, pinned: ${accepted.join(", ")}`);
+    if (matched && release && options.facts) options.facts.release_match = `sev_snp[${release.snpMeasurements.indexOf(report.measurement)}]`;
   }
   return fromHex(report.report_data);
 }

@@ -6,10 +6,13 @@
 //   TD attributes  a production TD: debug off, SEPT_VE_DISABLE on
 //   TCB status     UpToDate (the Python client's default policy)
 //   measurements   strict means pinned: MRTD and the RTMRs equal the values pinned in this page
+//                  and, with a verified release, one of its TDX sets (report_tdx's rules)
 import init, { js_verify } from "@phala/dcap-qvl-web";
 import wasmUrl from "@phala/dcap-qvl-web/dcap-qvl-web_bg.wasm?url";
 import type { Step } from "./attest";
 import { fromHex } from "./bytes";
+import type { ReleaseRefs } from "./references";
+import { TDX_FIELDS } from "./release";
 
 export const MEASUREMENTS = ["mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id", "mr_owner", "mr_owner_config"] as const;
 export type Pins = Partial<Record<(typeof MEASUREMENTS)[number], string>>;
@@ -50,7 +53,7 @@ export async function checkTdx(
   quote: Uint8Array,
   evidence: Record<string, unknown>,
   steps: Step[],
-  options: { at?: Date; pins?: Pins; maxCollateralAgeDays?: number } = {},
+  options: { at?: Date; pins?: Pins; maxCollateralAgeDays?: number; release?: ReleaseRefs | null; facts?: Record<string, string> } = {},
 ): Promise<Uint8Array | null> {
   const at = options.at ?? new Date();
   const maxAge = options.maxCollateralAgeDays ?? 30;
@@ -90,13 +93,38 @@ export async function checkTdx(
   const advisories = verified.advisory_ids.length ? `; advisories: ${verified.advisory_ids.join(", ")}` : "";
   add("TCB status", verified.status === "UpToDate", verified.status === "UpToDate" ? `UpToDate${advisories}` : `${verified.status} is not allowed (policy: UpToDate)${advisories}`);
   const pins = options.pins ?? {};
-  const pinned = MEASUREMENTS.filter((n) => pins[n]);
-  const actual = (n: string) => td[REGISTER[n] ?? n] ?? "";
-  if (!pinned.length) {
-    add("measurements", false, `nothing pinned: a strict client trusts only the code it pinned. Pin mr_td = "${td.mr_td}" (and rtmr0..rtmr2) in the Attestation panel`);
-  } else {
-    const wrong = pinned.filter((n) => actual(n).toLowerCase() !== String(pins[n]).toLowerCase());
-    add("measurements", !wrong.length, wrong.length ? `${wrong.join(", ")} differ from the pinned values` : `match the pins (${pinned.join(", ")})`);
+  const actual = (n: string) => String(td[REGISTER[n] ?? n] ?? "").toLowerCase();
+  if (options.release) releaseMeasurements(steps, pins, actual, options.release, options.facts);
+  else {
+    const pinned = MEASUREMENTS.filter((n) => pins[n]);
+    if (!pinned.length) {
+      add("measurements", false, `nothing pinned: a strict client trusts only the code it pinned. Pin mr_td = "${td.mr_td}" (and rtmr0..rtmr2) in the Attestation panel, or load a signed release`);
+    } else {
+      const wrong = pinned.filter((n) => actual(n) !== String(pins[n]).toLowerCase());
+      add("measurements", !wrong.length, wrong.length ? `${wrong.join(", ")} differ from the pinned values` : `match the pins (${pinned.join(", ")})`);
+    }
   }
   return fromHex(td.report_data);
+}
+
+/** report_tdx.check_tdx_measurements with a verified release: the pins must all hold, and one of
+ *  the release's TDX sets must hold too; a set that leaves MRTD unpinned needs MRTD pinned. */
+function releaseMeasurements(steps: Step[], pins: Pins, actual: (n: string) => string, release: ReleaseRefs, facts?: Record<string, string>): void {
+  const add = (ok: boolean, detail: string) => steps.push({ name: "measurements", ok, detail });
+  const pinned = MEASUREMENTS.filter((n) => pins[n]);
+  const mismatches = (set: Partial<Record<string, string>>) => TDX_FIELDS.filter((n) => set[n] !== undefined && actual(n) !== String(set[n]).toLowerCase());
+  const wrong = mismatches(pins);
+  if (wrong.length) return void add(false, `${wrong.join(", ")} differ from the policy's pins`);
+  let matched = pinned.length ? `policy pins ${pinned.join(", ")}` : "";
+  if (!release.tdxSets.length) return void add(false, `release ${release.name} lists no TDX measurements: this node's platform is not part of the release`);
+  const hits = release.tdxSets.map((set, i) => (mismatches(set).length ? -1 : i)).filter((i) => i >= 0);
+  if (!hits.length) return void add(false, `the TD's measurements are in no measurement set of release ${release.name}`);
+  const chosen = release.tdxSets[hits[0]];
+  if (!("mr_td" in chosen) && !pins.mr_td) return void add(false, `release ${release.name} does not pin mr_td (the TD firmware, which measures everything else into the RTMRs): pin mr_td in the policy as well`);
+  const names = TDX_FIELDS.filter((n) => n in chosen);
+  const text = `release ${release.name} (${names.join(", ")})`;
+  matched = matched ? `${matched} and ${text}` : text;
+  if (facts) facts.release_match = `tdx[${hits[0]}] (${names.join(", ")})`;
+  const unpinned = ["rtmr0", "rtmr1", "rtmr2"].filter((n) => !pins[n as keyof Pins] && !(n in chosen));
+  add(true, `match ${matched}${unpinned.length ? `; not pinned: ${unpinned.join(", ")}` : ""}`);
 }

@@ -1,1 +1,1 @@
-import{F as e}from"./snp.js";var t=e(((e,t)=>{t.exports={}}));export default t();
+import{U as e}from"./references.js";var t=e(((e,t)=>{t.exports={}}));export default t();
