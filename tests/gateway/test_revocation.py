@@ -33,13 +33,18 @@ def revoke_elsewhere(database_url: str, key: str) -> None:
     asyncio.run(go())
 
 
-def refused_within(check: Callable[[], httpx.Response], bound: float) -> httpx.Response:
-    """Ask until the key is refused, for at most ``bound`` seconds (at least once)."""
+def refused_within(
+    check: Callable[[], httpx.Response], bound: float, granted: list[httpx.Response]
+) -> httpx.Response:
+    """Ask until the key is refused, for at most ``bound`` seconds (at least once); the answers
+    that still went through (a gateway reuses an authentication for a fraction of a second) are
+    appended to ``granted``."""
     deadline = time.monotonic() + bound
     while True:
         answer = check()
         if answer.status_code == 401 or time.monotonic() >= deadline:
             return answer
+        granted.append(answer)
         time.sleep(0.02)
 
 
@@ -65,14 +70,19 @@ def test_a_revoked_key_is_refused_by_every_gateway_within_a_second(
             assert gw.lock(key, max_num_tokens=8).status_code == 200
             assert gw.call("GET", "/v1/stacks", key).status_code == 200
         revoke_elsewhere(db_url, key)
+        late: list[httpx.Response] = []  # locks granted before the revocation reached a gateway
         for gw in (a, b):
-            first = refused_within(lambda gw=gw: gw.lock(key, max_num_tokens=8), PROPAGATION_BOUND)
+            first = refused_within(
+                lambda gw=gw: gw.lock(key, max_num_tokens=8), PROPAGATION_BOUND, late
+            )
             assert first.status_code == 401, first.text
             for surface, answer in paid_calls(gw, key, stack_id).items():
                 assert answer.status_code == 401, (surface, answer.text)
                 error = answer.json()["error"]
                 assert error["code"] == "AUTH_ERROR" and "revoked" in error["message"], surface
                 assert key not in answer.text
-        # Nothing was charged for the refused requests: the locks taken before are only held.
+        # Nothing was charged for the refused requests: the locks granted (before the revocation,
+        # and any a gateway granted in its reuse window) are only held, each exactly.
+        assert all(answer.status_code == 200 for answer in late), [r.text for r in late]
         stack = a.stack(stack_id)
-        assert stack["used_units"] == 0 and stack["reserved_units"] == 16
+        assert stack["used_units"] == 0 and stack["reserved_units"] == 8 * (2 + len(late))

@@ -46,6 +46,9 @@ HYBRID_KEM = "mlkem768-x25519"
 #: The unticketed paid request of the probe: a node must refuse it before reading the body.
 TICKET_PROBE_PATH = "/v1/confidential/embeddings"
 
+#: How long a lock waits for a node's ``/health``; a slower answer counts as a busy node.
+HEALTH_PROBE_SECONDS = 1.0
+
 
 class ProbeFailed(Exception):
     """The node failed the ticket probe; the message says how (safe to log)."""
@@ -222,6 +225,22 @@ class NodeRegistry:
 
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(node) for node in self.nodes))
+
+    async def answers(self, node: NodeInfo) -> bool:
+        """Whether the node answers its ``/health`` now (the check a lock makes). Only a
+        connection that fails takes it out of rotation; a slow answer (a saturated node) counts
+        as alive and is no fault: the forward judges it (``Forwarder._blame``)."""
+        try:
+            response = await self.client.get(f"{node.url}/health", timeout=HEALTH_PROBE_SECONDS)
+        except httpx.TimeoutException as exc:
+            if not isinstance(exc, httpx.ConnectTimeout):
+                return True  # busy, not gone
+            self.mark_unhealthy(node, "health check failed")
+            return False
+        except httpx.HTTPError:
+            self.mark_unhealthy(node, "health check failed")
+            return False
+        return response.status_code == 200
 
     def mark_unhealthy(self, node: NodeInfo, why: str, fault: Fault = Fault.UNREACHABLE) -> None:
         if node.healthy or node.reason != why:

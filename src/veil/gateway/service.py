@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import time
 from typing import Any
 
+import anyio
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Response
@@ -53,6 +55,11 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger("veil.gateway")
 
+#: How long a successful authentication is reused: a revoked key is refused within this (plus
+#: one ledger read) on every gateway, well inside the promised second.
+AUTH_CACHE_SECONDS = 0.25
+AUTH_CACHE_ENTRIES = 10_000
+
 
 class Gateway:
     """One running gateway: its settings, ledger, nodes, forwarder, limiter and metrics."""
@@ -74,6 +81,9 @@ class Gateway:
             client, ledger, self.registry, key, self.metrics, settings.node_timeout_seconds
         )
         # A slot outlives the longest non-streamed request; a live stream keeps extending it.
+        # SHA-256 of an API key -> (monotonic time it was read from the ledger, its user)
+        self._authenticated: dict[bytes, tuple[float, User]] = {}
+        self.clock = time.monotonic  # tests move it
         self.limiter = make_limiter(
             settings.redis_url,
             slot_ttl=settings.node_timeout_seconds + 60.0,
@@ -86,6 +96,32 @@ class Gateway:
         await self.client.aclose()
         await self.limiter.close()
         await self.ledger.close()
+
+    # -- authentication --------------------------------------------------------------------
+    async def authenticate(self, api_key: str) -> User:
+        """The key's user, as the ledger said at most ``AUTH_CACHE_SECONDS`` ago (a lock and the
+        request that follows it read the ledger once). Only successes are kept; a refusal, and
+        anything past the window, asks the ledger again."""
+        digest = hashlib.sha256(api_key.encode()).digest()
+        now = self.clock()
+        known = self._authenticated.get(digest)
+        if known is not None and now - known[0] < AUTH_CACHE_SECONDS:
+            return known[1]
+        try:
+            with self.metrics.ledger_latency.labels("authenticate").time():
+                user = await self.ledger.authenticate(api_key)
+        except BaseException:
+            self._authenticated.pop(digest, None)
+            raise
+        if len(self._authenticated) >= AUTH_CACHE_ENTRIES:
+            self._authenticated.clear()
+        self._authenticated[digest] = (now, user)  # read at ``now`` or later: never too young
+        return user
+
+    def forget_users(self) -> None:
+        """An operator changed a user here (limits): the next request of any key reads the
+        ledger."""
+        self._authenticated.clear()
 
     # -- rate limits -----------------------------------------------------------------------
     def limits(self, user: User) -> Limits:
@@ -117,27 +153,35 @@ class Gateway:
             return self.settings.default_image_units
         return self.settings.default_chat_units
 
-    async def alive(self, node: NodeInfo) -> bool:
-        try:
-            response = await self.client.get(f"{node.url}/health", timeout=3)
-            return response.status_code == 200
-        except httpx.HTTPError:
-            self.registry.mark_unhealthy(node, "health check failed")
-            return False
-
     async def reserve_on_a_node(
         self, user: User, model: str, units: int, ttl: int
     ) -> tuple[NodeInfo, Reservation]:
-        """Reserve on the least busy healthy node that answers; try the next one otherwise."""
+        """Reserve on the least busy healthy node that answers; try the next one otherwise.
+
+        The node's health probe runs while the ledger reserves, so a lock costs the slower of
+        the two round trips, not their sum; a node that does not answer gets its reservation
+        released at once."""
         for node in self.registry.candidates(model):
-            if not await self.alive(node):
-                continue
-            with self.metrics.ledger_latency.labels("reserve").time():
-                reservation = await self.ledger.reserve(
-                    user.id, model, units, node_small_id=node.node_small_id, ttl_seconds=ttl
-                )
+            probe = asyncio.ensure_future(self.registry.answers(node))
+            try:
+                with self.metrics.ledger_latency.labels("reserve").time():
+                    reservation = await self.ledger.reserve(
+                        user.id, model, units, node_small_id=node.node_small_id, ttl_seconds=ttl
+                    )
+            except BaseException:
+                probe.cancel()
+                raise
             self.registry.hold(node.node_small_id, reservation.id, reservation.expires_at)
-            return node, reservation
+            answered = False
+            try:
+                answered = await probe
+            finally:
+                if not answered:  # a node that does not answer (or the caller left) holds nothing
+                    with anyio.CancelScope(shield=True):
+                        await self.ledger.release(reservation.id)
+                    self.registry.release(reservation.id)
+            if answered:
+                return node, reservation
         raise ServiceUnavailable(f"no node serving {model!r} is reachable right now")
 
     async def lock(self, user: User, ask: NodesCreateLockRequest) -> NodesCreateLockResponse:

@@ -126,6 +126,12 @@ def _connection_gone(conn: Any, exc: Exception) -> bool:
         return True
 
 
+async def _keep_session(conn: Any) -> None:
+    """A pool connection handed back: asyncpg has already rolled back any open transaction; the
+    default reset (``RESET ALL``, ``UNLISTEN *``, advisory unlocks, ``CLOSE ALL``) would add a
+    round trip to every ledger operation, and these single statements change no session state."""
+
+
 class PostgresHot(HotPath):
     def __init__(self, url: URL) -> None:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -148,7 +154,7 @@ class PostgresHot(HotPath):
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=0, max_size=POOL_SIZE, timeout=10
+                    self._dsn, min_size=0, max_size=POOL_SIZE, timeout=10, reset=_keep_session
                 )
                 self._loop = loop
         return self._pool

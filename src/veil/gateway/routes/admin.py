@@ -92,6 +92,7 @@ async def set_limits(
     user = await gateway.ledger.set_limits(
         name, requests_per_minute=ask.requests_per_minute, concurrency=ask.concurrency
     )
+    gateway.forget_users()  # in force here at once (other gateways: within a second)
     return JSONResponse({"user": user.name, **gateway.limits_json(user)})
 
 

@@ -36,8 +36,7 @@ async def authenticated(request: Request, gateway: CurrentGateway) -> User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing bearer API key")
-    with gateway.metrics.ledger_latency.labels("authenticate").time():
-        user = await gateway.ledger.authenticate(token.strip())
+    user = await gateway.authenticate(token.strip())
     if not user.is_admin and getattr(request.state, "veil_admission", None) is None:
         request.state.veil_admission = await gateway.limiter.admit(user.id, gateway.limits(user))
         request.state.veil_user_id = user.id
