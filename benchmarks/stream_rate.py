@@ -5,7 +5,8 @@ No GPU runs here, so the upstream is a **stand-in for vLLM on a GPU**
 a fixed token sequence, one token per chunk, at an aggregate rate set for each point and shared by
 every open stream. In front of it, each its own process: ``veil node --no-embedded --upstream
 chat:standin-chat=URL`` and ``veil gateway`` (SQLite ledger), as ``benchmarks/standin_deploy.py``
-starts them. This process is the client: ``--concurrency`` streams at a time, each one request
+starts them; the stand-in answers ``/tokenize`` as vLLM does (``--no-tokenize``: 404, and the
+node counts one token a chunk). This process is the client: ``--concurrency`` streams at a time, each one request
 after another of ``--tokens`` tokens.
 
 - **plain**: ``POST /v1/chat/completions`` through the gateway, every SSE chunk parsed as JSON;
@@ -340,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3, help="windows per mode and rate")
     parser.add_argument("--no-profile", action="store_true", help="leave py-spy out")
+    parser.add_argument(
+        "--no-tokenize",
+        action="store_true",
+        help="the stand-in answers /tokenize with 404 (default: it tokenizes, as vLLM does)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the run as JSON here")
     args = parser.parse_args(argv)
     args.rates = RATES
@@ -349,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print("starting the vLLM stand-in, `veil node` and `veil gateway`...", file=sys.stderr)
     with (
         tempfile.TemporaryDirectory(prefix="veil-bench-stream-") as scratch,
-        deployment(Path(scratch), gateway=True, tokenize=False) as deployed,
+        deployment(Path(scratch), gateway=True, tokenize=not args.no_tokenize) as deployed,
     ):
         idle = {name: memory_mb(pid)[0] for name, pid in deployed.pids.items()}
         points = run_points(deployed, args)

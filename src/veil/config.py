@@ -33,6 +33,16 @@ TICKET_REPLAY_SUFFIX = "ticket:"
 # A Redis that answers slower than this is "unknown": the request is refused (503), not served.
 REPLAY_REDIS_TIMEOUT_SECONDS = 2.0
 
+# Running receipts of a stream (veil.node.streams): one after the first content chunk (the prompt
+# is paid for as soon as the answer starts), then one once RUNNING_RECEIPT_CHUNKS content chunks
+# or RUNNING_RECEIPT_SECONDS have passed since the last, whichever comes first, and always the
+# final one. A client that hangs up pays at least up to the last running receipt: at most
+# RUNNING_RECEIPT_CHUNKS - 1 content chunks, all sent within RUNNING_RECEIPT_SECONDS of it, go
+# unbilled. 32 chunks and 0.25 s keep signing (node) and verifying (gateway) to a few percent of
+# a core at 20,000 chunks/s, and a CPU model at 20 tokens/s still gets a receipt every 5 tokens.
+RUNNING_RECEIPT_CHUNKS = 32
+RUNNING_RECEIPT_SECONDS = 0.25
+
 # The client (veil.Client, the openai transport, `veil chat`); VEIL_BASE_URL overrides the URL.
 CLIENT_BASE_URL = "http://127.0.0.1:8080"
 # A chat answer may take minutes on a CPU node; connecting may not.

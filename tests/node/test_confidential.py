@@ -70,14 +70,21 @@ def test_stream_chunks_each_sealed_with_own_nonce_and_final_usage(node: RunningN
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in response.iter_lines() if line]
-    receipts = [line for line in lines if line.startswith(": veil-receipt ")]
-    lines = [line for line in lines if not line.startswith(":")]
+        everything = [line for line in response.iter_lines() if line]
+    receipts = [line for line in everything if line.startswith(": veil-receipt ")]
+    lines = [line for line in everything if not line.startswith(":")]
     assert all(line.startswith("data: ") for line in lines)
-    # Every chunk is followed by a signed running receipt; the last is final and exact.
+    # Running receipts at a bounded cadence (the first chunk always gets one), each right after
+    # an event; the last is final and exact.
     signer = node.signing_key()
-    last = verify_token(receipts[-1][len(": veil-receipt ") :], UsageReceipt, [signer])
-    assert len(receipts) == len(lines)
+    signed = [verify_token(r[len(": veil-receipt ") :], UsageReceipt, [signer]) for r in receipts]
+    last = signed[-1]
+    assert 2 <= len(receipts) <= len(lines)
+    assert everything[0].startswith("data: ") and everything[1] == receipts[0]
+    assert all(everything[everything.index(r) - 1].startswith("data: ") for r in receipts)
+    running = [r.compute_units for r in signed[:-1]]
+    assert running == sorted(running) and running[-1] <= last.compute_units
+    assert not any(r.final for r in signed[:-1])
     assert not any(line == "data: [DONE]" for line in lines), "v1 clients never get [DONE]"
     events = [json.loads(line[len("data: ") :]) for line in lines]
     assert len({e["nonce"] for e in events}) == len(events) >= 2

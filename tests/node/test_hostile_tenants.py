@@ -29,6 +29,7 @@ from tests.conftest import TEST_MODEL_DIR
 from tests.engines.openai_stand_in import create_openai_stand_in
 from tests.node.conftest import CHAT, EMBED, RunningNode, start_node
 from tests.servers import ServerThread, free_port, wait_until
+from veil import config
 from veil.config import GatewaySettings
 from veil.engines import LlamaCppChatEngine, UpstreamChatEngine, make_upstream_engine
 from veil.engines.upstream_tokens import IMAGE_PART_TOKENS
@@ -453,8 +454,11 @@ def test_replay_partitions_per_tenant_in_redis_across_processes(redis_prefix: st
 
 
 def test_running_receipts_carry_tokens_when_chunks_carry_several(
-    upstream_node: RunningNode,
+    upstream_node: RunningNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A cadence of 2 chunks, so this short stream has several running receipts, and the engine
+    # tokenizes what it relays every 2 content chunks (the default is RUNNING_RECEIPT_CHUNKS).
+    monkeypatch.setattr(config, "RUNNING_RECEIPT_CHUNKS", 2)
     body = chat_body("up-chat", max_tokens=40, stream=True)
     body["messages"] = [
         {
@@ -474,7 +478,8 @@ def test_running_receipts_carry_tokens_when_chunks_carry_several(
     assert len(final) == 1 and len(running) >= 2
     produced = final[0].completion_tokens
     assert produced >= 8
-    # Each chunk carries ~4 tokens: the running count follows the tokens, not the chunks.
+    # Each chunk carries ~4 tokens: the running count follows the tokens, not the chunks (up to
+    # the one batch not yet tokenized).
     assert running[-1].completion_tokens >= 2 * len(chunks)
     assert 0.75 * produced <= running[-1].completion_tokens <= produced + len(chunks)
     counts = [r.completion_tokens for r in running]
@@ -511,7 +516,46 @@ def test_running_receipts_count_the_embedded_engines_tokens_exactly(node: Runnin
     signed = receipts(lines, node)
     running, final = [r for r in signed if not r.final], [r for r in signed if r.final]
     assert len(final) == 1 and running
+    # The last running receipt lags the final count by less than the cadence: what a client that
+    # hung up just before the end would not pay.
+    lag = final[0].completion_tokens - running[-1].completion_tokens
+    assert 0 <= lag < config.RUNNING_RECEIPT_CHUNKS
+
+
+def test_at_a_cadence_of_one_chunk_running_receipts_are_exact(
+    node: RunningNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "RUNNING_RECEIPT_CHUNKS", 1)
+    body = chat_body(CHAT, max_tokens=24, stream=True)
+    lines = stream_lines(f"{node.url}/v1/chat/completions", json.dumps(body).encode())
+    signed = receipts(lines, node)
+    running, final = [r for r in signed if not r.final], [r for r in signed if r.final]
+    assert len(final) == 1 and running
     assert running[-1].completion_tokens == final[0].completion_tokens
+
+
+def test_running_receipts_come_at_the_cadence_and_never_charge_more_than_sent(
+    upstream_node: RunningNode,
+) -> None:
+    body = chat_body("up-chat", max_tokens=200, stream=True)
+    body["messages"] = [{"role": "user", "content": "Write a very long story about a dragon."}]
+    lines = stream_lines(f"{upstream_node.url}/v1/chat/completions", json.dumps(body).encode())
+    signed = receipts(lines, upstream_node)
+    running, final = [r for r in signed if not r.final], [r for r in signed if r.final]
+    events = [line for line in lines if line.startswith("data: {")]
+    assert len(final) == 1 and 1 <= len(running) < len(events)
+    # Between two receipts at most RUNNING_RECEIPT_CHUNKS events (the time bound may cut sooner).
+    gaps, since = [], 0
+    for line in lines:
+        if line.startswith("data: {"):
+            since += 1
+        elif line.startswith(": veil-receipt "):
+            gaps.append(since)
+            since = 0
+    assert gaps[0] == 1  # the first chunk is always followed by a receipt: the prompt is paid
+    assert max(gaps) <= config.RUNNING_RECEIPT_CHUNKS
+    counts = [r.completion_tokens for r in running]
+    assert counts == sorted(counts) and counts[-1] <= final[0].completion_tokens
 
 
 # --- #1 (node part) the deadline stops the engine; the receipt signs what was produced ------

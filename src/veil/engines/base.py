@@ -18,7 +18,8 @@ from veil.wire.routes import Endpoint
 
 #: A stream chunk may carry, under this key, the completion tokens produced so far (cumulative,
 #: by the model's tokenizer or the upstream's usage). The node removes it before relaying the
-#: chunk and signs it into the running receipt, so a disconnect pays the tokens produced.
+#: chunk and signs it into its running receipts, so a disconnect pays the tokens produced up to
+#: the last one.
 TOKENS_SO_FAR = "x_veil_completion_tokens"
 
 

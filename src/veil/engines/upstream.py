@@ -13,11 +13,17 @@ quote the prompt, so it is never copied into a message or a log.
 ``base_url`` is the server's root, with or without a trailing ``/v1``.
 
 Streams count the completion tokens relayed so far (``TOKENS_SO_FAR`` on each chunk): the
-upstream's own usage where a chunk carries it (vLLM's continuous usage stats), else each chunk's
-text through the upstream's tokenizer, or one a chunk where it has none, or where asking it would
-interrupt the stream (llama-cpp-python's server drops a running generation when another request
-arrives; it streams token by token anyway). The node signs that count
-into its running receipts, so a disconnect pays the tokens produced, not the chunks.
+upstream's own running usage where a chunk carries it (vLLM's continuous usage stats), else the
+relayed text through the upstream's tokenizer in batches of ``veil.config.RUNNING_RECEIPT_CHUNKS``
+content chunks (the node's receipt cadence) plus one a content chunk not yet tokenized: never
+fewer than the chunks, never more than the ``max_tokens`` cap. One ``/tokenize`` round trip per
+chunk capped a node at about a thousand chunks a second; a batch costs one per 32. Where the
+server has no tokenizer, or asking it would interrupt the stream (llama-cpp-python's server drops
+a running generation when another request arrives; it streams token by token anyway), it is one a
+content chunk. The node signs that count into its running receipts, so a disconnect pays the
+tokens produced up to its last receipt, not the chunks. The final usage is the upstream's own
+(``stream_options.include_usage``, which vLLM honours) wherever it sends one; otherwise the
+count above with the last batch tokenized once the stream has ended.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from veil import config
 from veil.engines.base import (
     TOKENS_SO_FAR,
     ChatEngine,
@@ -208,19 +215,34 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
         reported: TokenUsage | None = None
         accepted = False
         content_chunks = 0
-        counted = 0  # completion tokens relayed, by the upstream's tokenizer (see the docstring)
+        counted = 0  # completion tokens of the tokenized batches (see the docstring)
+        counted_chunks = 0  # the content chunks those batches held
+        batch: list[str] = []  # text of the content chunks since, not yet tokenized
+
+        async def count_batch() -> None:
+            nonlocal counted, counted_chunks
+            chunks = content_chunks - counted_chunks
+            counted += max(await self._count_completion("".join(batch)), chunks)
+            counted_chunks = content_chunks
+            batch.clear()
+
         last: dict[str, Any] = {}
 
-        async def usage_so_far() -> TokenUsage | None:
+        async def usage_so_far(finished: bool = False) -> TokenUsage | None:
             if not accepted:
                 return None  # refused or unreachable: nothing was produced
             if reported is not None:
                 return reported
             # The upstream sent no usage (llama_cpp.server never does): prompt tokens come from
-            # count_prompt_tokens, completion tokens are the relayed chunks' text through the
-            # upstream's tokenizer, or one a content chunk where it has none.
+            # count_prompt_tokens, completion tokens are the relayed text through the upstream's
+            # tokenizer (the last batch too once the stream has ended well), or one a content
+            # chunk where it has none.
             prompt = await self.count_prompt_tokens(request)
-            return TokenUsage(prompt_tokens=prompt, completion_tokens=max(counted, content_chunks))
+            if finished and batch:
+                await count_batch()
+            so_far = counted + content_chunks - counted_chunks
+            completion = max(min(so_far, max_tokens), content_chunks)
+            return TokenUsage(prompt_tokens=prompt, completion_tokens=completion)
 
         try:
             async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -244,11 +266,13 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
                         continue  # the upstream's usage chunk: Veil sends its own below
                     with_content = sum(1 for c in choices if _has_content(c))
                     content_chunks += with_content
-                    if with_content:
-                        counted += await self._count_chunk(choices)
+                    if with_content and reported is None:
+                        batch.append("".join(_chunk_text(c) for c in choices))
+                        if content_chunks - counted_chunks >= config.RUNNING_RECEIPT_CHUNKS:
+                            await count_batch()
                     # An estimate never passes the cap (only the upstream's own count may: the
                     # node stops a stream whose reported usage passes its budget).
-                    so_far = min(counted, max_tokens)
+                    so_far = min(counted + content_chunks - counted_chunks, max_tokens)
                     if reported is not None and reported.completion_tokens:
                         so_far = reported.completion_tokens  # the upstream's own running count
                     chunk["model"] = self.model_id
@@ -265,7 +289,7 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
         except httpx.HTTPError as exc:
             log.warning("upstream stream from %s broke: %s", self.base_url, type(exc).__name__)
             raise EngineFailure("the upstream stream broke", await usage_so_far()) from None
-        usage = await usage_so_far() or TokenUsage()
+        usage = await usage_so_far(finished=True) or TokenUsage()
         last.pop(TOKENS_SO_FAR, None)
         yield {
             "id": last.get("id", "chatcmpl-upstream"),
@@ -276,14 +300,14 @@ class UpstreamChatEngine(_Upstream, ChatEngine):
             "usage": usage.as_dict(),
         }
 
-    async def _count_chunk(self, choices: list[Any]) -> int:
-        """Completion tokens in one chunk: its text by the upstream's tokenizer where it has one
-        (never fewer than one), else one (servers without a tokenizer stream token by token)."""
-        text = "".join(_chunk_text(c) for c in choices)
+    async def _count_completion(self, text: str) -> int:
+        """Completion tokens of a whole streamed text by the upstream's tokenizer, 0 where it has
+        none or streams token by token anyway (llama-cpp-python's: the caller takes the content
+        chunks then)."""
         if not text or self.tokenizer.single_request or not self.tokenizer.tokenizes_text:
-            return 1  # never probe the server mid-stream: stream() learned its form before
+            return 0  # never probe the server: stream() learned its form before it streamed
         tokens = await self.tokenizer.count_generated(text)
-        return 1 if tokens is None else tokens
+        return 0 if tokens is None else tokens
 
 
 def _chunk_text(choice: Any) -> str:

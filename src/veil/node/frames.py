@@ -58,6 +58,7 @@ class SealedFrame:
     def __init__(self, sealer: Sealer, metrics: NodeMetrics) -> None:
         self._sealer = sealer
         self._metrics = metrics
+        self._chunks = metrics.stream_chunks.labels("confidential_chat")  # looked up once
         self.done = sealer.done
 
     @property
@@ -68,5 +69,5 @@ class SealedFrame:
         return self._sealer.seal(payload, usage).model_dump_json(exclude_none=True).encode()
 
     def event(self, payload: dict[str, Any], usage: dict[str, int] | None, final: bool) -> bytes:
-        self._metrics.stream_chunks.labels("confidential_chat").inc()
+        self._chunks.inc()
         return sse_event(self._sealer.seal(payload, usage, final=final))

@@ -1,8 +1,10 @@
 """Signed usage receipts of one request: what the gateway settles from.
 
 A receipt names the gateway ticket, the v3 request id and the ``response_hash`` (v3: the running hash) of the last
-message sent, and charges at most the request's budget. Streams get a running receipt after each
-content chunk, so a client that hangs up pays what it got, and a final one at the end.
+message sent, and charges at most the request's budget. Streams get running receipts at a bounded
+cadence (``veil.node.streams``: after the first chunk, then every ``RUNNING_RECEIPT_CHUNKS`` chunks
+or ``RUNNING_RECEIPT_SECONDS``), so a client that hangs up pays at least up to the last one (at
+most that many chunks, that long, unbilled) and never more than it got, and a final one at the end.
 """
 
 from __future__ import annotations

@@ -1,5 +1,15 @@
-"""A chat stream through the pipeline: frame each chunk, sign running receipts, stop at the budget
-or the deadline, and turn a mid-stream engine failure into a last (framed) error event.
+"""A chat stream through the pipeline: frame each chunk, sign running receipts at a bounded
+cadence, stop at the budget or the deadline, and turn a mid-stream engine failure into a last
+(framed) error event.
+
+Running receipts: one after the first chunk (the prompt is paid for as soon as the answer
+starts), then one once ``RUNNING_RECEIPT_CHUNKS`` chunks or ``RUNNING_RECEIPT_SECONDS``
+have passed since the last (``veil.config``), and one for whatever is left when the stream ends
+without the engine's usage; the final receipt is always signed. So a client that hangs up pays
+at least up to the last running receipt: at most ``RUNNING_RECEIPT_CHUNKS - 1`` chunks,
+all sent within ``RUNNING_RECEIPT_SECONDS`` of it, go unbilled, and it never pays more than it
+was sent. (A receipt after every chunk cost an Ed25519 signature per chunk here and a
+verification per chunk at the gateway: most of a core at GPU rates.)
 
 ``start_chat_stream`` waits for the engine's first chunk, so a stream that fails before it fails
 with a status (502/503); after that the status is sent and every failure is an event. What it
@@ -14,6 +24,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from veil import config
 from veil.engines.base import TOKENS_SO_FAR, EngineFailure
 from veil.node.bodies import has_content, wire_usage
 from veil.node.frames import Frame
@@ -33,14 +44,19 @@ async def start_chat_stream(
     receipts: Receipts,
     deadline: float,
     metrics: NodeMetrics,
+    receipt_chunks: int | None = None,
+    receipt_seconds: float | None = None,
 ) -> AsyncIterator[bytes]:
     """Run the engine's ``chunks`` until ``deadline`` (``time.monotonic()``).
 
-    Every content chunk is followed by a signed running receipt of the completion tokens produced
-    so far (the engine's count, ``TOKENS_SO_FAR``, or one per content chunk). A stream that passes
-    its deadline or its budget is stopped: the engine is closed and a final receipt signs what was
-    produced (at most the budget).
+    Content chunks are followed by signed running receipts of the completion tokens produced so
+    far (the engine's count, ``TOKENS_SO_FAR``, or one per content chunk) at the cadence of the
+    module docstring (``receipt_chunks`` / ``receipt_seconds``, default ``veil.config``'s). A
+    stream that passes its deadline or its budget is stopped: the engine is closed and a final
+    receipt signs what was produced (at most the budget).
     """
+    every = max(1, config.RUNNING_RECEIPT_CHUNKS if receipt_chunks is None else receipt_chunks)
+    interval = config.RUNNING_RECEIPT_SECONDS if receipt_seconds is None else receipt_seconds
     model = receipts.request.model
     loop_deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
     try:
@@ -74,6 +90,9 @@ async def start_chat_stream(
     async def events() -> AsyncIterator[bytes]:
         chunk: dict[str, Any] | None = first
         produced = 0  # completion tokens so far: the engine's count, or one per content chunk
+        unsigned = 0  # chunks with choices sent since the last running receipt
+        signed_at = 0.0  # when it was signed (0: none yet, so the first chunk gets one)
+        finished = False  # a final receipt was signed
         try:
             while chunk is not None:
                 counted = chunk.pop(TOKENS_SO_FAR, None)
@@ -82,6 +101,7 @@ async def start_chat_stream(
                     yield frame.event(chunk, usage, True)
                     metrics.count_usage(model, usage)
                     yield receipts.comment(usage, final=True)
+                    finished = True
                 elif chunk.get("choices"):
                     if isinstance(counted, int) and not isinstance(counted, bool):
                         produced = max(produced, counted)
@@ -93,7 +113,11 @@ async def start_chat_stream(
                             yield event
                         return
                     yield frame.event(chunk, None, False)
-                    yield receipts.comment(so_far(produced), final=False)
+                    unsigned += 1
+                    now = time.monotonic()
+                    if signed_at == 0.0 or unsigned >= every or now - signed_at >= interval:
+                        yield receipts.comment(so_far(produced), final=False)
+                        unsigned, signed_at = 0, now
                 else:
                     yield frame.event(chunk, None, False)
                 try:
@@ -103,6 +127,8 @@ async def start_chat_stream(
                     for event in stopped("it ran past the request's deadline", produced):
                         yield event
                     return
+            if unsigned and not finished:  # ended without the engine's usage: sign the rest
+                yield receipts.comment(so_far(produced), final=False)
             if frame.done is not None:
                 yield frame.done
         except EngineFailure as exc:
@@ -110,6 +136,8 @@ async def start_chat_stream(
             metrics.count_usage(model, partial)
             failure = EngineError(engine_failure_message(exc))
             yield frame.event(failure.to_body(), partial, True)
+            if unsigned:  # what was sent since the last running receipt is paid for too
+                yield receipts.comment(so_far(produced), final=False)
             log.warning("stream for %s ended by an engine failure", model)
         finally:
             await chunks.aclose()
