@@ -131,9 +131,9 @@ def test_node_killed_mid_stream_charges_the_last_signed_receipt(deployment: Depl
 
     # The gateway: charged the last running receipt, handed the rest of the reservation back.
     d.settled()
-    # A receipt line follows each chunk: the kill came after chunk KILL_AFTER, maybe before its
-    # receipt, so at least the receipts of the chunks before it arrived.
-    assert len(receipts) >= KILL_AFTER - 1
+    # Running receipts follow the first chunk, then every RUNNING_RECEIPT_CHUNKS chunks or
+    # RUNNING_RECEIPT_SECONDS: the kill came after chunk KILL_AFTER, so the first one arrived.
+    assert receipts
     last = receipts[-1]
     assert not last.final and last.completion_tokens >= 1
     charged = d.used() - used_before

@@ -66,7 +66,8 @@ class NodeStandIn:
     error shape, a receipt only if ``units``), ``garbage`` (200, signed, not JSON), ``stream``
     (``chunks`` SSE events, each followed by a cumulative receipt), ``cut`` (a stream that breaks
     after its first event and receipt), ``foreign`` (200 signed for another request).
-    ``delay``: seconds to wait before answering a paid request.
+    ``delay``: seconds to wait before answering a paid request. ``split``: a stream is written
+    in pieces of that many bytes (0: an event or a receipt a write), so lines arrive cut.
     """
 
     gateway_key: Ed25519PublicKey | None
@@ -76,6 +77,7 @@ class NodeStandIn:
     status: int = 400
     chunks: int = 3
     delay: float = 0.0
+    split: int = 0
     healthy: bool = True
     require_tickets: bool = True  # False: a misconfigured node that serves anyone for free
     signing_key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
@@ -182,7 +184,16 @@ class NodeStandIn:
         if self.answer == "error":
             headers = signed if self.units else {}
             return error(self.status, "INVALID_BODY", "the node refuses this", headers)
-        return StreamingResponse(self._events(ticket_id), media_type="text/event-stream")
+        return StreamingResponse(self._pieces(ticket_id), media_type="text/event-stream")
+
+    async def _pieces(self, ticket_id: str) -> AsyncIterator[bytes]:
+        async for data in self._events(ticket_id):
+            if not self.split:
+                yield data
+                continue
+            for at in range(0, len(data), self.split):
+                yield data[at : at + self.split]
+                await asyncio.sleep(0)  # let each piece go out on its own
 
     async def _events(self, ticket_id: str) -> AsyncIterator[bytes]:
         for n in range(1, self.chunks + 1):

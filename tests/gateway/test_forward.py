@@ -209,12 +209,13 @@ def test_an_unreachable_node_is_503_out_of_rotation_and_charges_nothing(
 
 
 async def read_all(response: Response) -> list[str]:
+    """The relayed stream's lines, each with its end; the relay only ever writes whole lines."""
     assert isinstance(response, StreamingResponse)
-    lines = []
+    writes = []
     async for chunk in response.body_iterator:
-        assert isinstance(chunk, bytes)
-        lines.append(chunk.decode())
-    return lines
+        assert isinstance(chunk, bytes) and chunk.endswith(b"\n")
+        writes.append(chunk)
+    return b"".join(writes).decode().splitlines(keepends=True)
 
 
 def test_a_stream_is_relayed_as_it_comes_and_charged_its_last_receipt(
@@ -233,11 +234,32 @@ def test_a_stream_is_relayed_as_it_comes_and_charged_its_last_receipt(
             assert 'data: {"chunk": 1}\n' in lines and "data: [DONE]\n" in lines
             receipts = [line for line in lines if line.startswith(RECEIPT_COMMENT.decode())]
             assert len(receipts) == 3  # passed through for the client to see
+            assert r.node.answered_at > 0  # it answered: the next lock on it needs no probe
             stack = await r.stack()
             assert (stack.reserved_units, stack.used_units) == (0, 3 * node.units)
 
     asyncio.run(main())
     assert node.seen[0].ticket.deadline is None  # a stream runs as long as it is read
+
+
+def test_a_stream_whose_lines_arrive_in_pieces_is_relayed_whole_and_charged(
+    tmp_path: Path, stand_in: Served
+) -> None:
+    node, url = stand_in
+    node.answer, node.chunks, node.split = "stream", 3, 7  # every receipt cut into many reads
+
+    async def main() -> None:
+        async with rig(tmp_path, url) as r:
+            response, _ = await r.forward(stream=True)
+            lines = await read_all(response)
+            events = [line for line in lines if line.startswith("data: ")]
+            assert events == [f'data: {{"chunk": {n}}}\n' for n in (1, 2, 3)] + ["data: [DONE]\n"]
+            receipts = [line for line in lines if line.startswith(RECEIPT_COMMENT.decode())]
+            assert len(receipts) == 3 and lines.count("\n") == 7
+            stack = await r.stack()
+            assert (stack.reserved_units, stack.used_units) == (0, 3 * node.units)
+
+    asyncio.run(main())
 
 
 def test_a_stream_cut_short_charges_what_was_signed_before_the_cut(

@@ -17,7 +17,7 @@ from tests.gateway.node_stand_in import CHAT, serve_stand_in
 from tests.servers import free_port
 from veil.config import GatewaySettings
 from veil.gateway.ledger import Ledger
-from veil.gateway.registry import Fault, NodeInfo, NodeRegistry
+from veil.gateway.registry import HEALTH_FRESH_SECONDS, Fault, NodeInfo, NodeRegistry
 from veil.gateway.service import AUTH_CACHE_SECONDS, Gateway
 from veil.wire.errors import AuthError
 
@@ -143,3 +143,40 @@ def test_a_node_whose_connection_fails_is_taken_out_of_rotation() -> None:
 def test_a_node_that_answers_its_health_with_an_error_gets_no_lock_but_is_not_blamed() -> None:
     answered, node = probed(None, status=503)
     assert not answered and node.healthy
+
+
+def test_a_lock_probes_a_node_only_when_it_has_not_answered_well_lately(tmp_path: Path) -> None:
+    probes: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        probes.append(request.url.path)
+        return httpx.Response(200, json={"status": "ok"})
+
+    async def go() -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+        ledger = await Ledger.open(url)
+        settings = GatewaySettings(data_dir=tmp_path, database_url=url)
+        client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        gw = Gateway(settings, ledger, GATEWAY_KEY, client)
+        try:
+            user, _ = await gw.ledger.create_user("di")
+            await gw.ledger.create_stack(user.name, CHAT, 1000)
+            node_url = "http://node.invalid"
+            node = gw.registry.add(node_url, await gw.ledger.node_small_id(node_url))
+            node.healthy, node.reason, node.models = True, None, {CHAT: "chat"}
+            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            assert probes == ["/health"]  # never heard from: probed
+            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            assert probes == ["/health"]  # it answered a moment ago: not again
+            node.answered_at -= HEALTH_FRESH_SECONDS
+            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            assert len(probes) == 2  # the window passed
+            gw.registry.mark_unhealthy(node, "stream broke")
+            node.healthy, node.reason = True, None  # a refresh found it back
+            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            assert len(probes) == 3  # marked unhealthy since its last answer: probed again
+            assert len(node.holds) == 4
+        finally:
+            await gw.aclose()
+
+    run(go())

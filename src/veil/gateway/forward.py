@@ -57,6 +57,7 @@ from veil.wire.tickets import (
 log = logging.getLogger("veil.gateway.forward")
 
 _RECEIPT_PREFIX = RECEIPT_COMMENT.decode()
+_RECEIPT_BYTES = RECEIPT_COMMENT
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -197,6 +198,8 @@ class Forwarder:
             self._blame(node, exc, "connection failed")
             await self.settlement.settle(reservation, None, model)
             raise ServiceUnavailable("the node did not answer; nothing was charged") from None
+        if upstream.status_code < 500:
+            self.registry.answered(node)  # the next lock on it needs no health probe
 
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             relay = self._relay(upstream, node, reservation, model, request_id)
@@ -327,17 +330,35 @@ class Forwarder:
         model: str,
         request_id: str,
     ) -> AsyncIterator[bytes]:
-        """Pass the node's SSE lines through as they arrive, keeping the newest signed receipt."""
+        """Pass the node's SSE bytes through as they arrive, every complete line read so far in
+        one write (not two writes an event), keeping the newest signed receipt."""
         latest: UsageReceipt | None = None
         latest_token: str | None = None
-        try:
-            async for line in upstream.aiter_lines():
-                if line.startswith(_RECEIPT_PREFIX):
-                    token = line[len(_RECEIPT_PREFIX) :]
+        pending = b""  # the start of a line the node has not ended yet
+
+        def receipts_in(block: bytes) -> None:
+            nonlocal latest, latest_token
+            if _RECEIPT_BYTES not in block:
+                return
+            for line in block.split(b"\n"):
+                if line.startswith(_RECEIPT_BYTES):
+                    token = line[len(_RECEIPT_BYTES) :].rstrip(b"\r").decode("utf-8", "replace")
                     receipt = self.settlement.receipt(token, node, request_id)
                     if receipt is not None:
                         latest, latest_token = receipt, token
-                yield (line + "\n").encode()
+
+        try:
+            async for data in upstream.aiter_bytes():
+                pending += data
+                cut = pending.rfind(b"\n") + 1
+                if not cut:
+                    continue
+                block, pending = pending[:cut], pending[cut:]
+                receipts_in(block)
+                yield block
+            if pending:  # the node's last line had no end: ended here, as it was meant
+                receipts_in(pending)
+                yield pending + b"\n"
         except httpx.HTTPError as exc:
             self._blame(node, exc, "stream broke")
             log.warning(

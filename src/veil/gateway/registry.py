@@ -48,6 +48,11 @@ TICKET_PROBE_PATH = "/v1/confidential/embeddings"
 
 #: How long a lock waits for a node's ``/health``; a slower answer counts as a busy node.
 HEALTH_PROBE_SECONDS = 1.0
+#: A node that answered well this recently is not probed again by a lock: its ``/health`` asks
+#: every engine (an upstream's own health endpoint), which cost a lock more than the ledger. A node
+#: that dies inside the window is found by the request itself (503, nothing charged, the node
+#: marked unhealthy at once).
+HEALTH_FRESH_SECONDS = 1.0
 
 
 class ProbeFailed(Exception):
@@ -82,6 +87,9 @@ class NodeInfo:
     state: NodeState = NodeState.ACTIVE
     fault: Fault | None = None
     attestation: NodeVerdict | None = None  # the gateway's own last check (None: not checked)
+    # time.monotonic() of its last good answer (a 200 health probe, a forwarded request answered
+    # below 500); 0.0: none since it was last marked unhealthy
+    answered_at: float = 0.0
 
     @property
     def routed(self) -> bool:
@@ -226,6 +234,15 @@ class NodeRegistry:
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(node) for node in self.nodes))
 
+    def answered(self, node: NodeInfo) -> None:
+        """The node just answered well (a request forwarded to it, or its health probe)."""
+        node.answered_at = time.monotonic()
+
+    def answered_lately(self, node: NodeInfo) -> bool:
+        """Whether the node answered well within ``HEALTH_FRESH_SECONDS`` (and is still healthy):
+        then a lock needs no probe."""
+        return node.healthy and time.monotonic() - node.answered_at < HEALTH_FRESH_SECONDS
+
     async def answers(self, node: NodeInfo) -> bool:
         """Whether the node answers its ``/health`` now (the check a lock makes). Only a
         connection that fails takes it out of rotation; a slow answer (a saturated node) counts
@@ -240,7 +257,10 @@ class NodeRegistry:
         except httpx.HTTPError:
             self.mark_unhealthy(node, "health check failed")
             return False
-        return response.status_code == 200
+        if response.status_code != 200:
+            return False
+        self.answered(node)
+        return True
 
     def mark_unhealthy(self, node: NodeInfo, why: str, fault: Fault = Fault.UNREACHABLE) -> None:
         if node.healthy or node.reason != why:
@@ -248,6 +268,7 @@ class NodeRegistry:
         node.healthy = False
         node.reason = why
         node.fault = fault
+        node.answered_at = 0.0
 
     def models(self) -> dict[str, str]:
         """What the nodes taking new locks serve."""

@@ -158,20 +158,26 @@ class Gateway:
     ) -> tuple[NodeInfo, Reservation]:
         """Reserve on the least busy healthy node that answers; try the next one otherwise.
 
-        The node's health probe runs while the ledger reserves, so a lock costs the slower of
-        the two round trips, not their sum; a node that does not answer gets its reservation
-        released at once."""
+        A node that answered well within ``HEALTH_FRESH_SECONDS`` is not probed. Otherwise its
+        health probe runs while the ledger reserves, so a lock costs the slower of the two round
+        trips, not their sum; a node that does not answer gets its reservation released at
+        once."""
         for node in self.registry.candidates(model):
-            probe = asyncio.ensure_future(self.registry.answers(node))
+            probe = None
+            if not self.registry.answered_lately(node):
+                probe = asyncio.ensure_future(self.registry.answers(node))
             try:
                 with self.metrics.ledger_latency.labels("reserve").time():
                     reservation = await self.ledger.reserve(
                         user.id, model, units, node_small_id=node.node_small_id, ttl_seconds=ttl
                     )
             except BaseException:
-                probe.cancel()
+                if probe is not None:
+                    probe.cancel()
                 raise
             self.registry.hold(node.node_small_id, reservation.id, reservation.expires_at)
+            if probe is None:
+                return node, reservation
             answered = False
             try:
                 answered = await probe

@@ -162,7 +162,9 @@ class NodeApp:
         }
 
     async def health(self) -> JSONResponse:
-        unhealthy = [e.model_id for e in self.engines.all() if not await e.healthy()]
+        engines = self.engines.all()
+        verdicts = await asyncio.gather(*(e.healthy() for e in engines))  # at once, not in turn
+        unhealthy = [e.model_id for e, ok in zip(engines, verdicts, strict=True) if not ok]
         body = {
             "status": "ok" if not unhealthy else "degraded",
             "models": self.engines.model_ids(),

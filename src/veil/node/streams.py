@@ -98,9 +98,8 @@ async def start_chat_stream(
                 counted = chunk.pop(TOKENS_SO_FAR, None)
                 usage = wire_usage(chunk.get("usage"))
                 if usage is not None:
-                    yield frame.event(chunk, usage, True)
                     metrics.count_usage(model, usage)
-                    yield receipts.comment(usage, final=True)
+                    yield frame.event(chunk, usage, True) + receipts.comment(usage, final=True)
                     finished = True
                 elif chunk.get("choices"):
                     if isinstance(counted, int) and not isinstance(counted, bool):
@@ -112,12 +111,13 @@ async def start_chat_stream(
                         for event in stopped(why, produced):
                             yield event
                         return
-                    yield frame.event(chunk, None, False)
+                    event = frame.event(chunk, None, False)
                     unsigned += 1
                     now = time.monotonic()
                     if signed_at == 0.0 or unsigned >= every or now - signed_at >= interval:
-                        yield receipts.comment(so_far(produced), final=False)
+                        event += receipts.comment(so_far(produced), final=False)  # one write
                         unsigned, signed_at = 0, now
+                    yield event
                 else:
                     yield frame.event(chunk, None, False)
                 try:
