@@ -65,7 +65,8 @@ class NodeStandIn:
     ``answer``: ``json`` (200 and a signed receipt for ``units``), ``error`` (``status`` with the
     error shape, a receipt only if ``units``), ``garbage`` (200, signed, not JSON), ``stream``
     (``chunks`` SSE events, each followed by a cumulative receipt), ``cut`` (a stream that breaks
-    after its first event and receipt), ``foreign`` (200 signed for another request).
+    after its first event and receipt), ``runaway`` (a stream whose second line never ends),
+    ``foreign`` (200 signed for another request).
     ``delay``: seconds to wait before answering a paid request. ``split``: a stream is written
     in pieces of that many bytes (0: an event or a receipt a write), so lines arrive cut.
     """
@@ -196,6 +197,13 @@ class NodeStandIn:
                 await asyncio.sleep(0)  # let each piece go out on its own
 
     async def _events(self, ticket_id: str) -> AsyncIterator[bytes]:
+        if self.answer == "runaway":  # one event and its receipt, then a line that never ends
+            yield b'data: {"chunk": 1}\n\n'
+            yield RECEIPT_COMMENT + self.receipt(ticket_id, self.units, final=False).encode()
+            yield b"\n\ndata: "
+            while True:
+                yield b"x" * 65536
+                await asyncio.sleep(0)
         for n in range(1, self.chunks + 1):
             yield f'data: {{"chunk": {n}}}\n\n'.encode()
             token = self.receipt(ticket_id, n * self.units, final=n == self.chunks)

@@ -262,6 +262,25 @@ def test_a_stream_whose_lines_arrive_in_pieces_is_relayed_whole_and_charged(
     asyncio.run(main())
 
 
+def test_a_stream_line_that_never_ends_is_cut_off_and_charged_its_last_receipt(
+    tmp_path: Path, stand_in: Served
+) -> None:
+    node, url = stand_in
+    node.answer = "runaway"
+
+    async def main() -> None:
+        async with rig(tmp_path, url) as r:
+            response, _ = await r.forward(stream=True)
+            lines = await read_all(response)
+            assert lines[0] == 'data: {"chunk": 1}\n' and len(lines) == 4  # event, receipt
+            assert sum(len(line) for line in lines) < 4096  # the runaway line never relayed
+            stack = await r.stack()
+            assert (stack.reserved_units, stack.used_units) == (0, node.units)
+            assert (r.node.healthy, r.node.reason) == (False, "stream line too long")
+
+    asyncio.run(main())
+
+
 def test_a_stream_cut_short_charges_what_was_signed_before_the_cut(
     tmp_path: Path, stand_in: Served
 ) -> None:

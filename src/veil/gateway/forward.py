@@ -58,6 +58,9 @@ log = logging.getLogger("veil.gateway.forward")
 
 _RECEIPT_PREFIX = RECEIPT_COMMENT.decode()
 _RECEIPT_BYTES = RECEIPT_COMMENT
+#: The longest SSE line a stream relays (a sealed chat chunk is a few hundred bytes): a node that
+#: sends more without a line end is cut off rather than buffered without bound.
+STREAM_LINE_BYTES = 1 << 20
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -351,6 +354,15 @@ class Forwarder:
             async for data in upstream.aiter_bytes():
                 pending += data
                 cut = pending.rfind(b"\n") + 1
+                if len(pending) - cut > STREAM_LINE_BYTES:  # held in memory until it ends: never
+                    self.registry.mark_unhealthy(node, "stream line too long")
+                    log.error(
+                        "node %d sent a stream line over %d bytes; the stream is cut, charging "
+                        "its last receipt",
+                        node.node_small_id,
+                        STREAM_LINE_BYTES,
+                    )
+                    return
                 if not cut:
                     continue
                 block, pending = pending[:cut], pending[cut:]
