@@ -145,7 +145,9 @@ def test_a_node_that_answers_its_health_with_an_error_gets_no_lock_but_is_not_bl
     assert not answered and node.healthy
 
 
-def test_a_lock_probes_a_node_only_when_it_has_not_answered_well_lately(tmp_path: Path) -> None:
+def test_a_plain_request_probes_a_node_only_when_it_has_not_answered_well_lately_a_lock_always(
+    tmp_path: Path,
+) -> None:
     probes: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -164,18 +166,20 @@ def test_a_lock_probes_a_node_only_when_it_has_not_answered_well_lately(tmp_path
             node_url = "http://node.invalid"
             node = gw.registry.add(node_url, await gw.ledger.node_small_id(node_url))
             node.healthy, node.reason, node.models = True, None, {CHAT: "chat"}
-            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            await gw.reserve_on_a_node(user, CHAT, 10, 60, forwarding_now=True)
             assert probes == ["/health"]  # never heard from: probed
-            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            await gw.reserve_on_a_node(user, CHAT, 10, 60, forwarding_now=True)
             assert probes == ["/health"]  # it answered a moment ago: not again
             node.answered_at -= HEALTH_FRESH_SECONDS
-            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            await gw.reserve_on_a_node(user, CHAT, 10, 60, forwarding_now=True)
             assert len(probes) == 2  # the window passed
             gw.registry.mark_unhealthy(node, "stream broke")
             node.healthy, node.reason = True, None  # a refresh found it back
-            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            await gw.reserve_on_a_node(user, CHAT, 10, 60, forwarding_now=True)
             assert len(probes) == 3  # marked unhealthy since its last answer: probed again
-            assert len(node.holds) == 4
+            await gw.reserve_on_a_node(user, CHAT, 10, 60)
+            assert len(probes) == 4  # a lock: probed, however lately the node answered
+            assert len(node.holds) == 5
         finally:
             await gw.aclose()
 

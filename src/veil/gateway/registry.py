@@ -48,10 +48,10 @@ TICKET_PROBE_PATH = "/v1/confidential/embeddings"
 
 #: How long a lock waits for a node's ``/health``; a slower answer counts as a busy node.
 HEALTH_PROBE_SECONDS = 1.0
-#: A node that answered well this recently is not probed again by a lock: its ``/health`` asks
-#: every engine (an upstream's own health endpoint), which cost a lock more than the ledger. A node
-#: that dies inside the window is found by the request itself (503, nothing charged, the node
-#: marked unhealthy at once).
+#: A node that answered well this recently is not probed again before a plain request is sent
+#: to it: its ``/health`` asks every engine (an upstream's own health endpoint), which cost more
+#: than the ledger. A node that dies inside the window is found by the request itself (503,
+#: nothing charged, the node marked unhealthy at once). Locks always probe.
 HEALTH_FRESH_SECONDS = 1.0
 
 

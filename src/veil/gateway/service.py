@@ -154,17 +154,20 @@ class Gateway:
         return self.settings.default_chat_units
 
     async def reserve_on_a_node(
-        self, user: User, model: str, units: int, ttl: int
+        self, user: User, model: str, units: int, ttl: int, *, forwarding_now: bool = False
     ) -> tuple[NodeInfo, Reservation]:
         """Reserve on the least busy healthy node that answers; try the next one otherwise.
 
-        A node that answered well within ``HEALTH_FRESH_SECONDS`` is not probed. Otherwise its
-        health probe runs while the ledger reserves, so a lock costs the slower of the two round
-        trips, not their sum; a node that does not answer gets its reservation released at
-        once."""
+        The node's health probe runs while the ledger reserves, so a lock costs the slower of
+        the two round trips, not their sum; a node that does not answer gets its reservation
+        released at once. ``forwarding_now`` (a plain request, sent to the node right after): a
+        node that answered well within ``HEALTH_FRESH_SECONDS`` is not probed, as the request
+        itself finds a node that died since (503, nothing charged, marked unhealthy). A lock is
+        always probed: it hands the caller a reservation that would otherwise sit on a dead
+        node until it expired."""
         for node in self.registry.candidates(model):
             probe = None
-            if not self.registry.answered_lately(node):
+            if not (forwarding_now and self.registry.answered_lately(node)):
                 probe = asyncio.ensure_future(self.registry.answers(node))
             try:
                 with self.metrics.ledger_latency.labels("reserve").time():
@@ -286,7 +289,7 @@ class Gateway:
             raise InvalidBody("model: a model id is required")
         units = self.plain_units(endpoint, raw)
         node, reservation = await self.reserve_on_a_node(
-            user, model, units, self.settings.lock_timeout_seconds
+            user, model, units, self.settings.lock_timeout_seconds, forwarding_now=True
         )
         request_id = new_request_id()
         with self.metrics.ledger_latency.labels("claim").time():
