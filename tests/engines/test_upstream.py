@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.engines.openai_stand_in import create_openai_stand_in
@@ -31,6 +32,7 @@ from veil.engines import (
     UpstreamEmbeddingEngine,
     UpstreamImageEngine,
 )
+from veil.engines.upstream import UPSTREAM_HEALTHY_SECONDS
 from veil.engines.upstream_tokens import MESSAGE_ALLOWANCE, PROMPT_ALLOWANCE
 from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGenerationRequest
 
@@ -292,3 +294,34 @@ def test_an_unreachable_upstream_is_an_engine_failure() -> None:
 
 def test_health_follows_the_server(stand_in: str) -> None:
     assert asyncio.run(health(UpstreamImageEngine("m", stand_in))) is True
+
+
+def test_a_healthy_upstream_is_asked_again_only_after_its_window_and_a_no_is_never_kept() -> None:
+    # A scripted transport (not a server) in place of the upstream: what is tested is which
+    # health requests the engine makes.
+    asked: list[str] = []
+    status = [200]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(status[0], json={"object": "list", "data": []})
+
+    engine = UpstreamChatEngine("m", "http://upstream.invalid")
+    engine._client = httpx.AsyncClient(
+        base_url=engine.base_url, transport=httpx.MockTransport(answer)
+    )
+
+    async def run() -> None:
+        try:
+            assert await engine.healthy() and asked == ["/v1/models"]
+            assert await engine.healthy() and len(asked) == 1  # within its window: not asked
+            engine._healthy_at -= UPSTREAM_HEALTHY_SECONDS
+            status[0] = 503
+            assert not await engine.healthy() and asked[1:] == ["/v1/models", "/health"]
+            assert not await engine.healthy() and len(asked) == 5  # a no is asked again
+            status[0] = 200
+            assert await engine.healthy() and len(asked) == 6
+        finally:
+            await engine.close()
+
+    asyncio.run(run())

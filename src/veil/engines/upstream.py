@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -51,6 +52,7 @@ from veil.wire.openai import ChatCompletionRequest, EmbeddingRequest, ImageGener
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 600.0  # seconds between bytes: a CPU server may think long before a token
+UPSTREAM_HEALTHY_SECONDS = 1.0  # how long a healthy answer of the upstream is taken as still true
 
 
 class _Upstream:
@@ -71,6 +73,7 @@ class _Upstream:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._client: httpx.AsyncClient | None = None
+        self._healthy_at = -math.inf  # time.monotonic() of the last healthy answer
         self.tokenizer = UpstreamTokenizer(self)
 
     @property
@@ -78,7 +81,11 @@ class _Upstream:
         # Created on first use so it belongs to the event loop that uses it.
         if self._client is None:
             self._client = httpx.AsyncClient(
-                base_url=self.base_url, headers=self._headers, timeout=self._timeout
+                base_url=self.base_url,
+                headers=self._headers,
+                timeout=self._timeout,
+                # as many idle connections kept as may be busy: no reconnect per stream
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
             )
         return self._client
 
@@ -101,13 +108,21 @@ class _Upstream:
             await client.aclose()
 
     async def healthy(self) -> bool:
+        """Whether the upstream answers ``/v1/models`` (or ``/health``). A yes is kept for
+        ``UPSTREAM_HEALTHY_SECONDS``: the gateway's lock probes the node's ``/health``, which
+        asks this, and should not cost an upstream round trip a lock. A no is never kept."""
+        if time.monotonic() - self._healthy_at < UPSTREAM_HEALTHY_SECONDS:
+            return True
         for path in ("/v1/models", "/health"):
             try:
                 response = await self.client.get(path)
             except httpx.HTTPError:
+                self._healthy_at = -math.inf
                 return False
             if response.status_code == 200:
+                self._healthy_at = time.monotonic()
                 return True
+        self._healthy_at = -math.inf
         return False
 
     async def post_json(

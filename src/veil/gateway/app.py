@@ -49,7 +49,9 @@ async def start_gateway(
     ledger = await Ledger.open(
         settings.resolved_database_url, in_flight_grace=settings.in_flight_grace_seconds
     )
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
+    client = httpx.AsyncClient(  # idle connections kept as many as may be busy
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    )
     gateway = Gateway(settings, ledger, key, client)
     released = await ledger.expire()
     if released:
