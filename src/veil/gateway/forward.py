@@ -57,7 +57,6 @@ from veil.wire.tickets import (
 log = logging.getLogger("veil.gateway.forward")
 
 _RECEIPT_PREFIX = RECEIPT_COMMENT.decode()
-_RECEIPT_BYTES = RECEIPT_COMMENT
 #: The longest SSE line a stream relays (a sealed chat chunk is a few hundred bytes): a node that
 #: sends more without a line end is cut off rather than buffered without bound.
 STREAM_LINE_BYTES = 1 << 20
@@ -202,7 +201,7 @@ class Forwarder:
             await self.settlement.settle(reservation, None, model)
             raise ServiceUnavailable("the node did not answer; nothing was charged") from None
         if upstream.status_code < 500:
-            self.registry.answered(node)  # the next lock on it needs no health probe
+            self.registry.answered(node)  # a plain request may skip its health probe
 
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             relay = self._relay(upstream, node, reservation, model, request_id)
@@ -341,11 +340,11 @@ class Forwarder:
 
         def receipts_in(block: bytes) -> None:
             nonlocal latest, latest_token
-            if _RECEIPT_BYTES not in block:
+            if RECEIPT_COMMENT not in block:
                 return
             for line in block.split(b"\n"):
-                if line.startswith(_RECEIPT_BYTES):
-                    token = line[len(_RECEIPT_BYTES) :].rstrip(b"\r").decode("utf-8", "replace")
+                if line.startswith(RECEIPT_COMMENT):
+                    token = line[len(RECEIPT_COMMENT) :].rstrip(b"\r").decode("utf-8", "replace")
                     receipt = self.settlement.receipt(token, node, request_id)
                     if receipt is not None:
                         latest, latest_token = receipt, token

@@ -240,7 +240,7 @@ class NodeRegistry:
 
     def answered_lately(self, node: NodeInfo) -> bool:
         """Whether the node answered well within ``HEALTH_FRESH_SECONDS`` (and is still healthy):
-        then a lock needs no probe."""
+        then a plain request, forwarded at once, needs no probe."""
         return node.healthy and time.monotonic() - node.answered_at < HEALTH_FRESH_SECONDS
 
     async def answers(self, node: NodeInfo) -> bool:

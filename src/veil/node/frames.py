@@ -57,7 +57,6 @@ class SealedFrame:
 
     def __init__(self, sealer: Sealer, metrics: NodeMetrics) -> None:
         self._sealer = sealer
-        self._metrics = metrics
         self._chunks = metrics.stream_chunks.labels("confidential_chat")  # looked up once
         self.done = sealer.done
 

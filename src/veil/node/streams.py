@@ -44,19 +44,17 @@ async def start_chat_stream(
     receipts: Receipts,
     deadline: float,
     metrics: NodeMetrics,
-    receipt_chunks: int | None = None,
-    receipt_seconds: float | None = None,
 ) -> AsyncIterator[bytes]:
     """Run the engine's ``chunks`` until ``deadline`` (``time.monotonic()``).
 
     Content chunks are followed by signed running receipts of the completion tokens produced so
     far (the engine's count, ``TOKENS_SO_FAR``, or one per content chunk) at the cadence of the
-    module docstring (``receipt_chunks`` / ``receipt_seconds``, default ``veil.config``'s). A
+    module docstring (``veil.config``'s, read when the stream starts). A
     stream that passes its deadline or its budget is stopped: the engine is closed and a final
     receipt signs what was produced (at most the budget).
     """
-    every = max(1, config.RUNNING_RECEIPT_CHUNKS if receipt_chunks is None else receipt_chunks)
-    interval = config.RUNNING_RECEIPT_SECONDS if receipt_seconds is None else receipt_seconds
+    every = max(1, config.RUNNING_RECEIPT_CHUNKS)
+    interval = config.RUNNING_RECEIPT_SECONDS
     model = receipts.request.model
     loop_deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
     try:
