@@ -386,15 +386,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-round-trip", action="store_true", help="no real request")
     parser.add_argument("--json", type=Path, default=None, help="write the run as JSON here")
     args = parser.parse_args(argv)
-    from benchmarks import crypto_baselines, crypto_share
+    from benchmarks import crypto_baselines, crypto_floor, crypto_share
 
     report = Report("crypto", TITLE, DESCRIPTION, argv if argv is not None else [])
     keys = make_keys()
     client = compare_suites(report, keys, args.iterations, args.rounds)
     compare_chunks(report, keys, args.iterations, args.rounds)
     crypto_baselines.key_agreement(report, keys, args.iterations, args.rounds)
+    atoma = None
     if not args.skip_atoma:
-        crypto_baselines.against_atoma(report, keys, args.iterations, args.rounds)
+        atoma = crypto_baselines.against_atoma(report, keys, args.iterations, args.rounds)
+    crypto_floor.design_floor(
+        report, keys, args.iterations, args.rounds, atoma, atoma_declared=not args.skip_atoma
+    )
     crypto_baselines.against_openssl(report, args.rounds)
     crypto_share.share_of_a_request(report, keys, client, skip=args.skip_round_trip)
     # An unmet target is reported, not a failure: the run itself succeeded.

@@ -64,9 +64,15 @@ def v1_chunk_stream(keys: Keys) -> tuple[X25519PrivateKey, bytes, list[dict[str,
     return client_sk, salt, messages
 
 
-def against_atoma(report: Report, keys: Keys, iterations: int, rounds: int) -> None:
+def against_atoma(
+    report: Report, keys: Keys, iterations: int, rounds: int
+) -> tuple[float, float] | None:
     """veil-v3, Veil's atoma-v1 suite and atoma-sdk 0.1.3 on the same 2 KiB request, and the
-    atoma-v1 suite against atoma-sdk on 200 B chunks."""
+    atoma-v1 suite against atoma-sdk on 200 B chunks. Returns atoma-sdk's microseconds per 2 KiB
+    request and v3's floor for it (``crypto_floor``) timed in the same rounds (None: atoma-sdk
+    could not run)."""
+    from benchmarks.crypto_floor import request_floor, request_floor_us
+
     baseline = report.baseline(
         "atoma-sdk 0.1.3",
         "atoma-sdk 0.1.3's own `crypto_utils` in its own venv, rounds alternating with Veil's "
@@ -86,7 +92,7 @@ def against_atoma(report: Report, keys: Keys, iterations: int, rounds: int) -> N
             )
             report.ratio(what, None, None, baseline=baseline, detail=f"not run: {origin}",
                          target=target, id=id)  # fmt: skip
-        return
+        return None
     with worker:
         worker.call(
             "setup",
@@ -100,9 +106,12 @@ def against_atoma(report: Report, keys: Keys, iterations: int, rounds: int) -> N
         ours: list[list[float]] = []
         ours_v3: list[list[float]] = []
         theirs: list[list[float]] = []
+        floor = request_floor(keys, REQUEST_2K)
+        floors: list[float] = []
         for _ in range(rounds):
             ours.append(time_request(v1_request_steps(keys, False, REQUEST_2K), iterations, 1))
             ours_v3.append(time_request(v3_request_steps(keys, REQUEST_2K), iterations, 1))
+            floors.append(request_floor_us(floor, iterations))
             steps = worker.call("request", iterations=iterations)["steps"]
             theirs.append([*steps, sum(steps)])
 
@@ -143,6 +152,7 @@ def against_atoma(report: Report, keys: Keys, iterations: int, rounds: int) -> N
                  target=("<=", ATOMA_REQUEST_TARGET), id=ids[0])  # fmt: skip
     report.ratio(request_what, b, a, baseline=baseline, unit="us",
                  target=("<=", ATOMA_REQUEST_TARGET), id=ids[1])  # fmt: skip
+    atoma = (a, statistics.median(floors))
     a, b = statistics.median(theirs_chunk), statistics.median(ours_chunk)
     chunks = report.table(
         f"Opening 200 B chunks of a {STREAM_CHUNKS}-chunk atoma-v1 stream: atoma-sdk's "
@@ -152,6 +162,7 @@ def against_atoma(report: Report, keys: Keys, iterations: int, rounds: int) -> N
     chunks.row("200 B chunk open", a, b, b / a)
     report.ratio(chunk_what, a, b, baseline=baseline, unit="us", fmt=".1f",
                  target=(">=", ATOMA_CHUNK_TARGET), id=ids[2])  # fmt: skip
+    return atoma
 
 
 def openssl_gcm_bytes_per_second(seconds: int) -> float | None:

@@ -93,7 +93,7 @@ def _standin(
         stop_session(process)
 
 
-async def _create_user(database_url: str) -> str:
+async def _create_user(database_url: str, models: tuple[str, ...] = (MODEL, EMBED_MODEL)) -> str:
     from veil.gateway.ledger import Ledger
 
     ledger = await Ledger.open(database_url)
@@ -101,7 +101,7 @@ async def _create_user(database_url: str) -> str:
         user, key = await ledger.create_user(
             f"stream-{secrets.token_hex(4)}", requests_per_minute=2**31 - 1, concurrency=100_000
         )
-        for model in (MODEL, EMBED_MODEL):
+        for model in models:
             await ledger.create_stack(user.name, model, STACK_UNITS)
         return key
     finally:
@@ -110,14 +110,24 @@ async def _create_user(database_url: str) -> str:
 
 @contextlib.contextmanager
 def node_on(
-    tmp: Path, standin: str, gateway_key: str | None, name: str, env: dict[str, str] | None = None
+    tmp: Path,
+    standin: str | None,
+    gateway_key: str | None,
+    name: str,
+    env: dict[str, str] | None = None,
+    models_dir: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``veil node`` serving the stand-in's chat and embeddings models; it takes tickets of the
-    gateway whose key is ``gateway_key``, or (None) serves anyone (``--insecure-no-gateway``)."""
+    """``veil node`` serving the stand-in's chat and embeddings models (``standin``), or its
+    embedded models from ``models_dir`` (``standin`` None); it takes tickets of the gateway whose
+    key is ``gateway_key``, or (None) serves anyone (``--insecure-no-gateway``)."""
     port, log = free_port(), tmp / f"{name}.log"
-    args = ["node", "--port", str(port), "--data-dir", str(tmp / name), "--no-embedded",
-            "--upstream", f"chat:{MODEL}={standin}",
-            "--upstream", f"embeddings:{EMBED_MODEL}={standin}", "--log-level", "warning"]  # fmt: skip
+    args = ["node", "--port", str(port), "--data-dir", str(tmp / name), "--log-level", "warning"]
+    if standin is not None:
+        args += ["--no-embedded", "--upstream", f"chat:{MODEL}={standin}",
+                 "--upstream", f"embeddings:{EMBED_MODEL}={standin}"]  # fmt: skip
+    else:
+        assert models_dir is not None, "a node needs the stand-in or the embedded models"
+        args += ["--models-dir", str(models_dir)]
     args += ["--gateway-key", gateway_key] if gateway_key else ["--insecure-no-gateway"]
     with veil_process(args, log, env or child_env()) as process:
         url = f"http://127.0.0.1:{port}"
@@ -127,17 +137,26 @@ def node_on(
 
 @contextlib.contextmanager
 def deployment(
-    tmp: Path, *, gateway: bool, rate: float = 0.0, tokenize: bool = True
+    tmp: Path,
+    *,
+    gateway: bool,
+    rate: float = 0.0,
+    tokenize: bool = True,
+    models_dir: Path | None = None,
 ) -> Iterator[Deployment]:
     """The stand-in, a node on it, and (``gateway``) a gateway in front of the node.
     ``tokenize``: whether the stand-in answers vLLM's ``/tokenize`` (else 404, and the node
-    counts one token a chunk)."""
-    env = child_env()
+    counts one token a chunk). ``models_dir``: the node serves its embedded (real, CPU) models
+    from there instead, and the stand-in still runs but serves nobody."""
+    env = child_env() if models_dir is None else child_env(models_dir)
     with contextlib.ExitStack() as running:
         standin, standin_process = running.enter_context(_standin(tmp, rate, tokenize))
         gateway_dir = tmp / "gateway"
         key = public_b64(load_or_create_gateway_key(gateway_dir)) if gateway else None
-        node, node_process = running.enter_context(node_on(tmp, standin, key, "node", env))
+        upstream = standin if models_dir is None else None
+        node, node_process = running.enter_context(
+            node_on(tmp, upstream, key, "node", env, models_dir=models_dir)
+        )
         pids = {"stand-in": standin_process.pid, "node": node_process.pid}
         if not gateway:
             yield Deployment(standin, node, None, None, pids)
@@ -150,6 +169,11 @@ def deployment(
         gateway_process = running.enter_context(veil_process(gateway_args, log, env))
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, gateway_process, log, timeout=180)
-        key = asyncio.run(_create_user(database_url))
+        if models_dir is None:
+            key = asyncio.run(_create_user(database_url))
+        else:
+            from veil.engines.models import CHAT_MODEL_ID, EMBEDDINGS_MODEL_ID
+
+            key = asyncio.run(_create_user(database_url, (CHAT_MODEL_ID, EMBEDDINGS_MODEL_ID)))
         pids["gateway"] = gateway_process.pid
         yield Deployment(standin, node, url, key, pids)
