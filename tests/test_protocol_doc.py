@@ -46,7 +46,7 @@ from veil.wire.envelopes import (
 from veil.wire.errors import ALL_ERRORS
 from veil.wire.keyid import key_id
 from veil.wire.routes import ROUTES
-from veil.wire.tickets import Ticket, UsageReceipt
+from veil.wire.tickets import ReceiptQuery, Ticket, UsageReceipt
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "PROTOCOL.md"
@@ -66,6 +66,7 @@ FACTS = _names(
     hpke.enc_size.mlkem768-x25519 hpke.enc_size.x25519 kem.public_key_size.mlkem768-x25519
     kem.public_key_size.x25519 v3.response_key_bytes v3.response_okm_bytes v3.chunk_index_bytes
     v3.chunk_final_bytes v3.hash envelope.protocols envelope.kems ticket.fields receipt.fields
+    receipt_query.fields
     """
 )
 
@@ -205,6 +206,7 @@ def test_lock_table_names_every_field() -> None:
 def test_ticket_and_receipt_fields_are_the_codes() -> None:
     assert set(FACT["ticket.fields"]) == set(Ticket.model_fields)
     assert set(FACT["receipt.fields"]) == set(UsageReceipt.model_fields)
+    assert set(FACT["receipt_query.fields"]) == set(ReceiptQuery.model_fields)
 
 
 def test_only_the_two_suites_and_kems_parse() -> None:

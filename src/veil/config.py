@@ -99,6 +99,13 @@ class NodeSettings(BaseSettings):
     # Longest a request may run on the node (seconds); past it the engine is stopped and the
     # signed receipt covers what was produced. A ticket's own deadline, if earlier, wins.
     request_timeout_seconds: float = Field(default=600.0, gt=0)
+    # How long the node keeps each request's newest signed usage receipt, and at most how many,
+    # for a gateway that lost it (killed between the answer and its ledger write) to fetch it
+    # from POST /v1/receipts when it finds the request orphaned. The retention must outlast a
+    # gateway's lease plus its in-flight grace (by default 310 s + 300 s); 1,000 ids per query.
+    # Each entry is under 1 KiB: the default maximum holds well under 100 MB.
+    receipt_retention_seconds: float = Field(default=3600.0, gt=0)
+    receipt_retention_entries: int = Field(default=100_000, ge=1)
     # The KEMs this node accepts for veil-v3 requests (VEIL_KEMS, a JSON list): post-quantum
     # ML-KEM-768 + X25519 only by default; "x25519" admits clients whose policy allows classical.
     kems: list[KemName] = Field(default_factory=lambda: list(DEFAULT_KEMS), min_length=1)

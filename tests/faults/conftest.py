@@ -125,7 +125,13 @@ class NodeProcess(VeilProcess):
 class GatewayProcess(VeilProcess):
     """``veil gateway`` with fast housekeeping (expiry sweep and node refresh every 0.2 s)."""
 
-    def __init__(self, data_dir: Path, nodes: list[str], database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        nodes: list[str],
+        database_url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["gateway", "--port", str(self.port), "--data-dir", str(data_dir)]
@@ -133,8 +139,8 @@ class GatewayProcess(VeilProcess):
         args += [arg for url in nodes for arg in ("--node", url)]
         if database_url is not None:
             args += ["--database-url", database_url]
-        env = {"VEIL_EXPIRE_INTERVAL_SECONDS": "0.2", "VEIL_HEALTH_INTERVAL_SECONDS": "0.2"}
-        super().__init__(args, data_dir.parent / f"{data_dir.name}.log", env)
+        fast = {"VEIL_EXPIRE_INTERVAL_SECONDS": "0.2", "VEIL_HEALTH_INTERVAL_SECONDS": "0.2"}
+        super().__init__(args, data_dir.parent / f"{data_dir.name}.log", {**fast, **(env or {})})
 
     def serves(self, *models: str) -> bool:
         listed = get_json(f"{self.url}/v1/models")

@@ -32,7 +32,9 @@ from veil.wire.keyid import key_id
 from veil.wire.tickets import (
     RECEIPT_COMMENT,
     RECEIPT_HEADER,
+    RECEIPTS_PATH,
     TICKET_HEADER,
+    ReceiptQuery,
     SignatureInvalid,
     Ticket,
     UsageReceipt,
@@ -93,6 +95,12 @@ class NodeStandIn:
     evidence_kem_key: bytes | None = None
     seen: list[Seen] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # ticket ids whose answer was fully sent
+    # POST /v1/receipts (a gateway recovering orphans): ``kept`` answers these tokens by ticket
+    # id; ``receipts`` scripts the answer: ``kept``, ``status`` (500), ``huge`` (past what a
+    # gateway reads), ``garbage`` (not JSON). ``queries``: the ticket ids each query named.
+    kept: dict[str, str] = field(default_factory=dict)
+    receipts: str = "kept"
+    queries: list[list[str]] = field(default_factory=list)
 
     def receipt(self, ticket_id: str, units: int, *, final: bool = True) -> str:
         receipt = UsageReceipt(
@@ -146,6 +154,25 @@ class NodeStandIn:
             if kem is not None:
                 document["kem_public_key"] = b64(kem)
             return JSONResponse(document)
+
+        @app.post(RECEIPTS_PATH)
+        async def receipts(request: Request) -> Response:
+            token = (await request.json()).get("query")
+            try:
+                query = verify_token(
+                    token, ReceiptQuery, [self.gateway_key] if self.gateway_key else []
+                )
+            except SignatureInvalid:
+                return error(401, "AUTH_ERROR", "receipt query refused")
+            self.queries.append(list(query.ticket_ids))
+            if self.receipts == "status":
+                return error(500, "INTERNAL_ERROR", "the node is unwell")
+            if self.receipts == "huge":
+                return JSONResponse({"receipts": {"x" * 16: "y" * (3 * 1024 * 1024)}})
+            if self.receipts == "garbage":
+                return Response(b"\x00not json", media_type="application/json")
+            found = {t: self.kept[t] for t in query.ticket_ids if t in self.kept}
+            return JSONResponse({"receipts": found})
 
         @app.post("/v1/{path:path}")
         async def paid(path: str, request: Request) -> Response:

@@ -53,10 +53,13 @@ async def start_gateway(
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)
     )
     gateway = Gateway(settings, ledger, key, client)
+    await gateway.load_nodes()  # the ledger's node list, with the --node URLs in it
+    # What an earlier run left in flight: charged from the nodes' receipts where they kept one,
+    # the rest released.
+    await gateway.recover()
     released = await ledger.expire()
     if released:
         log.info("released %d reservation(s) left by an earlier run", released)
-    await gateway.load_nodes()  # the ledger's node list, with the --node URLs in it
     admin_key = await ledger.ensure_admin_key()
     if admin_key is not None:
         if bootstrap_units:

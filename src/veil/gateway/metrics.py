@@ -45,6 +45,12 @@ class GatewayMetrics:
             "Reservations released because they expired.",
             registry=self.registry,
         )
+        self.recovered = Counter(
+            "veil_gateway_reservations_recovered",
+            "Orphaned in-flight reservations (their gateway gone) charged from the node's kept "
+            "receipt instead of released.",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,6 +29,7 @@ from veil.gateway.ledger import Ledger, NodeRecord, Reservation, User, node_url
 from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.node_attestation import NodeAttestation
 from veil.gateway.ratelimit import Limits, make_limiter
+from veil.gateway.recovery import recover_orphans
 from veil.gateway.registry import HYBRID_KEM, Fault, NodeInfo, NodeRegistry
 from veil.web import parse_json_object, parse_model
 from veil.wire.envelopes import (
@@ -379,6 +380,14 @@ class Gateway:
         await self.sync_nodes()
 
     # -- background ------------------------------------------------------------------------
+    async def recover(self) -> int:
+        """Charge the orphans (in-flight, their gateway gone) whose nodes kept a receipt, before
+        the sweep releases what is left (``veil.gateway.recovery``)."""
+        charged = await recover_orphans(self.ledger, self.registry, self.client, self.key)
+        if charged:
+            self.metrics.recovered.inc(charged)
+        return charged
+
     async def maintain(self) -> None:
         """Release expired reservations, take in the ledger's node list and refresh the nodes,
         forever (cancelled at shutdown)."""
@@ -386,6 +395,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.expire_interval_seconds)
             try:
+                await self.recover()
                 released = await self.ledger.expire()
                 if released:
                     self.metrics.expired.inc(released)

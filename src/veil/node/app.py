@@ -37,18 +37,27 @@ from veil.config import NodeSettings
 from veil.node.keyring import Keyring
 from veil.node.metrics import NodeMetrics
 from veil.node.pipeline import Answer, Pipeline, WholeAnswer
+from veil.node.receipt_log import ReceiptLog
 from veil.node.replay import NodeReplayCaches, ReplayCache
 from veil.node.service import EngineRegistry
 from veil.node.tickets import TicketChecker
-from veil.web import answer_or_error, error_response, read_body
+from veil.web import answer_or_error, error_response, parse_json_object, read_body
 from veil.wire.envelopes import b64decode
 from veil.wire.errors import InternalError, InvalidBody, NotFound, ServiceUnavailable
 from veil.wire.routes import ROUTES, Endpoint
-from veil.wire.tickets import RECEIPT_HEADER, TICKET_HEADER, Ticket, public_key_from_b64
+from veil.wire.tickets import (
+    RECEIPT_HEADER,
+    RECEIPTS_PATH,
+    TICKET_HEADER,
+    Ticket,
+    public_key_from_b64,
+)
 
 log = logging.getLogger("veil.node")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# A receipt query names at most 1,000 ticket ids of at most 64 characters, base64 in a token.
+RECEIPT_QUERY_MAX_BYTES = 256 * 1024
 
 # What an inference route does with the bytes it read and the ticket checked on them.
 Work = Callable[[bytes, Ticket | None], Awaitable[Answer]]
@@ -81,6 +90,9 @@ class NodeApp:
             self.replay_caches.tickets,
             insecure_no_gateway=settings.insecure_no_gateway,
         )
+        self.receipt_log = ReceiptLog(
+            settings.receipt_retention_entries, settings.receipt_retention_seconds
+        )
         self.pipeline = Pipeline(
             keyring=keyring,
             engines=engines,
@@ -89,6 +101,7 @@ class NodeApp:
             default_units=settings.default_units,
             request_timeout_seconds=settings.request_timeout_seconds,
             kems=settings.kems,
+            receipt_log=self.receipt_log,
         )
 
     @property
@@ -115,6 +128,17 @@ class NodeApp:
             return respond(await work(raw, ticket))
 
         return await self.handle(route, run)
+
+    async def receipts(self, request: Request) -> Response:
+        """The kept receipts of the tickets a gateway's signed query names (those it has)."""
+
+        async def work() -> Response:
+            raw = await read_body(request, RECEIPT_QUERY_MAX_BYTES)
+            query = self.tickets.check_query(parse_json_object(raw).get("query"))
+            found = self.receipt_log.lookup(query.ticket_ids)
+            return JSONResponse({"receipts": found})
+
+        return await self.handle("receipts", work)
 
     async def attestation(self, nonce_b64: str | None) -> Response:
         """Fresh evidence binding the current X25519 key, the signing key, the current
@@ -254,6 +278,10 @@ def create_app(
             return await node.attestation(request.query_params.get("nonce"))
 
         return await node.handle("attestation", work)
+
+    @app.post(RECEIPTS_PATH)
+    async def receipts(request: Request) -> Response:
+        return await node.receipts(request)
 
     @app.get("/v1/keys")
     async def keys() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from veil.node.bodies import OpenAIRequest, parse_openai_request, wire_usage
 from veil.node.frames import Frame, PlainFrame, SealedFrame
 from veil.node.keyring import Keyring
 from veil.node.metrics import NodeMetrics
+from veil.node.receipt_log import ReceiptLog
 from veil.node.receipts import Receipts
 from veil.node.replay import ReplayCache
 from veil.node.sealing import DEFAULT_KEMS, OpenedRequest, open_request
@@ -70,8 +71,10 @@ class Pipeline:
         default_units: int,
         request_timeout_seconds: float,
         kems: Iterable[str] | None = None,
+        receipt_log: ReceiptLog | None = None,
     ) -> None:
         self.keyring = keyring
+        self.receipt_log = receipt_log  # every ticket's newest receipt, for a gateway that lost it
         # What veil-v3 requests may be sealed with (NodeSettings.kems; the default: hybrid only).
         self.allowed_kems = DEFAULT_KEMS if kems is None else frozenset(Kem(k) for k in kems)
         self.engines = engines
@@ -117,7 +120,9 @@ class Pipeline:
         request_id: str | None,
     ) -> Answer:
         def receipts(budget: int | None) -> Receipts:
-            return Receipts(self.keyring, request, ticket, frame, request_id, budget)
+            return Receipts(
+                self.keyring, request, ticket, frame, request_id, budget, self.receipt_log
+            )
 
         if isinstance(request, ChatCompletionRequest):
             plan = await self.service.plan_chat(request, units)

@@ -5,6 +5,8 @@ message sent, and charges at most the request's budget. Streams get running rece
 cadence (``veil.node.streams``: after the first chunk, then every ``RUNNING_RECEIPT_CHUNKS`` chunks
 or ``RUNNING_RECEIPT_SECONDS``), so a client that hangs up pays at least up to the last one (at
 most that many chunks, that long, unbilled) and never more than it got, and a final one at the end.
+Every receipt signed for a gateway's ticket is also kept in the node's ``ReceiptLog``, newest
+replacing older, for a gateway that lost it (``veil.node.receipt_log``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from veil.node.bodies import OpenAIRequest
 from veil.node.frames import Frame
 from veil.node.keyring import Keyring
+from veil.node.receipt_log import ReceiptLog
 from veil.node.tickets import sign_receipt
 from veil.wire.envelopes import b64encode
 from veil.wire.openai import ImageGenerationRequest
@@ -28,6 +31,7 @@ class Receipts:
     frame: Frame  # its last_hash is what a receipt vouches for
     request_id: str | None = None
     budget: int | None = None  # no receipt charges more
+    log: ReceiptLog | None = None  # where a ticket's receipts are kept for recovery
 
     def sign(self, usage: dict[str, int] | None, *, final: bool = True) -> str:
         prompt = usage["prompt_tokens"] if usage else 0
@@ -49,7 +53,10 @@ class Receipts:
             request_id=self.request_id,
             response_hash=b64encode(last_hash) if last_hash is not None else None,
         )
-        return sign_receipt(self.keyring, receipt)
+        token = sign_receipt(self.keyring, receipt)
+        if self.ticket is not None and self.log is not None:
+            self.log.record(self.ticket.ticket_id, token)
+        return token
 
     def comment(self, usage: dict[str, int], *, final: bool) -> bytes:
         """The receipt as the SSE comment line that follows a stream event."""

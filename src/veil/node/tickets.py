@@ -24,6 +24,8 @@ from veil.node.keyring import Keyring
 from veil.node.replay import MemoryReplayCache, ReplayCache
 from veil.wire.errors import AuthError, Replayed
 from veil.wire.tickets import (
+    RECEIPT_QUERY_WINDOW_SECONDS,
+    ReceiptQuery,
     SignatureInvalid,
     Ticket,
     UsageReceipt,
@@ -85,6 +87,22 @@ class TicketChecker:
         if not await self.replays.check_and_add(ticket_id, remember_until, now):
             raise Replayed("this gateway ticket was already used")
         return ticket
+
+    def check_query(self, token: object, now: float | None = None) -> ReceiptQuery:
+        """A gateway's signed receipt query, or AuthError (401): not signed by one of this
+        node's gateway keys, not a query, or issued too long ago (or ahead)."""
+        if not self.gateway_keys:
+            raise AuthError("this node takes no gateway tickets, so it keeps no receipts")
+        if not isinstance(token, str) or not token:
+            raise AuthError("a receipt query is a token signed by the gateway")
+        try:
+            query = verify_token(token, ReceiptQuery, self.gateway_keys)
+        except SignatureInvalid as exc:
+            raise AuthError(f"receipt query refused: {exc}") from None
+        now = time.time() if now is None else now
+        if abs(now - query.issued_at) > RECEIPT_QUERY_WINDOW_SECONDS:
+            raise AuthError("receipt query was issued too long ago: check the gateway's clock")
+        return query
 
 
 def sign_receipt(keyring: Keyring, receipt: UsageReceipt) -> str:

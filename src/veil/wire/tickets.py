@@ -9,6 +9,12 @@ Usage receipt: the node's word about what a request consumed. JSON answers carry
 ``X-Veil-Receipt`` header; streams carry it as an SSE comment line ``: veil-receipt <token>`` after
 every chunk (cumulative, so a stream cut short still has a signed account of what was produced;
 SSE clients ignore comment lines).
+
+Receipt query: a gateway's signed request for the receipts a node kept (``POST /v1/receipts``,
+body ``{"query": "<token>"}``), by ticket id: how a gateway that restarts after a crash charges
+the requests a dead gateway answered but never wrote to the ledger. It is read-only and names its
+kind, so it can never pass as a ticket, and the node answers it only within
+``RECEIPT_QUERY_WINDOW_SECONDS`` of its ``issued_at``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -28,6 +34,9 @@ from veil.wire.envelopes import MAX_ID
 TICKET_HEADER = "x-veil-ticket"
 RECEIPT_HEADER = "x-veil-receipt"
 RECEIPT_COMMENT = b": veil-receipt "
+RECEIPTS_PATH = "/v1/receipts"
+MAX_RECEIPT_QUERY_IDS = 1000
+RECEIPT_QUERY_WINDOW_SECONDS = 300.0
 
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 
@@ -62,6 +71,19 @@ class UsageReceipt(BaseModel):
     # veil-v3: the request's id and the running hash of the answer so far (base64).
     request_id: str | None = None
     response_hash: str | None = None
+
+
+TicketId = Annotated[str, Field(min_length=16, max_length=64)]
+
+
+class ReceiptQuery(BaseModel):
+    """A gateway asks a node for the receipts it signed for these tickets (see the module)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["receipt-query"] = "receipt-query"
+    ticket_ids: Annotated[list[TicketId], Field(min_length=1, max_length=MAX_RECEIPT_QUERY_IDS)]
+    issued_at: float
 
 
 class SignatureInvalid(Exception):

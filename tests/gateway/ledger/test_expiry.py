@@ -138,3 +138,37 @@ def test_run_expiry_sweeps_at_once(h: LedgerHarness, w: World) -> None:
     stop.set()
     h.run(h.ledger.run_expiry(3600, stop=stop))
     assert units(h, w.stack.id) == (1000, 0, 0)
+
+
+def test_orphans_are_exactly_what_the_next_sweep_would_release_from_flight(
+    h: LedgerHarness, w: World
+) -> None:
+    """``orphans`` lists the in-flight reservations whose lease is the grace overdue (what a
+    sweeping gateway asks the nodes' receipts for), by lease, page by page; never a held one,
+    one still leased or one already final; and settling an orphan charges it (the sweep then
+    finds nothing to release)."""
+    h.reopen(in_flight_grace=10.0)
+    held = reserve(h, w, 50)
+    flying = [reserve(h, w, 100) for _ in range(3)]
+    for i, r in enumerate(flying):  # leases ending at T0+100, T0+101, T0+102
+        h.claim(w.alice.id, w.stack.id, request_id=f"req-{i}", lease_seconds=100,
+                now=T0 + i, reservation_id=r.id)  # fmt: skip
+    assert h.orphans(now=T0 + 100 + 9.9) == []
+    found = h.orphans(now=T0 + 100 + 11)
+    assert [(o.id, o.request_id) for o in found] == [
+        (flying[0].id, "req-0"),
+        (flying[1].id, "req-1"),
+    ]
+    assert all(o.node_small_id == w.node for o in found)
+    first = h.orphans(now=T0 + 200, limit=2)
+    rest = h.orphans(now=T0 + 200, limit=2, after=first[-1])
+    assert [o.id for o in first + rest] == [r.id for r in flying]
+    assert h.orphans(now=T0 + 200, after=rest[-1]) == []
+
+    h.settle(flying[0].id, 70, now=T0 + 200)  # what recovery does with a node's receipt
+    assert [o.id for o in h.orphans(now=T0 + 200)] == [flying[1].id, flying[2].id]
+    assert h.expire(now=T0 + 200) == 3  # the other two orphans and the held one
+    assert h.get_reservation(held.id).state == "expired"
+    assert h.get_reservation(flying[0].id).charged_units == 70
+    assert units(h, w.stack.id) == (1000, 0, 70)
+    assert h.orphans(now=T0 + 300) == []

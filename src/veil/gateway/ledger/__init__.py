@@ -8,7 +8,7 @@ from a bug.
 from veil.gateway.ledger.accounts import User
 from veil.gateway.ledger.apikeys import generate_api_key, hash_api_key, key_prefix
 from veil.gateway.ledger.db import MIGRATIONS_DIR, alembic_config, database_unavailable
-from veil.gateway.ledger.expiry import DEFAULT_IN_FLIGHT_GRACE
+from veil.gateway.ledger.expiry import DEFAULT_IN_FLIGHT_GRACE, Orphan
 from veil.gateway.ledger.ledger import Ledger
 from veil.gateway.ledger.nodes import NodeRecord, node_url
 from veil.gateway.ledger.reservations import DEFAULT_LEASE_SECONDS, Reservation
@@ -24,6 +24,7 @@ __all__ = [
     "NodeRecord",
     "NodeState",
     "Operation",
+    "Orphan",
     "Reservation",
     "ReservationState",
     "Stack",

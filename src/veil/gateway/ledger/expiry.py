@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from veil.gateway.ledger.db import Database, logger
@@ -29,10 +30,48 @@ DEFAULT_IN_FLIGHT_GRACE: Final = 300.0
 """Seconds an in-flight request's lease may be overdue (no heartbeat) before expiry."""
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """An in-flight reservation whose gateway is gone: the next sweep would release it."""
+
+    id: str
+    node_small_id: int
+    request_id: str  # the ticket the node signed its receipts for
+    expires_at: float
+
+
 class Expiry(Database):
     """The expiry part of :class:`~veil.gateway.ledger.Ledger`."""
 
     in_flight_grace: float = DEFAULT_IN_FLIGHT_GRACE
+
+    async def orphans(
+        self, now: float | None = None, *, limit: int = 1000, after: Orphan | None = None
+    ) -> list[Orphan]:
+        """The in-flight reservations :meth:`expire` would release now (lease more than the grace
+        overdue: nobody serves them any more), by lease then id, at most ``limit``, from past
+        ``after`` (the last of the page before): a sweeping gateway asks their nodes for a
+        receipt to charge before they are released."""
+        overdue = self._when(now) - self.in_flight_grace
+        row = ReservationRow
+        where = (
+            (row.state == ReservationState.IN_FLIGHT)
+            & (row.expires_at <= overdue)
+            & row.request_id.is_not(None)
+        )
+        if after is not None:
+            where &= (row.expires_at > after.expires_at) | (
+                (row.expires_at == after.expires_at) & (row.id > after.id)
+            )
+        query = (
+            select(row.id, row.node_small_id, row.request_id, row.expires_at)
+            .where(where)
+            .order_by(row.expires_at, row.id)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Orphan(str(r[0]), int(r[1]), str(r[2]), float(r[3])) for r in rows]
 
     async def expire(self, now: float | None = None) -> int:
         """Release every 'held' reservation whose ``expires_at`` has passed and every
