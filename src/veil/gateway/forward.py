@@ -98,7 +98,9 @@ class Forwarder:
         return lease_for(self.node_timeout)
 
     async def aclose(self) -> None:
-        """At shutdown: stop listening for late answers (their units are released) and renewals."""
+        """At shutdown: stop listening for late answers (their units are released) and renewals,
+        and finish writing the settlements of answers already sent."""
+        await self.settlement.caught_up()
         self.settlement.stop()
         for task in self._draining:
             task.cancel()
@@ -234,7 +236,8 @@ class Forwarder:
                 f"the node answered HTTP {upstream.status_code} with a malformed answer (no "
                 "signed usage receipt or not the expected JSON); nothing was charged"
             )
-        await self.settlement.settle(reservation, receipt, model)
+        # Written once the answer is on its way: the caller does not wait for the ledger.
+        self.settlement.settle_soon(reservation, receipt, model)
         return Response(
             content,
             status_code=upstream.status_code,
