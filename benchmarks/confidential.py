@@ -196,7 +196,9 @@ BOOKS_COLUMNS = [
 ]
 
 
-async def create_user(database_url: str) -> tuple[str, str]:
+async def create_user(
+    database_url: str, models: tuple[str, ...] = (CHAT, EMBED)
+) -> tuple[str, str]:
     ledger = await Ledger.open(database_url)
     try:
         # One key drives every client: limits far above any load this machine can make, so the
@@ -204,7 +206,7 @@ async def create_user(database_url: str) -> tuple[str, str]:
         user, key = await ledger.create_user(
             f"load-{secrets.token_hex(4)}", requests_per_minute=2**31 - 1, concurrency=100_000
         )
-        for model in (CHAT, EMBED):
+        for model in models:
             await ledger.create_stack(user.name, model, STACK_UNITS)
         return user.name, key
     finally:

@@ -4,9 +4,13 @@ One ``veil node`` on the embedded models, and in front of it one ``veil gateway`
 database, one after the other: first on SQLite (a file in a temporary directory), then on a fresh
 PostgreSQL database (created here and dropped afterwards). Every part is its own process on
 loopback, started here from the ``veil`` command. Every request is a confidential embeddings
-request (model ``all-minilm-l6-v2``, one short sentence, sealed with **veil-v3**, 128 units per
-lock): cheap on purpose, so that what is measured is the gateway (authentication, ledger writes,
-tickets, receipts, one more hop), not the model.
+request (one short sentence, sealed with **veil-v3**, 128 units per lock). The latency rounds use
+the node's second embeddings model, an upstream served by the vLLM stand-in
+(``benchmarks/upstream_standin.py``: a stand-in for vLLM on a GPU, which answers in about a
+millisecond), so that what is measured is the gateway (authentication, ledger writes, tickets,
+receipts, one more hop) and not the jitter of a CPU model, which moves a request by several
+milliseconds from one round to the next and would swamp a p99 of differences. The load uses the
+embedded model ``all-minilm-l6-v2``, real work on this CPU.
 
 1. **Latency the gateway adds.** Round by round, interleaved (the order alternates each round), the
    same request sent (a) through the gateway, lock then request, and (b) straight to the same node
@@ -67,6 +71,7 @@ from tests.harness import (
 
 from benchmarks.confidential import (
     BOOKS_COLUMNS,
+    CHAT,
     EMBED,
     FIRST_MESSAGES,
     Books,
@@ -99,15 +104,18 @@ from benchmarks.gateway_requests import (
 )
 from benchmarks.memory import rss_mb
 from benchmarks.report import Report
+from benchmarks.standin_deploy import standin_server
+from benchmarks.upstream_standin import EMBED_MODEL as LATENCY_MODEL
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
 
 TITLE = "Gateway: the latency it adds, lock + request throughput, memory"
 DESCRIPTION = (
     "One `veil node` and one `veil gateway` per ledger database (SQLite, then a fresh PostgreSQL "
-    "database); confidential veil-v3 embeddings requests, cheap so that the gateway and not the "
-    "model is measured. 1) Latency of the request leg through the gateway against the same "
-    "request sent straight to the node with a ticket the benchmark signs, rounds interleaved; "
-    "2) 32 clients looping lock + request for T seconds (requests/s, p50/p95, errors by code, "
+    "database); confidential veil-v3 embeddings requests. 1) Latency of the request leg through "
+    "the gateway against the same request sent straight to the node with a ticket the benchmark "
+    "signs, rounds interleaved, on the node's upstream embeddings model (the vLLM stand-in, about "
+    "a millisecond a request, so that the gateway and not a CPU model's jitter is measured); "
+    "2) 32 clients looping lock + request (the embedded all-minilm-l6-v2) for T seconds (requests/s, p50/p95, errors by code, "
     "the ledger afterwards); 3) the gateway's RSS after the load."
 )
 
@@ -163,7 +171,7 @@ async def measure(
     async with http_client(None, 8) as http:  # the API key goes to the gateway only
         # Warm-up (charged, so counted in ``seen``); its first lock names the stack and node ids
         # a direct ticket carries, as the gateway's would.
-        _, _, lock = await bounded(via_gateway(http, gateway, auth, seen))
+        _, _, lock = await bounded(via_gateway(http, gateway, auth, seen, LATENCY_MODEL))
         direct = Direct(
             url=node,
             lock={
@@ -179,10 +187,11 @@ async def measure(
             node_signer=current.signing_key,
         )
         for _ in range(WARMUP_ROUNDS):
-            await bounded(via_gateway(http, gateway, auth, seen))
-            await bounded(straight_to_node(http, direct))
+            await bounded(via_gateway(http, gateway, auth, seen, LATENCY_MODEL))
+            await bounded(straight_to_node(http, direct, LATENCY_MODEL))
+            await bounded(via_gateway(http, gateway, auth, seen))  # the load's model, warm too
         scraped = await gateway_timings(gateway)
-        latency = await latency_rounds(http, gateway, auth, direct, rounds, seen)
+        latency = await latency_rounds(http, gateway, auth, direct, rounds, seen, LATENCY_MODEL)
         latency.breakdown = timing_delta(scraped, await gateway_timings(gateway))
     rss_before = rss_mb(pid)
     alone = await node_load(direct, clients, seconds) if node_alone else None
@@ -204,7 +213,7 @@ class Setup:
 def run_gateway(
     setup: Setup, label: str, data_dir: Path, database_url: str, *, node_alone: bool
 ) -> Run:
-    user, api_key = asyncio.run(create_user(database_url))
+    user, api_key = asyncio.run(create_user(database_url, (CHAT, EMBED, LATENCY_MODEL)))
     port, log = free_port(), setup.tmp / f"gateway-{label}.log"
     args = ["gateway", "--port", str(port), "--data-dir", str(data_dir),
             "--database-url", database_url, "--node", setup.node, "--log-level", "warning"]  # fmt: skip
@@ -248,9 +257,9 @@ def report_gateway(
         f"1. Latency the gateway adds: {rounds} rounds per gateway, one request through the "
         "gateway (lock, then request) and one straight to the node, order alternating",
         [("path", ""), ("n", "d"), ("p50 ms", ".2f"), ("p95 ms", ".2f"), ("p99 ms", ".2f")],
-        notes=f"Every request: confidential embeddings ({EMBED}, one short sentence), veil-v3, "
-        f"{UNITS} units per lock. Timed: the HTTP exchanges only (client crypto and ticket "
-        "signing excluded from both paths).",
+        notes=f"Every request: confidential embeddings ({LATENCY_MODEL}, the node's upstream on "
+        f"the vLLM stand-in, one short sentence), veil-v3, {UNITS} units per lock. Timed: the "
+        "HTTP exchanges only (client crypto and ticket signing excluded from both paths).",
     )
     for r in runs:
         lat = r.latency
@@ -379,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = TEST_MODEL_DIR
     prepare_embedded_models(models_dir, progress=False)
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="veil-bench-gateway-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="veil-bench-gateway-") as scratch,
+        contextlib.ExitStack() as stack,
+    ):
         tmp = Path(scratch)
         sqlite_dir, postgres_dir = tmp / "gateway-sqlite", tmp / "gateway-postgres"
         ticket_key = Ed25519PrivateKey.generate()  # this benchmark's own "gateway" key
@@ -389,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             public_b64(ticket_key),
         ]
         port, log = free_port(), tmp / "node.log"
+        upstream, _ = stack.enter_context(standin_server(tmp, 0.0, True))
         node_args = ["node", "--port", str(port), "--data-dir", str(tmp / "node"),
-                     "--models-dir", str(models_dir), "--log-level", "warning"]  # fmt: skip
+                     "--models-dir", str(models_dir), "--log-level", "warning",
+                     "--upstream", f"embeddings:{LATENCY_MODEL}={upstream}"]  # fmt: skip
         for key in trusted:
             node_args += ["--gateway-key", key]
         print("starting `veil node` (embedded models)...", file=sys.stderr, flush=True)

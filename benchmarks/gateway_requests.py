@@ -70,18 +70,22 @@ class Direct:
 
 
 async def via_gateway(
-    http: httpx.AsyncClient, gateway: str, auth: dict[str, str], seen: Counter[int]
+    http: httpx.AsyncClient,
+    gateway: str,
+    auth: dict[str, str],
+    seen: Counter[int],
+    model: str = EMBED,
 ) -> tuple[float, float, dict[str, Any]]:
     """Lock and request through the gateway; (lock seconds, request seconds, the lock)."""
     started = time.perf_counter()
     locked = await http.post(
-        f"{gateway}/v1/nodes/lock", json={"model": EMBED, "max_num_tokens": UNITS}, headers=auth
+        f"{gateway}/v1/nodes/lock", json={"model": model, "max_num_tokens": UNITS}, headers=auth
     )
     lock_seconds = time.perf_counter() - started
     if locked.status_code != 200:
         raise RequestFailed(error_code(locked))
     lock = locked.json()
-    sealed = seal("embeddings", "veil-v3", lock, BODY, UNITS)
+    sealed = seal("embeddings", "veil-v3", lock, {**BODY, "model": model}, UNITS)
     content = sealed.content
     started = time.perf_counter()
     # The request claims exactly its lock's reservation (veil-v3 binds it).
@@ -95,9 +99,9 @@ async def via_gateway(
     return lock_seconds, request_seconds, lock
 
 
-async def straight_to_node(http: httpx.AsyncClient, direct: Direct) -> float:
+async def straight_to_node(http: httpx.AsyncClient, direct: Direct, model: str = EMBED) -> float:
     """The same request sent to the node itself with our own ticket; the request's seconds."""
-    sealed = seal("embeddings", "veil-v3", direct.lock, BODY, UNITS)
+    sealed = seal("embeddings", "veil-v3", direct.lock, {**BODY, "model": model}, UNITS)
     content = sealed.content
     request_id = uuid.uuid4().hex
     # The ticket the gateway's ``Forwarder.ticket`` would sign for this envelope.
@@ -155,6 +159,7 @@ async def latency_rounds(
     direct: Direct,
     rounds: int,
     seen: Counter[int],
+    model: str = EMBED,
 ) -> Latency:
     out = Latency()
     for i in range(rounds):
@@ -162,11 +167,13 @@ async def latency_rounds(
         for which in order:
             try:
                 if which == 0:
-                    lock_s, request_s, _ = await bounded(via_gateway(http, gateway, auth, seen))
+                    lock_s, request_s, _ = await bounded(
+                        via_gateway(http, gateway, auth, seen, model)
+                    )
                     out.request.append(request_s)
                     out.lock_request.append(lock_s + request_s)
                 else:
-                    out.direct.append(await bounded(straight_to_node(http, direct)))
+                    out.direct.append(await bounded(straight_to_node(http, direct, model)))
             except (RequestFailed, IntegrityFailure, TimeoutError, httpx.HTTPError) as exc:
                 out.errors[("gateway " if which == 0 else "direct ") + failure_code(exc)] += 1
     return out

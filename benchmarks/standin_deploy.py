@@ -75,7 +75,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def _standin(
+def standin_server(
     tmp: Path, rate: float, tokenize: bool
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port, log = free_port(), tmp / "standin.log"
@@ -150,7 +150,7 @@ def deployment(
     from there instead, and the stand-in still runs but serves nobody."""
     env = child_env() if models_dir is None else child_env(models_dir)
     with contextlib.ExitStack() as running:
-        standin, standin_process = running.enter_context(_standin(tmp, rate, tokenize))
+        standin, standin_process = running.enter_context(standin_server(tmp, rate, tokenize))
         gateway_dir = tmp / "gateway"
         key = public_b64(load_or_create_gateway_key(gateway_dir)) if gateway else None
         upstream = standin if models_dir is None else None
