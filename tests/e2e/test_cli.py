@@ -159,7 +159,9 @@ def test_serve_prints_an_admin_key_that_works_at_once(serve: tuple[str, Path, Pa
     # Pasted as printed, the hint works; without the no-TEE line the client refuses the node.
     answered = pasted(lines, HINT.removeprefix("veil "), "--max-tokens", "24")
     assert answered.returncode == 0, answered.stderr[-2000:]
-    assert "Paris" in answered.stdout, answered.stdout  # sampled at the model's 0.2 / 0.9
+    # An answer came, verified (its words are sampled at the model's 0.2 / 0.9: a 135M model
+    # does not always name Paris, so they are not asserted here).
+    assert answered.stdout.strip() and "signature verified" in answered.stdout + answered.stderr
     refused = pasted(lines[:2], "chat", "'What is the capital of France?'", "--max-tokens", "4")
     assert refused.returncode != 0
     assert "--insecure-no-tee" in refused.stderr and not refused.stdout.strip()

@@ -68,7 +68,8 @@ class NodeStandIn:
     error shape, a receipt only if ``units``), ``garbage`` (200, signed, not JSON), ``stream``
     (``chunks`` SSE events, each followed by a cumulative receipt), ``cut`` (a stream that breaks
     after its first event and receipt), ``runaway`` (a stream whose second line never ends),
-    ``foreign`` (200 signed for another request).
+    ``foreign`` (200 signed for another request), ``bloated`` (200, signed, 2 MiB of JSON),
+    ``endless`` (a stream whose first line never ends).
     ``delay``: seconds to wait before answering a paid request. ``split``: a stream is written
     in pieces of that many bytes (0: an event or a receipt a write), so lines arrive cut.
     """
@@ -209,6 +210,8 @@ class NodeStandIn:
             )
         if self.answer == "garbage":
             return Response(b"\x00not json", media_type="application/json", headers=signed)
+        if self.answer == "bloated":  # signed, JSON, and far larger than any answer
+            return JSONResponse({"answer": "x" * (2 << 20)}, headers=signed)
         if self.answer == "error":
             headers = signed if self.units else {}
             return error(self.status, "INVALID_BODY", "the node refuses this", headers)
@@ -224,6 +227,11 @@ class NodeStandIn:
                 await asyncio.sleep(0)  # let each piece go out on its own
 
     async def _events(self, ticket_id: str) -> AsyncIterator[bytes]:
+        if self.answer == "endless":  # a first line that never ends, no receipt before it
+            yield b"data: "
+            while True:
+                yield b"x" * 65536
+                await asyncio.sleep(0)
         if self.answer == "runaway":  # one event and its receipt, then a line that never ends
             yield b'data: {"chunk": 1}\n\n'
             yield RECEIPT_COMMENT + self.receipt(ticket_id, self.units, final=False).encode()

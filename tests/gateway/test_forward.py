@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from tests.gateway.node_stand_in import CHAT, NodeStandIn, serve_stand_in
 from tests.servers import free_port
+from veil.gateway import forward
 from veil.gateway.forward import Forwarder, answer_margin, lease_for, new_request_id
 from veil.gateway.ledger import Ledger, Reservation, Stack, User
 from veil.gateway.metrics import GatewayMetrics
@@ -222,6 +223,45 @@ def test_an_answer_no_veil_node_sends_is_502_and_charges_nothing(
             with pytest.raises(EngineError, match="nothing was charged"):
                 await r.forward()
             stack = await r.stack()
+            assert (stack.reserved_units, stack.used_units) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_an_answer_larger_than_any_node_sends_is_502_unbuffered_and_charges_nothing(
+    tmp_path: Path, stand_in: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, url = stand_in
+    node.answer = "bloated"  # 2 MiB, against a bound of 1 MiB here (64 MiB by default)
+    monkeypatch.setattr(forward, "ANSWER_BYTES", 1 << 20)
+
+    async def main() -> None:
+        async with rig(tmp_path, url) as r:
+            with pytest.raises(EngineError, match="over 1 MiB"):
+                await r.forward()
+            stack = await r.stack()
+            assert (stack.reserved_units, stack.used_units) == (0, 0)
+            assert (r.node.healthy, r.node.reason) == (False, "answer too large")
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("answer", ["bloated", "endless"])
+def test_a_late_answer_past_the_bounds_is_not_buffered_and_charges_nothing(
+    tmp_path: Path, stand_in: Served, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """The caller was answered 503 already; the node's late answer is read within the same
+    bounds as any other (a whole answer, a stream line), else released."""
+    node, url = stand_in
+    node.answer, node.delay = answer, 2.5  # past the 1 s timeout and its margin
+    monkeypatch.setattr(forward, "ANSWER_BYTES", 1 << 20)
+    monkeypatch.setattr(forward, "STREAM_LINE_BYTES", 1 << 20)
+
+    async def main() -> None:
+        async with rig(tmp_path, url, node_timeout=1.0) as r:
+            with pytest.raises(ServiceUnavailable):
+                await r.forward(stream=answer == "endless")
+            stack = await r.eventually(lambda s: s.reserved_units == 0, timeout=20)
             assert (stack.reserved_units, stack.used_units) == (0, 0)
 
     asyncio.run(main())

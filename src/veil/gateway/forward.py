@@ -56,10 +56,12 @@ from veil.wire.tickets import (
 
 log = logging.getLogger("veil.gateway.forward")
 
-_RECEIPT_PREFIX = RECEIPT_COMMENT.decode()
 #: The longest SSE line a stream relays (a sealed chat chunk is a few hundred bytes): a node that
 #: sends more without a line end is cut off rather than buffered without bound.
 STREAM_LINE_BYTES = 1 << 20
+#: The largest whole answer read from a node (a sealed batch of embeddings or images runs to
+#: megabytes): a node that sends more gets the caller a 502 instead of being buffered without bound.
+ANSWER_BYTES = 64 << 20
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -216,13 +218,24 @@ class Forwarder:
                 headers=SSE_HEADERS,
             )
         try:
-            content = await upstream.aread()
+            content = await _read_bounded(upstream)
         except httpx.HTTPError as exc:
             self._blame(node, exc, "connection lost")
             await self.settlement.settle(reservation, None, model)
             raise ServiceUnavailable("the node connection broke; nothing was charged") from None
         finally:
             await upstream.aclose()
+        if content is None:
+            await self.settlement.settle(reservation, None, model)
+            self.registry.mark_unhealthy(node, "answer too large")
+            log.error(
+                "node %d sent an answer over %d bytes; it was not relayed", node.node_small_id,
+                ANSWER_BYTES,
+            )  # fmt: skip
+            raise EngineError(
+                f"the node's answer is over {ANSWER_BYTES >> 20} MiB, more than any Veil node "
+                "sends; nothing was charged"
+            )
         receipt, malformed = self._judge(upstream, content, node, request_id)
         if malformed:
             await self.settlement.settle(reservation, None, model)
@@ -295,15 +308,19 @@ class Forwarder:
             upstream = await sending
             try:
                 if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-                    async for line in upstream.aiter_lines():
-                        if line.startswith(_RECEIPT_PREFIX):
-                            token = line[len(_RECEIPT_PREFIX) :]
+                    async for line in _lines(upstream):
+                        if line.startswith(RECEIPT_COMMENT):
+                            token = line[len(RECEIPT_COMMENT) :].decode("utf-8", "replace")
                             receipt = self.settlement.receipt(token, node, request_id)
                             if receipt is not None:
                                 break
                 else:
-                    content = await upstream.aread()
-                    found, malformed = self._judge(upstream, content, node, request_id)
+                    content = await _read_bounded(upstream)
+                    found, malformed = (
+                        (None, True)
+                        if content is None
+                        else self._judge(upstream, content, node, request_id)
+                    )
                     receipt = None if malformed else found
             finally:
                 with anyio.CancelScope(shield=True):
@@ -382,6 +399,33 @@ class Forwarder:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
             await self.settlement.settle(reservation, latest, model, latest_token)
+
+
+async def _read_bounded(upstream: httpx.Response) -> bytes | None:
+    """A whole answer, or None once it passes ``ANSWER_BYTES`` (declared or sent)."""
+    declared = upstream.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > ANSWER_BYTES:
+        return None
+    body = bytearray()
+    async for part in upstream.aiter_bytes():
+        body += part
+        if len(body) > ANSWER_BYTES:
+            return None
+    return bytes(body)
+
+
+async def _lines(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """A stream's lines (without their end); it stops at a line over ``STREAM_LINE_BYTES``."""
+    pending = b""
+    async for data in upstream.aiter_bytes():
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r")
+        if len(pending) > STREAM_LINE_BYTES:
+            return
+    if pending:
+        yield pending.rstrip(b"\r")
 
 
 def _json_object(content: bytes) -> dict[str, object] | None:
