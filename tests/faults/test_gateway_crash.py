@@ -34,7 +34,7 @@ from tests.faults.conftest import (
     with_ledger,
 )
 from tests.node.conftest import start_node
-from tests.servers import wait_until
+from tests.servers import ServerThread, wait_until
 from veil.gateway.identity import load_or_create_gateway_key, public_b64
 from veil.hazmat import v1
 from veil.node.service import EngineRegistry
@@ -91,6 +91,21 @@ def test_gateway_killed_with_live_reservations_restarts_clean(
         assert reconcile(db_url) == []
 
 
+def quick_orphans(
+    tmp_path: Path, node_registry: EngineRegistry, db_url: str, *, node_timeout: int
+) -> tuple[ServerThread, GatewayProcess]:
+    """A real node and a gateway (not started) whose in-flight reservations are orphans soon:
+    leased for ``node_timeout`` and its margin, with no grace. Its locks should be short (1 s):
+    a claim never shortens a lock's deadline."""
+    gateway_dir = tmp_path / "gateway"
+    signer = load_or_create_gateway_key(gateway_dir)
+    node_server, node = start_node(
+        tmp_path / "node", node_registry, gateway_keys=[public_b64(signer)]
+    )
+    quick = {"VEIL_NODE_TIMEOUT_SECONDS": str(node_timeout), "VEIL_IN_FLIGHT_GRACE_SECONDS": "0"}
+    return node_server, GatewayProcess(gateway_dir, [node.url], database_url=db_url, env=quick)
+
+
 # A base model keeps counting for a long time: far more than the chunks read before the kill.
 COUNTING = [{"role": "user", "content": "Count to one thousand: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"}]
 
@@ -104,18 +119,10 @@ def test_gateway_killed_mid_stream_is_charged_from_the_nodes_kept_receipt(
     the node's key, and charges it, instead of handing every unit back (before the node kept its
     receipts, this stream was free)."""
     key, stack_ids = create_account(db_url, "streamer", {CHAT: 10_000})
-    gateway_dir = tmp_path / "gateway"
-    signer = load_or_create_gateway_key(gateway_dir)
-    node_server, node = start_node(
-        tmp_path / "node", node_registry, gateway_keys=[public_b64(signer)]
-    )
-    # A 1 s node timeout leases a request for 2 s; no grace: orphaned 2 s after the last beat.
-    quick = {"VEIL_NODE_TIMEOUT_SECONDS": "1", "VEIL_IN_FLIGHT_GRACE_SECONDS": "0"}
-    gateway = GatewayProcess(gateway_dir, [node.url], database_url=db_url, env=quick)
+    # A 1 s node timeout leases a request for 2 s: orphaned 2 s after the last beat.
+    node_server, gateway = quick_orphans(tmp_path, node_registry, db_url, node_timeout=1)
     with node_server, running(gateway.start()):
         gateway.wait_ready(CHAT)
-        # A 1 s lock: a claim never shortens a lock's deadline, so a long lock would hold the
-        # reservation past the lease.
         locked = lock(gateway.url, key, CHAT, max_num_tokens=2000, timeout=1).json()
         body = {"model": CHAT, "max_tokens": 1500, "stream": True, "messages": COUNTING}
         envelope, _ = seal_v3(locked, body, CHAT_PATH)
@@ -204,14 +211,8 @@ def test_gateway_killed_after_an_answer_but_before_its_ledger_write_still_charge
     is written, and once the lease runs out the restarted gateway charges the receipt the node
     kept, exactly the answer's usage."""
     key, stack_ids = create_account(db_url, "answered", {CHAT: 10_000})
-    gateway_dir = tmp_path / "gateway"
-    signer = load_or_create_gateway_key(gateway_dir)
-    node_server, node = start_node(
-        tmp_path / "node", node_registry, gateway_keys=[public_b64(signer)]
-    )
-    # A 3 s node timeout leases a request for 6 s; no grace: orphaned 6 s after the claim.
-    quick = {"VEIL_NODE_TIMEOUT_SECONDS": "3", "VEIL_IN_FLIGHT_GRACE_SECONDS": "0"}
-    gateway = GatewayProcess(gateway_dir, [node.url], database_url=db_url, env=quick)
+    # A 3 s node timeout leases a request for 6 s: orphaned 6 s after the claim.
+    node_server, gateway = quick_orphans(tmp_path, node_registry, db_url, node_timeout=3)
     with node_server, running(gateway.start()):
         gateway.wait_ready(CHAT)
         locked = lock(gateway.url, key, CHAT, max_num_tokens=2000, timeout=1).json()

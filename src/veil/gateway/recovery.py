@@ -23,15 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from veil.gateway.ledger import Ledger, Orphan
 from veil.gateway.registry import NodeInfo, NodeRegistry
+from veil.gateway.settlement import signed_receipt
 from veil.wire.errors import NotFound
 from veil.wire.tickets import (
     MAX_RECEIPT_QUERY_IDS,
     RECEIPTS_PATH,
     ReceiptQuery,
-    SignatureInvalid,
-    UsageReceipt,
     sign_token,
-    verify_token,
 )
 
 __all__ = ["recover_orphans"]
@@ -94,7 +92,7 @@ async def _recover_group(
     charged = 0
     for orphan in group:
         token = receipts.get(orphan.request_id)
-        receipt = _checked(token, node, orphan)
+        receipt = signed_receipt(token, node, orphan.request_id)
         if token is None or receipt is None:
             continue
         await ledger.settle(
@@ -148,18 +146,3 @@ async def _ask(
         log.warning("node %d answered the receipt query without receipts", node.node_small_id)
         return {}
     return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def _checked(token: str | None, node: NodeInfo, orphan: Orphan) -> UsageReceipt | None:
-    """The receipt in ``token`` if ``node`` signed it for ``orphan``'s ticket."""
-    if token is None or node.signing_key is None:
-        return None
-    try:
-        receipt = verify_token(token, UsageReceipt, [node.signing_key])
-    except SignatureInvalid as exc:
-        log.error("node %d kept an invalid receipt: %s", node.node_small_id, exc)
-        return None
-    if receipt.ticket_id != orphan.request_id:
-        log.error("node %d answered a receipt for another ticket", node.node_small_id)
-        return None
-    return receipt

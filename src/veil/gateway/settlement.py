@@ -34,7 +34,7 @@ from veil.gateway.metrics import GatewayMetrics
 from veil.gateway.registry import NodeInfo, NodeRegistry
 from veil.wire.tickets import SignatureInvalid, UsageReceipt, verify_token
 
-__all__ = ["HEARTBEATS_PER_LEASE", "SETTLE_RETRY_SECONDS", "Settlement"]
+__all__ = ["HEARTBEATS_PER_LEASE", "SETTLE_RETRY_SECONDS", "Settlement", "signed_receipt"]
 
 log = logging.getLogger("veil.gateway.forward")
 
@@ -44,6 +44,22 @@ SETTLE_RETRY_SECONDS = 30.0
 # Lease renewals per lease: two may fail in a row before the lease runs out (and then the
 # ledger's in-flight grace still stands between a slow database and a forgiven request).
 HEARTBEATS_PER_LEASE = 3
+
+
+def signed_receipt(token: str | None, node: NodeInfo, ticket_id: str) -> UsageReceipt | None:
+    """The usage receipt in ``token`` if ``node`` signed it for the ticket ``ticket_id``, else
+    None (said in the log: a node sending anything else is misbehaving)."""
+    if not token or node.signing_key is None:
+        return None
+    try:
+        receipt = verify_token(token, UsageReceipt, [node.signing_key])
+    except SignatureInvalid as exc:
+        log.error("node %d sent an invalid usage receipt: %s", node.node_small_id, exc)
+        return None
+    if receipt.ticket_id != ticket_id:
+        log.error("node %d sent a receipt for another request", node.node_small_id)
+        return None
+    return receipt
 
 
 @dataclass
@@ -151,17 +167,9 @@ class Settlement:
 
     def receipt(self, token: str | None, node: NodeInfo, request_id: str) -> UsageReceipt | None:
         """The usage receipt in ``token`` if the node signed it for this request, else None."""
-        if not token or node.signing_key is None:
-            return None
-        try:
-            receipt = verify_token(token, UsageReceipt, [node.signing_key])
-        except SignatureInvalid as exc:
-            log.error("node %d sent an invalid usage receipt: %s", node.node_small_id, exc)
-            return None
-        if receipt.ticket_id != request_id:
-            log.error("node %d sent a receipt for another request", node.node_small_id)
-            return None
-        self._tokens[request_id] = (receipt, token.strip())
+        receipt = signed_receipt(token, node, request_id)
+        if receipt is not None and token is not None:
+            self._tokens[request_id] = (receipt, token.strip())
         return receipt
 
     async def settle(
