@@ -95,13 +95,17 @@ async def _recover_group(
         receipt = signed_receipt(token, node, orphan.request_id)
         if token is None or receipt is None:
             continue
-        await ledger.settle(
-            orphan.id,
-            receipt.compute_units,
-            prompt_tokens=receipt.prompt_tokens,
-            completion_tokens=receipt.completion_tokens,
-            receipt=token.strip(),
-        )
+        try:
+            await ledger.settle(
+                orphan.id,
+                receipt.compute_units,
+                prompt_tokens=receipt.prompt_tokens,
+                completion_tokens=receipt.completion_tokens,
+                receipt=token.strip(),
+            )
+        except Exception as exc:  # this orphan is left to the sweep; the others go on
+            log.error("charging an orphan from its receipt failed: %s", type(exc).__name__)
+            continue
         charged += 1
     if charged < len(group):
         log.warning(

@@ -402,6 +402,9 @@ class Gateway:
             await asyncio.sleep(self.settings.expire_interval_seconds)
             try:
                 await self.recover()
+            except Exception as exc:  # the sweep runs all the same: nothing stays held forever
+                log.error("recovering orphaned requests failed: %s", type(exc).__name__)
+            try:
                 released = await self.ledger.expire()
                 if released:
                     self.metrics.expired.inc(released)
