@@ -68,8 +68,8 @@ def reservation(d: Deployment, reservation_id: str) -> dict[str, Any]:
 
 
 def settled(d: Deployment, reservation_id: str) -> dict[str, Any]:
-    """``reservation`` once it is final: a whole answer's settlement is written just after the
-    answer goes out (the gateway's own reads wait for it; this one reads the database)."""
+    """``reservation`` once it is final (bounded: a settlement retried while the ledger is busy
+    may land a moment after the answer)."""
     wait_until(
         lambda: reservation(d, reservation_id)["state"] not in ("held", "in_flight"),
         30,

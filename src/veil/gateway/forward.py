@@ -100,9 +100,7 @@ class Forwarder:
         return lease_for(self.node_timeout)
 
     async def aclose(self) -> None:
-        """At shutdown: stop listening for late answers (their units are released) and renewals,
-        and finish writing the settlements of answers already sent."""
-        await self.settlement.caught_up()
+        """At shutdown: stop listening for late answers (their units are released) and renewals."""
         self.settlement.stop()
         for task in self._draining:
             task.cancel()
@@ -249,8 +247,7 @@ class Forwarder:
                 f"the node answered HTTP {upstream.status_code} with a malformed answer (no "
                 "signed usage receipt or not the expected JSON); nothing was charged"
             )
-        # Written once the answer is on its way: the caller does not wait for the ledger.
-        self.settlement.settle_soon(reservation, receipt, model)
+        await self.settlement.settle(reservation, receipt, model)
         return Response(
             content,
             status_code=upstream.status_code,

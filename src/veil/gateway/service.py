@@ -154,11 +154,6 @@ class Gateway:
             return self.settings.default_image_units
         return self.settings.default_chat_units
 
-    async def caught_up(self, user_id: int | None = None) -> None:
-        """Let the ledger writes of answers already sent (to ``user_id``; None: to anyone) land
-        before reading: a caller sees its own answers charged (``Settlement.settle_soon``)."""
-        await self.forwarder.settlement.caught_up(user_id)
-
     async def reserve_on_a_node(
         self, user: User, model: str, units: int, ttl: int, *, forwarding_now: bool = False
     ) -> tuple[NodeInfo, Reservation]:
@@ -171,7 +166,6 @@ class Gateway:
         itself finds a node that died since (503, nothing charged, marked unhealthy). A lock is
         always probed: it hands the caller a reservation that would otherwise sit on a dead
         node until it expired."""
-        await self.caught_up(user.id)  # its answers already sent are charged, the rest free
         for node in self.registry.candidates(model):
             probe = None
             if not (forwarding_now and self.registry.answered_lately(node)):

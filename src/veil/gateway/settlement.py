@@ -9,12 +9,6 @@ retries while the ledger database is unreachable, and is shielded from the calle
 Receipts are verified here (``receipt``) against the node's signing key, and the newest signed
 token of each request is kept until settlement, so the ledger stores the node's own signature
 (``GET /v1/usage`` shows it; ``veil usage --verify`` checks it).
-
-A whole answer is settled *after* it is sent (``settle_soon``): the caller does not wait for the
-ledger write. What a caller reads next through this gateway waits for its own pending writes
-(``caught_up``: its stacks, its usage, its next lock), so it always sees its answer charged. A
-gateway killed before the write lands leaves the reservation in flight, and the node's kept
-receipt charges it once its lease runs out (``veil.gateway.recovery``).
 """
 
 from __future__ import annotations
@@ -76,47 +70,6 @@ class Settlement:
     _relays: dict[str, tuple[weakref.ref[AsyncIterator[bytes]], str]] = field(default_factory=dict)
     # request id -> its newest verified receipt and the signed token it came in
     _tokens: dict[str, tuple[UsageReceipt, str]] = field(default_factory=dict)
-    # user id -> the settlements of answers already sent to that user, still being written
-    _pending: dict[int, set[asyncio.Task[None]]] = field(default_factory=dict)
-
-    def settle_soon(
-        self, reservation: Reservation, receipt: UsageReceipt | None, model: str
-    ) -> None:
-        """``settle`` in the background, once the answer is on its way (nobody waits for it but
-        the same user's next read: ``caught_up``)."""
-        self._handed.add(reservation.id)  # settled here, not by the failing caller's release
-        task = asyncio.create_task(self._settle_logged(reservation, receipt, model))
-        user = reservation.user_id
-        tasks = self._pending.setdefault(user, set())
-        tasks.add(task)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            tasks.discard(finished)
-            if not tasks and self._pending.get(user) is tasks:
-                del self._pending[user]
-
-        task.add_done_callback(done)
-
-    async def caught_up(self, user_id: int | None = None) -> None:
-        """Wait for the pending settlements of ``user_id`` (None: everyone's) started so far."""
-        if user_id is None:
-            waiting = {task for tasks in self._pending.values() for task in tasks}
-        else:
-            waiting = set(self._pending.get(user_id, ()))
-        if waiting:
-            await asyncio.wait(waiting)  # never cancels them, whoever stops waiting
-
-    async def _settle_logged(
-        self, reservation: Reservation, receipt: UsageReceipt | None, model: str
-    ) -> None:
-        try:
-            await self.settle(reservation, receipt, model)
-        except Exception as exc:  # nobody awaits this task: say it here
-            log.error(
-                "settling an answer already sent failed (%s); the node's kept receipt charges it "
-                "once its lease runs out",
-                type(exc).__name__,
-            )
 
     def keep_alive(self, reservation: Reservation, node: NodeInfo) -> None:
         """Renew ``reservation``'s lease until it is settled (``settle`` stops the renewals)."""

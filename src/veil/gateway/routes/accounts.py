@@ -49,7 +49,6 @@ async def lock(gateway: CurrentGateway, user: Caller, raw: RawBody) -> Response:
 
 @router.get("/v1/stacks", name="my_stacks")
 async def my_stacks(gateway: CurrentGateway, user: Caller) -> Response:
-    await gateway.caught_up(user.id)
     stacks = await gateway.ledger.list_stacks(user.name)
     return JSONResponse({"stacks": [stack_json(s) for s in stacks]})
 
@@ -63,7 +62,6 @@ async def usage(gateway: CurrentGateway, caller: Caller, request: Request) -> Re
         if not caller.is_admin:
             raise AuthError("only an admin API key may read another user's usage")
         user = await gateway.ledger.get_user(query.user)
-    await gateway.caught_up(user.id)
     records = await gateway.ledger.usage(
         user.id, since=query.since, after_id=query.after, limit=query.limit + 1
     )
