@@ -20,7 +20,6 @@ import pytest
 
 import veil
 from tests.e2e.conftest import CHAT, Deployment, deploy
-from tests.servers import wait_until
 from veil.gateway.forward import lease_for
 from veil.hazmat import v1
 from veil.node.service import EngineRegistry
@@ -65,17 +64,6 @@ def reservation(d: Deployment, reservation_id: str) -> dict[str, Any]:
         ).fetchone()
     assert row is not None, f"no reservation {reservation_id}"
     return dict(row)
-
-
-def settled(d: Deployment, reservation_id: str) -> dict[str, Any]:
-    """``reservation`` once it is final (bounded: a settlement retried while the ledger is busy
-    may land a moment after the answer)."""
-    wait_until(
-        lambda: reservation(d, reservation_id)["state"] not in ("held", "in_flight"),
-        30,
-        "the reservation settled",
-    )
-    return reservation(d, reservation_id)
 
 
 def sealed(lock: dict[str, Any], body: dict[str, Any]) -> bytes:
@@ -150,7 +138,7 @@ def test_a_stream_read_slowly_past_every_timeout_is_charged_its_signed_usage(
     assert seen_mid_stream["expires_at"] > sent + LOCK_TTL + GRACE  # the lease was renewed
     final = signed(lock, receipts[-1])
     assert final.final and final.compute_units > 0
-    row = settled(hurried, lock["reservation_id"])
+    row = reservation(hurried, lock["reservation_id"])
     assert row["settled_at"] > deadline_passed  # settled after every timeout had passed
     assert (row["state"], row["charged_units"]) == ("settled", final.compute_units)
     assert signed(lock, row["receipt"].decode()) == final  # the ledger keeps the signed token
@@ -179,7 +167,7 @@ def test_a_node_timeout_charges_what_was_produced_and_keeps_the_node(hurried: De
     usage = response.json()["usage"]
     assert 0 < usage["completion_tokens"] < 400, usage  # stopped by the deadline, not by EOS
     assert took < NODE_TIMEOUT + lease_for(NODE_TIMEOUT), f"the answer took {took:.1f}s"
-    row = settled(hurried, lock["reservation_id"])
+    row = reservation(hurried, lock["reservation_id"])
     receipt = signed(lock, row["receipt"].decode())
     assert (row["state"], row["charged_units"]) == ("settled", usage["total_tokens"])
     assert receipt.compute_units == usage["total_tokens"]
@@ -238,8 +226,8 @@ def test_two_concurrent_requests_of_one_user_each_settle_their_own_reservation(
     usage_a = answer_a.json()["usage"]["total_tokens"]
     usage_b = signed(lock_b, receipts_b[-1]).compute_units
     assert usage_a != usage_b  # so a swap could not go unnoticed
-    row_a = settled(deployment, lock_a["reservation_id"])
-    row_b = settled(deployment, lock_b["reservation_id"])
+    row_a = reservation(deployment, lock_a["reservation_id"])
+    row_b = reservation(deployment, lock_b["reservation_id"])
     assert (row_a["units"], row_a["state"], row_a["charged_units"]) == (100, "settled", usage_a)
     assert (row_b["units"], row_b["state"], row_b["charged_units"]) == (400, "settled", usage_b)
     stack = deployment.stack(stacks[CHAT])

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -216,7 +216,7 @@ class Forwarder:
                 headers=SSE_HEADERS,
             )
         try:
-            content = await _read_bounded(upstream)
+            content = await read_bounded(upstream, ANSWER_BYTES)
         except httpx.HTTPError as exc:
             self._blame(node, exc, "connection lost")
             await self.settlement.settle(reservation, None, model)
@@ -305,20 +305,13 @@ class Forwarder:
             upstream = await sending
             try:
                 if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-                    async for line in _lines(upstream):
-                        if line.startswith(RECEIPT_COMMENT):
-                            token = line[len(RECEIPT_COMMENT) :].decode("utf-8", "replace")
-                            receipt = self.settlement.receipt(token, node, request_id)
-                            if receipt is not None:
-                                break
+                    with contextlib.suppress(_LineTooLong):  # nothing signed that can be read
+                        receipt = await self._first_receipt(upstream, node, request_id)
                 else:
-                    content = await _read_bounded(upstream)
-                    found, malformed = (
-                        (None, True)
-                        if content is None
-                        else self._judge(upstream, content, node, request_id)
-                    )
-                    receipt = None if malformed else found
+                    content = await read_bounded(upstream, ANSWER_BYTES)
+                    if content is not None:
+                        found, malformed = self._judge(upstream, content, node, request_id)
+                        receipt = None if malformed else found
             finally:
                 with anyio.CancelScope(shield=True):
                     await upstream.aclose()
@@ -341,6 +334,17 @@ class Forwarder:
                 else f"{receipt.compute_units} unit(s) signed",
             )
 
+    async def _first_receipt(
+        self, upstream: httpx.Response, node: NodeInfo, request_id: str
+    ) -> UsageReceipt | None:
+        """The first receipt a stream carries that the node signed for this request."""
+        async for block in _whole_lines(upstream):
+            for token in _receipt_tokens(block):
+                receipt = self.settlement.receipt(token, node, request_id)
+                if receipt is not None:
+                    return receipt
+        return None
+
     async def _relay(
         self,
         upstream: httpx.Response,
@@ -353,40 +357,21 @@ class Forwarder:
         one write (not two writes an event), keeping the newest signed receipt."""
         latest: UsageReceipt | None = None
         latest_token: str | None = None
-        pending = b""  # the start of a line the node has not ended yet
-
-        def receipts_in(block: bytes) -> None:
-            nonlocal latest, latest_token
-            if RECEIPT_COMMENT not in block:
-                return
-            for line in block.split(b"\n"):
-                if line.startswith(RECEIPT_COMMENT):
-                    token = line[len(RECEIPT_COMMENT) :].rstrip(b"\r").decode("utf-8", "replace")
+        try:
+            async for block in _whole_lines(upstream):
+                for token in _receipt_tokens(block):
                     receipt = self.settlement.receipt(token, node, request_id)
                     if receipt is not None:
                         latest, latest_token = receipt, token
-
-        try:
-            async for data in upstream.aiter_bytes():
-                pending += data
-                cut = pending.rfind(b"\n") + 1
-                if len(pending) - cut > STREAM_LINE_BYTES:  # held in memory until it ends: never
-                    self.registry.mark_unhealthy(node, "stream line too long")
-                    log.error(
-                        "node %d sent a stream line over %d bytes; the stream is cut, charging "
-                        "its last receipt",
-                        node.node_small_id,
-                        STREAM_LINE_BYTES,
-                    )
-                    return
-                if not cut:
-                    continue
-                block, pending = pending[:cut], pending[cut:]
-                receipts_in(block)
                 yield block
-            if pending:  # the node's last line had no end: ended here, as it was meant
-                receipts_in(pending)
-                yield pending + b"\n"
+        except _LineTooLong:  # held in memory until it ends: never
+            self.registry.mark_unhealthy(node, "stream line too long")
+            log.error(
+                "node %d sent a stream line over %d bytes; the stream is cut, charging its last "
+                "receipt",
+                node.node_small_id,
+                STREAM_LINE_BYTES,
+            )
         except httpx.HTTPError as exc:
             self._blame(node, exc, "stream broke")
             log.warning(
@@ -398,31 +383,46 @@ class Forwarder:
             await self.settlement.settle(reservation, latest, model, latest_token)
 
 
-async def _read_bounded(upstream: httpx.Response) -> bytes | None:
-    """A whole answer, or None once it passes ``ANSWER_BYTES`` (declared or sent)."""
-    declared = upstream.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > ANSWER_BYTES:
+async def read_bounded(response: httpx.Response, limit: int) -> bytes | None:
+    """A node's whole answer, or None once it passes ``limit`` bytes (declared or sent)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
         return None
     body = bytearray()
-    async for part in upstream.aiter_bytes():
+    async for part in response.aiter_bytes():
         body += part
-        if len(body) > ANSWER_BYTES:
+        if len(body) > limit:
             return None
     return bytes(body)
 
 
-async def _lines(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    """A stream's lines (without their end); it stops at a line over ``STREAM_LINE_BYTES``."""
-    pending = b""
+class _LineTooLong(Exception):
+    """A node's stream line passed ``STREAM_LINE_BYTES`` without an end."""
+
+
+async def _whole_lines(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """A node's stream as it arrives, in blocks of whole lines (a last line the node did not end
+    is ended here). Raises ``_LineTooLong`` rather than hold a line over ``STREAM_LINE_BYTES``."""
+    pending = b""  # the start of a line the node has not ended yet
     async for data in upstream.aiter_bytes():
         pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r")
-        if len(pending) > STREAM_LINE_BYTES:
-            return
+        cut = pending.rfind(b"\n") + 1
+        if len(pending) - cut > STREAM_LINE_BYTES:
+            raise _LineTooLong
+        if cut:
+            block, pending = pending[:cut], pending[cut:]
+            yield block
     if pending:
-        yield pending.rstrip(b"\r")
+        yield pending + b"\n"
+
+
+def _receipt_tokens(block: bytes) -> Iterator[str]:
+    """The signed tokens of the receipt comment lines in ``block`` (whole lines)."""
+    if RECEIPT_COMMENT not in block:
+        return
+    for line in block.split(b"\n"):
+        if line.startswith(RECEIPT_COMMENT):
+            yield line[len(RECEIPT_COMMENT) :].rstrip(b"\r").decode("utf-8", "replace")
 
 
 def _json_object(content: bytes) -> dict[str, object] | None:

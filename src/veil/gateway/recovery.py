@@ -21,6 +21,7 @@ from collections import defaultdict
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from veil.gateway.forward import read_bounded
 from veil.gateway.ledger import Ledger, Orphan
 from veil.gateway.registry import NodeInfo, NodeRegistry
 from veil.gateway.settlement import signed_receipt
@@ -122,7 +123,6 @@ async def _ask(
     """The node's kept receipts for ``group`` by ticket id ({} when it cannot say)."""
     query = ReceiptQuery(ticket_ids=[o.request_id for o in group], issued_at=time.time())
     url = f"{node.url}{RECEIPTS_PATH}"
-    body = bytearray()
     try:
         async with client.stream(
             "POST", url, json={"query": sign_token(query, key)}, timeout=QUERY_TIMEOUT_SECONDS
@@ -134,13 +134,12 @@ async def _ask(
                     answer.status_code,
                 )
                 return {}
-            async for part in answer.aiter_bytes():
-                body += part
-                if len(body) > ANSWER_MAX_BYTES:
-                    log.warning("node %d: receipt answer too large", node.node_small_id)
-                    return {}
+            body = await read_bounded(answer, ANSWER_MAX_BYTES)
     except httpx.HTTPError as exc:
         log.warning("node %d: receipt query failed (%s)", node.node_small_id, type(exc).__name__)
+        return {}
+    if body is None:
+        log.warning("node %d: receipt answer too large", node.node_small_id)
         return {}
     try:
         found = json.loads(body).get("receipts")
