@@ -115,8 +115,9 @@ DESCRIPTION = (
     "the gateway against the same request sent straight to the node with a ticket the benchmark "
     "signs, rounds interleaved, on the node's upstream embeddings model (the vLLM stand-in, about "
     "a millisecond a request, so that the gateway and not a CPU model's jitter is measured); "
-    "2) 32 clients looping lock + request (the embedded all-minilm-l6-v2) for T seconds (requests/s, p50/p95, errors by code, "
-    "the ledger afterwards); 3) the gateway's RSS after the load."
+    "2) 32 clients looping lock + request (the embedded all-minilm-l6-v2) for T seconds "
+    "(requests/s, p50/p95, errors by code, the ledger afterwards); 3) the gateway's RSS after "
+    "the load."
 )
 
 

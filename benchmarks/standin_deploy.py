@@ -93,7 +93,7 @@ def standin_server(
         stop_session(process)
 
 
-async def _create_user(database_url: str, models: tuple[str, ...] = (MODEL, EMBED_MODEL)) -> str:
+async def _create_user(database_url: str, models: tuple[str, ...]) -> str:
     from veil.gateway.ledger import Ledger
 
     ledger = await Ledger.open(database_url)
@@ -169,11 +169,11 @@ def deployment(
         gateway_process = running.enter_context(veil_process(gateway_args, log, env))
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, gateway_process, log, timeout=180)
-        if models_dir is None:
-            key = asyncio.run(_create_user(database_url))
-        else:
+        served = (MODEL, EMBED_MODEL)
+        if models_dir is not None:  # veil.engines loads the engine stack: only when asked
             from veil.engines.models import CHAT_MODEL_ID, EMBEDDINGS_MODEL_ID
 
-            key = asyncio.run(_create_user(database_url, (CHAT_MODEL_ID, EMBEDDINGS_MODEL_ID)))
+            served = (CHAT_MODEL_ID, EMBEDDINGS_MODEL_ID)
+        key = asyncio.run(_create_user(database_url, served))
         pids["gateway"] = gateway_process.pid
         yield Deployment(standin, node, url, key, pids)
